@@ -1,0 +1,235 @@
+"""Probe: the base class of every measuring callback.
+
+A probe evaluates the training model on a fixed set of prompts (its own seed) every
+``every_n_steps`` optimizer steps, at the start and at the end of training, and at the end of a
+``validate`` or ``test`` run. The base class owns everything but the measurement itself:
+
+- the evaluation set, drawn once on the module's device and split into contiguous shares, one
+  per DDP rank (a rank may own none; it still takes part in the reduction, so nothing hangs);
+- eval mode and ``torch.no_grad`` (both restored afterwards), and an optional float64 copy of
+  the model;
+- one all-reduce of all sums (``trainer.strategy.reduce``), so the numbers do not depend on the
+  number of processes;
+- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``,
+  figures to TensorBoard, both from global rank zero only;
+- ``state_dict`` for resume.
+
+A subclass implements :meth:`compute` (sums over one chunk of prompts) and may override
+:meth:`finalize` (sums -> results), :meth:`scalars` and :meth:`figures`.
+"""
+
+import copy
+from typing import Literal
+
+import lightning as L
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
+from torch import nn
+from typing_extensions import override
+
+from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.seeding import seeded_generator, shard
+from icl_lightning.data.tasks import TaskSampler
+from icl_lightning.validation import require
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def predict(model: nn.Module, batch: ICLBatch) -> torch.Tensor:
+    """The model's query predictions ``(B,)`` for ``batch``."""
+    return model(batch.context_x, batch.context_y, batch.query_x)
+
+
+class Probe(Callback):
+    """Base class of the measuring callbacks.
+
+    Args:
+        every_n_steps: measure every this many optimizer steps (0: only at the start and end).
+        num_tasks: size of the fixed evaluation set.
+        batch_size: prompts per chunk when evaluating (bounds memory, not the result).
+        seed: seed of the evaluation set.
+        dtype: ``"float32"`` or ``"float64"`` (a float64 copy of the model is evaluated).
+        task: task distribution of the evaluation set (default: the datamodule's).
+        num_context: context points per prompt (default: the datamodule's).
+        log_figures: send figures to TensorBoard.
+
+    Raises:
+        ValueError: for an impossible option, or when neither the probe nor the datamodule
+            says which task and context length to evaluate.
+    """
+
+    namespace = "probe"
+
+    def __init__(
+        self,
+        every_n_steps: NonNegativeInt = 100,
+        num_tasks: PositiveInt = 2048,
+        batch_size: PositiveInt = 1024,
+        seed: NonNegativeInt = 2024,
+        dtype: Literal["float32", "float64"] = "float32",
+        task: TaskSampler | None = None,
+        num_context: PositiveInt | None = None,
+        log_figures: bool = True,
+    ) -> None:
+        require(every_n_steps >= 0, "every_n_steps", every_n_steps, "an integer >= 0")
+        require(num_tasks >= 1, "num_tasks", num_tasks, "an integer >= 1")
+        require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+        require(dtype in _DTYPES, "dtype", dtype, "'float32' or 'float64'")
+        require(num_context is None or num_context >= 1, "num_context", num_context, ">= 1")
+        self.every_n_steps = every_n_steps
+        self.num_tasks = num_tasks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dtype = _DTYPES[dtype]
+        self.task = task
+        self.num_context = num_context
+        self.log_figures = log_figures
+        self.last_step: int | None = None
+        self.last_results: dict[str, float] = {}
+        self._evaluation_set: ICLBatch | None = None
+
+    # ----------------------------------------------------------------- what subclasses write
+    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+        """Sums over the prompts of ``batch`` (tensors of any fixed shape), to be all-reduced.
+
+        ``model`` is the module's ``model`` in the probe's dtype, in eval mode, under no_grad
+        (``torch.func`` transforms still differentiate).
+        """
+        raise NotImplementedError
+
+    def finalize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        """Results from the globally reduced sums over ``count`` prompts; default: means."""
+        return {name: value / count for name, value in sums.items()}
+
+    def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The scalars to log (namespace added by the base); default: the 0-d results."""
+        return {name: float(v) for name, v in results.items() if v.ndim == 0}
+
+    def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
+        """Figures to log, by tag (namespace added by the base); default: none."""
+        return {}
+
+    # ----------------------------------------------------------------------- the machinery
+    def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:
+        """The whole fixed evaluation set on ``device`` (drawn once, then cached)."""
+        if self._evaluation_set is None or self._evaluation_set.query_y.device != device:
+            datamodule = trainer.datamodule
+            task = self.task or getattr(datamodule, "task", None)
+            num_context = self.num_context or getattr(datamodule, "num_context", None)
+            require(
+                task is not None and num_context is not None,
+                f"{type(self).__name__}.task/num_context",
+                (task, num_context),
+                "a task and a context length, given to the probe or by the datamodule",
+            )
+            generator = seeded_generator(device, self.seed)
+            self._evaluation_set = task.sample(self.num_tasks, num_context, generator)
+        return self._evaluation_set
+
+    def _model(self, pl_module: "L.LightningModule") -> nn.Module:
+        model = getattr(pl_module, "model", None)
+        require(
+            isinstance(model, nn.Module),
+            f"{type(pl_module).__name__}.model",
+            type(model).__name__,
+            "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
+        )
+        if next(model.parameters()).dtype != self.dtype:
+            model = copy.deepcopy(model).to(self.dtype)
+        return model
+
+    def measure(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict:
+        """Evaluate this rank's share, all-reduce the sums, finalize. Called on every rank."""
+        model = self._model(pl_module)
+        tasks = self.evaluation_set(trainer, pl_module.device).to(self.dtype)
+        start, stop = shard(len(tasks), trainer.global_rank, trainer.world_size)
+        chunks = tasks[start:stop].split(self.batch_size)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if chunks:
+                    parts = [self.compute(model, chunk) for chunk in chunks]
+                    sums = {k: sum(p[k] for p in parts) for k in parts[0]}
+                else:  # an empty share still joins the reduction, with zeros of the right shape
+                    one = self.compute(model, tasks[:1])
+                    sums = {k: torch.zeros_like(v) for k, v in one.items()}
+        finally:
+            model.train(was_training)
+        names = list(sums)
+        packed = torch.cat(
+            [torch.tensor([stop - start], dtype=self.dtype, device=tasks.query_y.device)]
+            + [sums[k].reshape(-1).to(self.dtype) for k in names]
+        )
+        packed = trainer.strategy.reduce(packed, reduce_op="sum")
+        count, offset, reduced = int(packed[0].round()), 1, {}
+        for k in names:
+            reduced[k] = packed[offset : offset + sums[k].numel()].reshape(sums[k].shape)
+            offset += sums[k].numel()
+        return self.finalize(reduced, count)
+
+    def run(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """Measure once at the current global step and log the results."""
+        step = trainer.global_step
+        results = self.measure(trainer, pl_module)
+        scalars = {f"{self.namespace}/{k}": v for k, v in self.scalars(results).items()}
+        self.last_step, self.last_results = step, scalars
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+        if self.log_figures:
+            self._log_figures(trainer, results, step)
+
+    def _log_figures(self, trainer: "L.Trainer", results: dict, step: int) -> None:
+        boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not boards:
+            rank_zero_warn(f"{type(self).__name__}: no TensorBoardLogger, figures not logged.")
+            return
+        for tag, figure in self.figures(results).items():
+            for board in boards:
+                board.experiment.add_figure(f"{self.namespace}/{tag}", figure, step, close=False)
+
+    # ----------------------------------------------------------------------------- hooks
+    def _due(self, trainer: "L.Trainer") -> bool:
+        step = trainer.global_step
+        periodic = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        return periodic and step != self.last_step and not trainer.sanity_checking
+
+    @override
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if trainer.global_step != self.last_step:
+            self.run(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due(trainer):
+            self.run(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if trainer.global_step != self.last_step:
+            self.run(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if trainer.state.fn == "validate":
+            self.run(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.run(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict:
+        return {"last_step": self.last_step, "last_results": self.last_results}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_step = state_dict["last_step"]
+        self.last_results = state_dict["last_results"]

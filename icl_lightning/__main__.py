@@ -1,0 +1,3 @@
+from icl_lightning.cli import main
+
+main()

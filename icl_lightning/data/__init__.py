@@ -1,0 +1,15 @@
+"""Synthetic regression prompts: task samplers, the batch type and the DataModule."""
+
+from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.datamodule import ICLDataModule
+from icl_lightning.data.seeding import seeded_generator, shard
+from icl_lightning.data.tasks import LinearRegression, TaskSampler
+
+__all__ = [
+    "ICLBatch",
+    "ICLDataModule",
+    "LinearRegression",
+    "TaskSampler",
+    "seeded_generator",
+    "shard",
+]

@@ -1,0 +1,100 @@
+"""Task samplers: each draws a batch of tasks and one prompt per task.
+
+A new task is a small subclass of :class:`TaskSampler` that implements :meth:`sample`; name it
+by ``class_path`` in a config's ``data.init_args.task``.
+"""
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+
+from icl_lightning.data.batch import ICLBatch
+from icl_lightning.validation import require
+
+
+class TaskSampler(ABC):
+    """Draws regression prompts; subclasses define the task distribution.
+
+    Args:
+        input_dim: dimension d of every input x.
+    """
+
+    def __init__(self, input_dim: PositiveInt = 10) -> None:
+        require(input_dim >= 1, "input_dim", input_dim, "an integer >= 1")
+        self.input_dim = input_dim
+
+    @abstractmethod
+    def sample(
+        self,
+        batch_size: int,
+        num_context: int,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+    ) -> ICLBatch:
+        """Draw ``batch_size`` tasks and for each a prompt of ``num_context`` points and a query.
+
+        All tensors are created on ``generator.device`` from ``generator`` alone, so the batch is
+        a pure function of the generator's state.
+        """
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class LinearRegression(TaskSampler):
+    """Noisy linear tasks ``y = <w, x> + eps``.
+
+    ``w ~ N(0, weight_scale^2 I_d)`` per task; ``eps ~ N(0, noise_std^2)``. Inputs are
+    ``U(-r/2, r/2)^d`` with ``r = input_range`` (paper A's code) or ``N(0, input_range^2 I_d)``
+    (paper B, ``input_distribution="normal"``).
+
+    Args:
+        input_dim: dimension d of x.
+        input_distribution: ``"uniform"`` (paper A) or ``"normal"`` (paper B).
+        input_range: r, the width of the uniform box (or the std of the normal inputs).
+        weight_scale: std s of the task weights.
+        noise_std: std of the output noise (0: noiseless, as both papers).
+    """
+
+    def __init__(
+        self,
+        input_dim: PositiveInt = 10,
+        input_distribution: Literal["uniform", "normal"] = "uniform",
+        input_range: PositiveFloat = 1.0,
+        weight_scale: PositiveFloat = 1.0,
+        noise_std: NonNegativeFloat = 0.0,
+    ) -> None:
+        super().__init__(input_dim)
+        require(
+            input_distribution in ("uniform", "normal"),
+            "input_distribution",
+            input_distribution,
+            "'uniform' or 'normal'",
+        )
+        require(input_range > 0, "input_range", input_range, "a number > 0")
+        require(weight_scale > 0, "weight_scale", weight_scale, "a number > 0")
+        require(noise_std >= 0, "noise_std", noise_std, "a number >= 0")
+        self.input_distribution = input_distribution
+        self.input_range = input_range
+        self.weight_scale = weight_scale
+        self.noise_std = noise_std
+
+    def sample_inputs(self, shape: tuple[int, ...], generator, dtype) -> torch.Tensor:
+        """Inputs of the given shape: ``r * (U(0,1) - 1/2)`` or ``r * N(0, 1)``."""
+        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        if self.input_distribution == "uniform":
+            return self.input_range * (torch.rand(shape, **kw) - 0.5)
+        return self.input_range * torch.randn(shape, **kw)
+
+    def sample(self, batch_size, num_context, generator, dtype=torch.float32) -> ICLBatch:
+        B, N, d = batch_size, num_context, self.input_dim
+        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        x = self.sample_inputs((B, N + 1, d), generator, dtype)
+        w = self.weight_scale * torch.randn(B, d, **kw)
+        y = torch.einsum("bnd,bd->bn", x, w)
+        if self.noise_std > 0:
+            y = y + self.noise_std * torch.randn(B, N + 1, **kw)
+        return ICLBatch(x[:, :N], y[:, :N], x[:, N], y[:, N])

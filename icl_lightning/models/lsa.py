@@ -1,0 +1,152 @@
+"""Linear self-attention (LSA) transformers of paper A (von Oswald et al., 2023).
+
+Tokens are ``e_i = [x_i, y_i]`` for the N context points and ``[x_q, 0]`` for the query. Each
+layer updates every token with attention whose keys and values come from the context tokens
+only::
+
+    h_j <- h_j + sum_heads P sum_i (W_Q h_j . W_K h_i) W_V h_i        (linear, no scaling)
+
+and the prediction is ``pred = -h[query, -1]``.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icl_lightning.models.init import variance_scaling_
+from icl_lightning.validation import require
+
+
+class LSALayer(nn.Module):
+    """One multi-head (linear or softmax) self-attention layer over tokens of size D.
+
+    Weights, named as in paper A: ``W_Q, W_K, W_V`` of shape ``(H, key_size, D)`` and the
+    output projection ``P`` of shape ``(H, D, key_size)``.
+
+    Args:
+        token_dim: D (d + 1 for regression tokens).
+        num_heads: H.
+        key_size: size of keys, queries and values per head.
+        softmax: softmax attention ``softmax(q.k / sqrt(key_size))`` instead of linear.
+        layer_norm: apply LayerNorm to the tokens before attention (pre-norm).
+        init_scale: variance-scaling factor of the initial weights.
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        num_heads: int = 1,
+        key_size: int | None = None,
+        softmax: bool = False,
+        layer_norm: bool = False,
+        init_scale: float = 0.002,
+    ) -> None:
+        super().__init__()
+        key_size = key_size or token_dim
+        shape = (num_heads, key_size, token_dim)
+        self.W_Q = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
+        self.W_K = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
+        self.W_V = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
+        P = torch.empty(num_heads, token_dim, key_size)
+        self.P = nn.Parameter(variance_scaling_(P, init_scale, num_heads * key_size))
+        self.softmax = softmax
+        self.norm = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()
+
+    def forward(self, h: torch.Tensor, num_context: int, queries: slice = slice(None)):
+        """The attention update ``h_attn`` (no residual) of the tokens ``h[:, queries]``.
+
+        Args:
+            h: ``(B, T, D)`` tokens; the first ``num_context`` are the context.
+            num_context: N; keys and values come from ``h[:, :N]`` only.
+            queries: which tokens to update (the last layer needs only the query token).
+        """
+        z = self.norm(h)
+        q = torch.einsum("hkD,btD->bhtk", self.W_Q, z[:, queries])
+        k = torch.einsum("hkD,btD->bhtk", self.W_K, z[:, :num_context])
+        v = torch.einsum("hkD,btD->bhtk", self.W_V, z[:, :num_context])
+        if self.softmax:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # reassociated: q (k^T v) costs O(N k^2) instead of O(T N k)
+            out = q @ (k.transpose(-1, -2) @ v)
+        return torch.einsum("hDk,bhtk->btD", self.P, out)
+
+
+class LSA(nn.Module):
+    """A stack of L attention layers (or one layer applied L times) with residuals.
+
+    Args:
+        input_dim: d; tokens have size d + 1.
+        num_layers: L.
+        recurrent: apply one shared layer L times (paper A's recurrent model).
+        num_heads: heads per layer.
+        key_size: key size per head (default d + 1).
+        layer_norm: pre-LayerNorm in each layer (off in paper A's linear experiments).
+        softmax: softmax attention, one flag for all layers or one per layer.
+        init_scale: initial weights use variance scaling ``init_scale / L`` (paper: 0.002).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_layers: int = 1,
+        recurrent: bool = False,
+        num_heads: int = 1,
+        key_size: int | None = None,
+        layer_norm: bool = False,
+        softmax: bool | Sequence[bool] = False,
+        init_scale: float = 0.002,
+    ) -> None:
+        super().__init__()
+        require(num_layers >= 1, "num_layers", num_layers, "an integer >= 1")
+        require(num_heads >= 1, "num_heads", num_heads, "an integer >= 1")
+        require(key_size is None or key_size >= 1, "key_size", key_size, "None or >= 1")
+        flags = [softmax] * num_layers if isinstance(softmax, bool) else list(softmax)
+        require(
+            len(flags) == num_layers,
+            "softmax",
+            softmax,
+            f"one bool or a list of {num_layers} bools (one per layer)",
+        )
+        require(
+            not recurrent or len(set(flags)) == 1,
+            "softmax",
+            softmax,
+            "the same flag for every application of a recurrent layer",
+        )
+        self.input_dim = input_dim
+        self.num_layers = num_layers
+        self.recurrent = recurrent
+        layer_args = dict(
+            token_dim=input_dim + 1,
+            num_heads=num_heads,
+            key_size=key_size,
+            layer_norm=layer_norm,
+            init_scale=init_scale / num_layers,
+        )
+        count = 1 if recurrent else num_layers
+        self.layers = nn.ModuleList(LSALayer(softmax=flags[i], **layer_args) for i in range(count))
+
+    def layer(self, index: int) -> LSALayer:
+        """The layer applied at depth ``index`` (the shared one when recurrent)."""
+        return self.layers[0 if self.recurrent else index]
+
+    @staticmethod
+    def tokens(context_x, context_y, query_x) -> torch.Tensor:
+        """``(B, N+1, d+1)`` tokens: ``[x_i, y_i]`` for the context, then ``[x_q, 0]``."""
+        context = torch.cat([context_x, context_y.unsqueeze(-1)], dim=-1)
+        query = F.pad(query_x, (0, 1)).unsqueeze(1)
+        return torch.cat([context, query], dim=1)
+
+    def forward_tokens(self, h: torch.Tensor, num_context: int) -> torch.Tensor:
+        """All L layers on tokens ``h``; the last layer updates only the query token."""
+        for i in range(self.num_layers - 1):
+            h = h + self.layer(i)(h, num_context)
+        query = slice(num_context, None)
+        return h[:, query] + self.layer(self.num_layers - 1)(h, num_context, query)
+
+    def forward(self, context_x, context_y, query_x) -> torch.Tensor:
+        """Predictions ``-h_L[query, -1]`` of shape ``(B,)``."""
+        h = self.tokens(context_x, context_y, query_x)
+        return -self.forward_tokens(h, context_x.shape[1])[:, -1, -1]
