@@ -53,6 +53,14 @@ class ICLLightningCLI(LightningCLI):
             }
         )
 
+    def instantiate_classes(self) -> None:
+        """Build model, data, trainer; an impossible option becomes a usage error (exit 2)
+        naming the option, before any training or logging starts."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            self.parser.error(str(error))
+
     @rank_zero_only
     def _summary(self, subcommand: str) -> None:
         trainer = self.trainer

@@ -83,12 +83,13 @@ class ICLDataModule(L.LightningDataModule):
         ]:
             require(isinstance(value, int) and value >= 1, option, value, "an integer >= 1")
         self.task = task if task is not None else LinearRegression()
-        self.batch_size = batch_size
-        self.num_context = num_context
-        self.seed = seed
-        self.val_seed = val_seed
-        self.num_val_tasks = num_val_tasks
-        self.batches_per_epoch = batches_per_epoch
+        # plain ints: jsonargparse's PositiveInt would not unpickle from a weights-only checkpoint
+        self.batch_size = int(batch_size)
+        self.num_context = int(num_context)
+        self.seed = int(seed)
+        self.val_seed = int(val_seed)
+        self.num_val_tasks = int(num_val_tasks)
+        self.batches_per_epoch = int(batches_per_epoch)
         self._eval_sets: dict[int, ICLBatch] = {}
 
     @property

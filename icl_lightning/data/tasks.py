@@ -23,7 +23,7 @@ class TaskSampler(ABC):
 
     def __init__(self, input_dim: PositiveInt = 10) -> None:
         require(input_dim >= 1, "input_dim", input_dim, "an integer >= 1")
-        self.input_dim = input_dim
+        self.input_dim = int(input_dim)  # plain int: it is linked into saved hparams
 
     @abstractmethod
     def sample(

@@ -1,7 +1,5 @@
 """LSAModule: paper A's linear self-attention transformer as a LightningModule."""
 
-from jsonargparse.typing import PositiveFloat, PositiveInt
-
 from icl_lightning.models.lsa import LSA
 from icl_lightning.modules.base import ICLRegressionModule
 
@@ -25,13 +23,13 @@ class LSAModule(ICLRegressionModule):
         self,
         input_dim: int,
         num_context: int,
-        num_layers: PositiveInt = 1,
+        num_layers: int = 1,
         recurrent: bool = False,
-        num_heads: PositiveInt = 1,
-        key_size: PositiveInt | None = None,
+        num_heads: int = 1,
+        key_size: int | None = None,
         layer_norm: bool = False,
         softmax: bool | list[bool] = False,
-        init_scale: PositiveFloat = 0.002,
+        init_scale: float = 0.002,
     ) -> None:
         super().__init__(input_dim, num_context)
         self.save_hyperparameters()

@@ -1,0 +1,75 @@
+"""Shared helpers: run the real CLI in-process or in a subprocess, read TensorBoard scalars."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from icl_lightning.cli import ICLLightningCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def tiny_args(save_dir: Path, steps: int = 6) -> list[str]:
+    """CLI options that shrink any config to a few seconds of CPU work."""
+    return [
+        f"--trainer.max_steps={steps}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        "--data.init_args.batch_size=64",
+        "--data.init_args.num_val_tasks=96",
+        "--data.init_args.batches_per_epoch=3",
+    ]
+
+
+def run_cli(args: list[str]) -> ICLLightningCLI:
+    """Run ``icl-lightning <args>`` in this process."""
+    return ICLLightningCLI(args=args)
+
+
+def run_cli_subprocess(args: list[str], cwd: Path, timeout: float = 300) -> str:
+    """Run ``python -m icl_lightning <args>`` in a fresh process (needed for DDP); return output.
+
+    Fails the test with the process output when the command fails.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "icl_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"icl-lightning {' '.join(args)} failed ({proc.returncode}):\n{output[-6000:]}")
+    return output
+
+
+def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """All scalars in the TensorBoard event files under ``log_dir``: tag -> {step: value}."""
+    scalars: dict[str, dict[int, float]] = {}
+    for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                scalars.setdefault(tag, {})[event.step] = event.value
+    return scalars
+
+
+def image_tags(log_dir: Path) -> set[str]:
+    """Tags of the images (figures) in the TensorBoard event files under ``log_dir``."""
+    tags: set[str] = set()
+    for events in Path(log_dir).rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        tags.update(accumulator.Tags()["images"])
+    return tags

@@ -1,0 +1,130 @@
+"""The LSA model of paper A against a naive token-by-token reference (float64, random weights)."""
+
+import pytest
+import torch
+
+from icl_lightning.models import LSA
+from icl_lightning.modules import LSAModule
+
+
+def _prompts(B=5, N=7, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(B, N, d, generator=g, dtype=torch.float64),
+        torch.randn(B, N, generator=g, dtype=torch.float64),
+        torch.randn(B, d, generator=g, dtype=torch.float64),
+    )
+
+
+def _randomise(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def _naive(model, cx, cy, qx):
+    """Every token j updated by h_j += sum_h P_h sum_i (W_Q h_j . W_K h_i) W_V h_i, i in context."""
+    N = cx.shape[1]
+    h = model.tokens(cx, cy, qx)
+    for layer_index in range(model.num_layers):
+        layer = model.layer(layer_index)
+        z = layer.norm(h)
+        new = h.clone()
+        for j in range(h.shape[1]):
+            for head in range(layer.W_Q.shape[0]):
+                q = z[:, j] @ layer.W_Q[head].T
+                for i in range(N):
+                    k, v = z[:, i] @ layer.W_K[head].T, z[:, i] @ layer.W_V[head].T
+                    new[:, j] += ((q * k).sum(-1, keepdim=True) * v) @ layer.P[head].T
+        h = new
+    return -h[:, N, -1]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_layers=1),
+        dict(num_layers=3),
+        dict(num_layers=3, recurrent=True),
+        dict(num_layers=2, num_heads=2, key_size=5),
+        dict(num_layers=2, layer_norm=True),
+    ],
+    ids=["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"],
+)
+def test_lsa_equals_naive_reference(kwargs):
+    model = _randomise(LSA(input_dim=3, **kwargs).double())
+    cx, cy, qx = _prompts()
+    pred = model(cx, cy, qx)
+    assert pred.shape == (5,)
+    assert torch.allclose(pred, _naive(model, cx, cy, qx), atol=1e-10, rtol=0)
+
+
+def test_recurrent_model_shares_one_layer():
+    shared = LSA(input_dim=3, num_layers=4, recurrent=True)
+    stacked = LSA(input_dim=3, num_layers=4)
+    assert len(shared.layers) == 1 and len(stacked.layers) == 4
+    n_params = sum(p.numel() for p in stacked.parameters())
+    assert sum(p.numel() for p in shared.parameters()) * 4 == n_params
+
+
+def test_tokens_and_readout():
+    cx, cy, qx = _prompts(B=2, N=3, d=2)
+    tokens = LSA.tokens(cx, cy, qx)
+    assert tokens.shape == (2, 4, 3)
+    assert torch.equal(tokens[:, :3, :2], cx) and torch.equal(tokens[:, :3, 2], cy)
+    assert torch.equal(tokens[:, 3, :2], qx) and torch.all(tokens[:, 3, 2] == 0)
+    model = LSA(input_dim=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    assert torch.all(model(cx, cy, qx) == 0)  # no attention: -h[query, -1] = -0
+
+
+def test_query_token_is_not_a_key():
+    """Keys/values come from the context only: the query's own content never attends to itself."""
+    model = _randomise(LSA(input_dim=3).double())
+    cx, cy, qx = _prompts()
+    with torch.no_grad():
+        model.layers[0].W_V[:, :, :3] = 0  # values read y only; query's y-entry is 0
+    scaled = model(cx, cy, 2 * qx)
+    assert torch.allclose(scaled, 2 * model(cx, cy, qx), atol=1e-12)  # linear in x_q
+
+
+def test_softmax_layers_and_permutation_invariance():
+    model = _randomise(LSA(input_dim=3, num_layers=2, softmax=[True, False]).double())
+    cx, cy, qx = _prompts()
+    perm = torch.randperm(cx.shape[1])
+    assert torch.allclose(model(cx, cy, qx), model(cx[:, perm], cy[:, perm], qx), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        (dict(num_layers=0), "num_layers"),
+        (dict(num_heads=0), "num_heads"),
+        (dict(num_layers=2, softmax=[True]), "softmax"),
+    ],
+)
+def test_bad_model_options(kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        LSA(input_dim=3, **kwargs)
+
+
+def test_init_scale_is_variance_scaling_over_layers():
+    torch.manual_seed(0)
+    model = LSA(input_dim=10, num_layers=2, key_size=200)
+    w = model.layers[0].W_Q
+    assert w.var().item() == pytest.approx(0.002 / 2 / 11, rel=0.1)
+    assert w.abs().max() <= 2 * (0.002 / 2 / 11) ** 0.5 / 0.8796 + 1e-9
+
+
+def test_module_forward_and_loss_is_half_mse():
+    module = LSAModule(input_dim=3, num_context=7)
+    from icl_lightning.data import LinearRegression, seeded_generator
+
+    batch = LinearRegression(input_dim=3).sample(4, 7, seeded_generator("cpu", 0))
+    pred = module(batch)
+    expected = 0.5 * ((pred - batch.query_y) ** 2).mean()
+    assert torch.allclose(module.squared_errors(pred, batch.query_y).mean(), expected)
