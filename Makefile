@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/icl-lightning fit --config configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
