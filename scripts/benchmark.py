@@ -4,7 +4,8 @@ For one config (default: paper A's one-layer set-up, configs/lsa_linear.yaml) it
 process and interleaved over ``--repeats`` rounds (these machines are noisy):
 
 - ``bare``: a plain loop of the same model, optimizer, gradient clipping and on-device batches;
-- ``fit``: ``trainer.fit`` built by the CLI from the config, probes removed;
+- ``fit``: ``trainer.fit`` built by the CLI from the config (TensorBoard logging, progress bar,
+  checkpointing as ``icl-lightning fit`` has them), probes removed;
 - ``fit+probes``: the config as it is, probes included.
 
 Steps/s are counted after ``--warmup`` steps. It prints the medians and the ratios
@@ -15,6 +16,7 @@ fit / bare and (fit+probes) / fit.
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import lightning as L
@@ -38,15 +40,16 @@ class _StepTimer(L.Callback):
         self.steps_per_s = (trainer.global_step - self.warmup) / (time.perf_counter() - self.start)
 
 
-def _cli(config: str, steps: int) -> ICLLightningCLI:
-    args = [f"--config={config}", f"--trainer.max_steps={steps}", "--trainer.logger=false"]
-    args += ["--progress_bar.refresh_rate=0", "--trainer.enable_model_summary=false"]
+def _cli(config: str, steps: int, log_dir: str) -> ICLLightningCLI:
+    """The config as ``icl-lightning fit`` builds it (logger, progress bar, checkpointing)."""
+    args = [f"--config={config}", f"--trainer.max_steps={steps}"]
+    args += [f"--trainer.logger.init_args.save_dir={log_dir}"]
     return ICLLightningCLI(args=args, run=False)
 
 
-def time_fit(config: str, steps: int, warmup: int, probes: bool) -> float:
+def time_fit(config: str, steps: int, warmup: int, probes: bool, log_dir: str) -> float:
     """Steps/s of ``trainer.fit`` on the config (its probes kept or removed)."""
-    cli = _cli(config, steps)
+    cli = _cli(config, steps, log_dir)
     if not probes:
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Probe)]
     timer = _StepTimer(warmup)
@@ -55,9 +58,9 @@ def time_fit(config: str, steps: int, warmup: int, probes: bool) -> float:
     return timer.steps_per_s
 
 
-def time_bare(config: str, steps: int, warmup: int) -> float:
+def time_bare(config: str, steps: int, warmup: int, log_dir: str) -> float:
     """Steps/s of a plain PyTorch loop: same model, optimizer, clipping, on-device batches."""
-    cli = _cli(config, steps)
+    cli = _cli(config, steps, log_dir)
     model, data, trainer = cli.model.model, cli.datamodule, cli.trainer
     optimizer = cli.model.configure_optimizers()
     optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
@@ -84,10 +87,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     runs = {"bare": [], "fit": [], "fit+probes": []}
-    for _ in range(args.repeats):
-        runs["bare"].append(time_bare(args.config, args.steps, args.warmup))
-        runs["fit"].append(time_fit(args.config, args.steps, args.warmup, probes=False))
-        runs["fit+probes"].append(time_fit(args.config, args.steps, args.warmup, probes=True))
+    with tempfile.TemporaryDirectory() as log_dir:
+        for _ in range(args.repeats):
+            runs["bare"].append(time_bare(args.config, args.steps, args.warmup, log_dir))
+            runs["fit"].append(time_fit(args.config, args.steps, args.warmup, False, log_dir))
+            runs["fit+probes"].append(time_fit(args.config, args.steps, args.warmup, True, log_dir))
     median = {name: statistics.median(v) for name, v in runs.items()}
     print(
         f"\nconfig {args.config}: {args.steps} steps x {args.repeats} rounds, "
