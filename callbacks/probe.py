@@ -63,6 +63,10 @@ class Probe(Callback):
     """
 
     namespace = "probe"
+    #: Names of :meth:`compute` outputs that are maxima over prompts, not sums: combined by
+    #: ``max`` over chunks and DDP ranks (``trainer.strategy.all_gather``), not divided by the
+    #: default :meth:`finalize`.
+    maxima: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -80,13 +84,13 @@ class Probe(Callback):
         require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
         require(dtype in _DTYPES, "dtype", dtype, "'float32' or 'float64'")
         require(num_context is None or num_context >= 1, "num_context", num_context, ">= 1")
-        self.every_n_steps = every_n_steps
-        self.num_tasks = num_tasks
-        self.batch_size = batch_size
-        self.seed = seed
+        self.every_n_steps = int(every_n_steps)
+        self.num_tasks = int(num_tasks)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
         self.dtype = _DTYPES[dtype]
         self.task = task
-        self.num_context = num_context
+        self.num_context = None if num_context is None else int(num_context)
         self.log_figures = log_figures
         self.last_step: int | None = None
         self.last_results: dict[str, float] = {}
@@ -103,7 +107,7 @@ class Probe(Callback):
 
     def finalize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
         """Results from the globally reduced sums over ``count`` prompts; default: means."""
-        return {name: value / count for name, value in sums.items()}
+        return {k: v if k in self.maxima else v / count for k, v in sums.items()}
 
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:
         """The scalars to log (namespace added by the base); default: the 0-d results."""
@@ -154,13 +158,14 @@ class Probe(Callback):
             with torch.no_grad():
                 if chunks:
                     parts = [self.compute(model, chunk) for chunk in chunks]
-                    sums = {k: sum(p[k] for p in parts) for k in parts[0]}
-                else:  # an empty share still joins the reduction, with zeros of the right shape
+                    sums = {k: self._combine(k, [p[k] for p in parts]) for k in parts[0]}
+                else:  # an empty share still joins the reduction (zeros; -inf for maxima)
                     one = self.compute(model, tasks[:1])
-                    sums = {k: torch.zeros_like(v) for k, v in one.items()}
+                    empty = {k: -torch.inf if k in self.maxima else 0.0 for k in one}
+                    sums = {k: torch.full_like(v, empty[k]) for k, v in one.items()}
         finally:
             model.train(was_training)
-        names = list(sums)
+        names = [k for k in sums if k not in self.maxima]
         packed = torch.cat(
             [torch.tensor([stop - start], dtype=self.dtype, device=tasks.query_y.device)]
             + [sums[k].reshape(-1).to(self.dtype) for k in names]
@@ -170,7 +175,14 @@ class Probe(Callback):
         for k in names:
             reduced[k] = packed[offset : offset + sums[k].numel()].reshape(sums[k].shape)
             offset += sums[k].numel()
+        for k in self.maxima:  # the same names on every rank, so every rank joins the gather
+            gathered = trainer.strategy.all_gather(sums[k].to(self.dtype))
+            reduced[k] = gathered.reshape(-1, *sums[k].shape).amax(0)
         return self.finalize(reduced, count)
+
+    def _combine(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        """One rank's chunks combined: summed, or the maximum for names in :attr:`maxima`."""
+        return torch.stack(parts).amax(0) if name in self.maxima else sum(parts)
 
     def run(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """Measure once at the current global step and log the results."""

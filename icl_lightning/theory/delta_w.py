@@ -1,0 +1,146 @@
+"""Paper B's implicit weight updates of a contextual block (Dherin et al., 2025).
+
+For a block ``T_W(C, x) = M_W(A(C, x))`` (:class:`~icl_lightning.models.ContextualBlock`) and
+a part Y of the context C:
+
+- Theorem 2.2: ``Delta W(Y) = (W Delta A(Y)) A(C \\ Y, x)^T / ||A(C \\ Y, x)||^2`` with
+  ``Delta A(Y) = A(C, x) - A(C \\ Y, x)``; then ``T_W(C, x) = T_{W + Delta W(Y)}(C \\ Y, x)``.
+  With the MLP's skip connection the same rank-1 update holds plus the output shift
+  ``Delta A(Y)`` (read at the prediction slot).
+- Proposition 3.1: with ``A_i = A(c_1..c_i, x)`` and ``A_0 = A(x)``,
+  ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2`` and ``W_i = W + Delta W_i`` satisfy
+  ``W_i = W_{i-1} - h grad_W L_i(W_{i-1})``, ``h = 1 / ||A_0||^2``,
+  ``L_i(W') = trace(Delta_i^T W')``, ``Delta_i = W (A_{i-1} - A_i) A_0^T``.
+
+All functions are batched over prompts (and over context prefixes) with no Python loops. They
+use only the block's public ``A``, ``A_alone``, ``W``, ``mlp_skip`` and ``head``.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from icl_lightning.models.contextual_block import ContextualBlock
+from icl_lightning.validation import require
+
+
+def check_block(model: object) -> ContextualBlock:
+    """``model`` itself, or a clear error when it is not a :class:`ContextualBlock`."""
+    require(
+        isinstance(model, ContextualBlock),
+        "model",
+        type(model).__name__,
+        "a ContextualBlock (icl_lightning.modules.ContextualBlockModule); the Delta-W theory "
+        "needs its A(C, x), A(x) and W",
+    )
+    return model
+
+
+def delta_W_factors(
+    W: torch.Tensor, A_C: torch.Tensor, A_rest: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank-1 factors ``u = W (A_C - A_rest)``, ``v = A_rest / ||A_rest||^2`` of Theorem 2.2.
+
+    ``Delta W = u v^T``, so ``||Delta W||_F = ||u|| ||v||``. ``W`` is ``(m, D)``; ``A_C`` and
+    ``A_rest`` are ``(..., D)``; ``u`` is ``(..., m)`` and ``v`` ``(..., D)``.
+    """
+    u = (A_C - A_rest) @ W.transpose(-1, -2)
+    v = A_rest / (A_rest * A_rest).sum(-1, keepdim=True)
+    return u, v
+
+
+def delta_W(W: torch.Tensor, A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:
+    """Theorem 2.2: ``Delta W = (W (A_C - A_rest)) A_rest^T / ||A_rest||^2``, ``(..., m, D)``."""
+    u, v = delta_W_factors(W, A_C, A_rest)
+    return u.unsqueeze(-1) * v.unsqueeze(-2)
+
+
+class Split(NamedTuple):
+    """Theorem 2.2 for one split of each prompt's context into Y and C \\ Y."""
+
+    delta_W: torch.Tensor  # (B, m, D)
+    A_C: torch.Tensor  # A(C, x), (B, D)
+    A_rest: torch.Tensor  # A(C \ Y, x), (B, D)
+
+
+def delta_W_split(
+    model: ContextualBlock, context_x, context_y, query_x, Y: torch.Tensor | None = None
+) -> Split:
+    """``Delta W(Y)`` of Theorem 2.2; ``Y`` is a bool ``(B, N)`` mask (default: all of C)."""
+    model = check_block(model)
+    A_C = model.A(context_x, context_y, query_x)
+    A_rest = model.A_alone(query_x) if Y is None else model.A(context_x, context_y, query_x, ~Y)
+    return Split(delta_W(model.W, A_C, A_rest), A_C, A_rest)
+
+
+def implicit_prediction(
+    model: ContextualBlock, context_x, context_y, query_x, Y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``T_{W + Delta W(Y)}(C \\ Y, x)`` ``(B,)``, plus ``Delta A(Y)[-1]`` when the MLP keeps
+    its skip connection; Theorem 2.2 says it equals ``T_W(C, x)`` exactly."""
+    split = delta_W_split(model, context_x, context_y, query_x, Y)
+    pred = model.head(split.A_rest, model.W + split.delta_W)
+    if model.mlp_skip:
+        pred = pred + output_shift(split.A_C, split.A_rest)[..., -1]
+    return pred
+
+
+def output_shift(A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:
+    """The skip-connection variant's additive output shift ``Delta A = A_C - A_rest``."""
+    return A_C - A_rest
+
+
+def prefix_masks(num_context: int, device=None) -> torch.Tensor:
+    """Bool ``(N + 1, N)``: row i keeps the first i context points ``c_1..c_i`` (row 0: none)."""
+    positions = torch.arange(num_context, device=device)
+    return positions.unsqueeze(0) < torch.arange(num_context + 1, device=device).unsqueeze(1)
+
+
+def A_sequence(model: ContextualBlock, context_x, context_y, query_x) -> torch.Tensor:
+    """``A_i = A(c_1..c_i, x)``, i = 0..N, in one masked pass: ``(B, N + 1, D)``; ``A_0 = A(x)``."""
+    model = check_block(model)
+    B, N, _ = context_x.shape
+    masks = prefix_masks(N, context_x.device).expand(B, -1, -1)
+    return model.A(context_x, context_y, query_x, masks)
+
+
+def delta_W_sequence_factors(
+    W: torch.Tensor, A_seq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of ``Delta W_i = u_i v^T`` for i = 1..N: ``u_i = W (A_i - A_0)`` ``(B, N, m)``,
+    ``v = A_0 / ||A_0||^2`` ``(B, D)``; ``A_seq`` is ``(B, N + 1, D)`` from :func:`A_sequence`."""
+    A_0 = A_seq[:, :1]
+    u, v = delta_W_factors(W, A_seq[:, 1:], A_0.expand_as(A_seq[:, 1:]))
+    return u, v[:, 0]
+
+
+def delta_W_sequence(W: torch.Tensor, A_seq: torch.Tensor) -> torch.Tensor:
+    """Proposition 3.1: ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2``, ``(B, N, m, D)``."""
+    u, v = delta_W_sequence_factors(W, A_seq)
+    return u.unsqueeze(-1) * v[:, None, None, :]
+
+
+class GradientSteps(NamedTuple):
+    """Proposition 3.1's gradient-step form of token consumption."""
+
+    h: torch.Tensor  # step size 1 / ||A_0||^2, (B,)
+    Delta: torch.Tensor  # Delta_i = W (A_{i-1} - A_i) A_0^T, (B, N, m, D)
+
+
+def gradient_steps(W: torch.Tensor, A_seq: torch.Tensor) -> GradientSteps:
+    """``h = 1 / ||A(x)||^2`` and ``Delta_i = W (A_{i-1} - A_i) A(x)^T`` for i = 1..N."""
+    A_0 = A_seq[:, 0]
+    u = (A_seq[:, :-1] - A_seq[:, 1:]) @ W.transpose(-1, -2)  # (B, N, m)
+    Delta = u.unsqueeze(-1) * A_0[:, None, None, :]
+    return GradientSteps(1.0 / (A_0 * A_0).sum(-1), Delta)
+
+
+def token_loss(Delta_i: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``L_i(W) = trace(Delta_i^T W)`` (its gradient in W is ``Delta_i``)."""
+    return (Delta_i * W).sum((-2, -1))
+
+
+def unrolled_weights(W: torch.Tensor, steps: GradientSteps) -> torch.Tensor:
+    """``W_i = W - h sum_{j <= i} Delta_j`` for i = 1..N, the recursion
+    ``W_i = W_{i-1} - h grad L_i(W_{i-1})`` from ``W_0 = W`` in closed form, ``(B, N, m, D)``."""
+    return W - steps.h[:, None, None, None] * steps.Delta.cumsum(1)

@@ -1,0 +1,137 @@
+"""The Delta-W probes through the real CLI, their batched SGD, and 1 vs 2 DDP processes."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import CONFIGS, image_tags, read_scalars, run_cli, run_cli_subprocess, tiny_args
+
+from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence, FinetuneComparison
+from icl_lightning.data import LinearRegression, seeded_generator
+from icl_lightning.models import ContextualBlock
+
+N = 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is much faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def probes_yaml(tmp_path, dtype: str = "float32", num_tasks: int = 64, batch_size: int = 1024):
+    """A config that shrinks contextual_block.yaml's probes (and N) for a test."""
+    probe = f"every_n_steps: 3, num_tasks: {num_tasks}, batch_size: {batch_size}, dtype: {dtype}"
+    path = tmp_path / "probes.yaml"
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        + "".join(
+            f"    - class_path: icl_lightning.callbacks.{name}\n      init_args: {{{probe}}}\n"
+            for name in ("DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison")
+        )
+        + f"data:\n  init_args:\n    num_context: {N}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("config", ["contextual_block.yaml", "contextual_block_skip.yaml"])
+def test_probes_in_a_short_fit(tmp_path, config):
+    args = ["fit", f"--config={CONFIGS / config}", f"--config={probes_yaml(tmp_path)}"]
+    cli = run_cli(args + tiny_args(tmp_path, steps=6))
+    results = {}
+    for probe in cli.trainer.callbacks:
+        if isinstance(probe, DeltaWEquivalence | DeltaWConvergence | FinetuneComparison):
+            assert probe.last_step == 6
+            results.update(probe.last_results)
+    # Theorem 2.2 in float32: the two losses agree and the predictions to rounding
+    assert results["dw/max_abs_diff"] < 1e-4 and results["dw/max_rel_diff"] < 1e-4
+    assert math.isclose(results["dw/loss_context"], results["dw/loss_delta_w"], rel_tol=1e-5)
+    assert 0 < results["dw/update_ratio"] < 1  # softmax updates shrink as the context grows
+    for i in range(1, N + 1):
+        assert math.isfinite(results[f"ft/sgd_loss_i{i}"] + results[f"ft/dw_loss_i{i}"])
+    scalars = read_scalars(tmp_path)
+    assert {0, 3, 6} <= set(scalars["dw/max_abs_diff"]) and 6 in scalars["ft/sgd_loss_i1"]
+    assert {"dw/equivalence", "dw/convergence", "ft/comparison"} <= image_tags(tmp_path)
+
+
+def test_finetune_matches_per_task_sgd_and_leaves_the_model_alone():
+    """The vmapped SGD on W equals plain autograd SGD run task by task on copies."""
+    torch.manual_seed(0)
+    block = ContextualBlock(3, num_heads=2, mlp_width=8).double()
+    before = copy.deepcopy(block.state_dict())
+    batch = LinearRegression(3, "normal").sample(4, N, seeded_generator("cpu", 0), torch.float64)
+    probe = FinetuneComparison(lr=0.05)
+    with torch.no_grad():  # as the probe base calls it
+        out = probe.compute(block, batch)
+    expected = torch.zeros(N, dtype=torch.float64)
+    for b in range(len(batch)):  # the reference: one task at a time, torch.optim.SGD
+        task = copy.deepcopy(block)
+        sgd = torch.optim.SGD([task.mlp.W], lr=0.05)
+        for i in range(N):
+            example = task(
+                batch.context_x[b : b + 1, :0],
+                batch.context_y[b : b + 1, :0],
+                batch.context_x[b : b + 1, i],
+            )
+            sgd.zero_grad()
+            (0.5 * (example - batch.context_y[b, i]) ** 2).sum().backward()
+            sgd.step()
+            with torch.no_grad():
+                test = task(
+                    batch.context_x[b : b + 1, :0],
+                    batch.context_y[b : b + 1, :0],
+                    batch.query_x[b : b + 1],
+                )
+            expected[i] += (0.5 * (test - batch.query_y[b]) ** 2).sum()
+    assert torch.allclose(out["sgd_loss"], expected, rtol=1e-12, atol=1e-12)
+    # the Delta-W loss after i examples equals the block's in-context loss on c_1..c_i
+    for i in range(1, N + 1):
+        p = batch.prefix(i)
+        direct = (0.5 * (block(p.context_x, p.context_y, p.query_x) - p.query_y) ** 2).sum()
+        assert torch.isclose(out["dw_loss"][i - 1], direct, rtol=1e-10)
+    for name, value in block.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_probes_reject_other_models():
+    from icl_lightning.models import LSA
+
+    batch = LinearRegression(3).sample(2, N, seeded_generator("cpu", 0))
+    with pytest.raises(ValueError, match="ContextualBlock"):
+        DeltaWEquivalence().compute(LSA(3), batch)
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    """Sharding + all-reduce (sums) + all_gather (maxima): 2 gloo processes == 1 process."""
+    config = probes_yaml(tmp_path, dtype="float64", num_tasks=37, batch_size=8)
+    scalars = {}
+    for devices in (1, 2):
+        save_dir = tmp_path / f"devices{devices}"
+        args = [
+            "validate",
+            f"--config={CONFIGS / 'contextual_block.yaml'}",
+            f"--config={config}",
+            "--trainer.accelerator=cpu",
+            f"--trainer.devices={devices}",
+            f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={save_dir}",
+            "--data.init_args.num_val_tasks=16",
+        ]
+        if devices == 1:
+            run_cli(args)
+        else:  # DDP re-launches the command, so it needs a process of its own
+            run_cli_subprocess(args, cwd=tmp_path)
+        scalars[devices] = {
+            tag: values[0]
+            for tag, values in read_scalars(save_dir).items()
+            if tag.split("/")[0] in ("dw", "ft")
+        }
+    assert len(scalars[1]) == 5 + 4 + 1 + 2 * N  # equivalence, convergence, finetuning
+    assert scalars[1].keys() == scalars[2].keys()
+    for tag, value in scalars[1].items():  # TensorBoard keeps float32
+        assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=1e-30), tag
