@@ -52,15 +52,6 @@ def prompt():
     return x[:, :N], y[:, :N], x[:, N]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_Y(size: int) -> torch.Tensor:
     """A bool (B, N) mask with ``size`` random context points per prompt in Y."""
     order = torch.rand(B, N, generator=torch.Generator().manual_seed(2)).argsort(-1)

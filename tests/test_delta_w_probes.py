@@ -14,15 +14,6 @@ from icl_lightning.models import ContextualBlock
 N = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is much faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def probes_yaml(tmp_path, dtype: str = "float32", num_tasks: int = 64, batch_size: int = 1024):
     """A config that shrinks contextual_block.yaml's probes (and N) for a test."""
     probe = f"every_n_steps: 3, num_tasks: {num_tasks}, batch_size: {batch_size}, dtype: {dtype}"
