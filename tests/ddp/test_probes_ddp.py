@@ -1,6 +1,7 @@
 """Every probe of every config gives the same numbers with 1 and 2 processes (DDP, gloo, CPU).
 
-For each config in configs/ that has probes, through the real CLI in fresh processes:
+For configs that together use every probe (see ``_probe_configs``), through the real CLI in
+fresh processes:
 
 1. ``fit`` on 1 process for 6 steps: the probes measure at step 0 and step 6;
 2. ``fit`` on 2 processes (DDP): the step-0 measurement (same initial weights) must agree;
@@ -21,11 +22,18 @@ NUM_TASKS = 101  # odd: uneven shares on 2 ranks
 
 
 def _probe_configs() -> list[Path]:
-    def has_probes(path):
-        callbacks = yaml.safe_load(path.read_text()).get("trainer", {}).get("callbacks") or []
-        return any("icl_lightning.callbacks" in c.get("class_path", "") for c in callbacks)
-
-    return [p for p in sorted(CONFIGS.glob("*.yaml")) if has_probes(p)]
+    """Configs that together use every probe of the project: each config is kept only if it
+    brings a probe (with its model family) that no config before it covers."""
+    covered, chosen = set(), []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        callbacks = cfg.get("trainer", {}).get("callbacks") or []
+        model = cfg["model"]["class_path"]
+        probes = {(c["class_path"], model) for c in callbacks if ".callbacks." in c["class_path"]}
+        if probes - covered:
+            covered |= probes
+            chosen.append(path)
+    return chosen
 
 
 def _shrunk_config(config: Path, tmp_path: Path) -> Path:
