@@ -5,6 +5,24 @@ Installed as ``icl_lightning.callbacks``; name a probe in YAML with
 """
 
 from icl_lightning.callbacks.context_length import ContextLengthProbe
+from icl_lightning.callbacks.copy_score import CopyScore
+from icl_lightning.callbacks.deep_features import DeepFeatureGD
+from icl_lightning.callbacks.delta_w_convergence import DeltaWConvergence
+from icl_lightning.callbacks.delta_w_equivalence import DeltaWEquivalence
+from icl_lightning.callbacks.finetune_comparison import FinetuneComparison
+from icl_lightning.callbacks.gd_alignment import GDAlignment
+from icl_lightning.callbacks.ood import OODProbe
 from icl_lightning.callbacks.probe import Probe, predict
 
-__all__ = ["ContextLengthProbe", "Probe", "predict"]
+__all__ = [
+    "ContextLengthProbe",
+    "CopyScore",
+    "DeepFeatureGD",
+    "DeltaWConvergence",
+    "DeltaWEquivalence",
+    "FinetuneComparison",
+    "GDAlignment",
+    "OODProbe",
+    "Probe",
+    "predict",
+]

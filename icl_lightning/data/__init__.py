@@ -2,6 +2,7 @@
 
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.datamodule import ICLDataModule
+from icl_lightning.data.nonlinear import ReLUNetwork, Sine, SparseLinear
 from icl_lightning.data.seeding import seeded_generator, shard
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
 
@@ -9,6 +10,9 @@ __all__ = [
     "ICLBatch",
     "ICLDataModule",
     "LinearRegression",
+    "ReLUNetwork",
+    "Sine",
+    "SparseLinear",
     "TaskSampler",
     "seeded_generator",
     "shard",

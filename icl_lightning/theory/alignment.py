@@ -1,0 +1,69 @@
+"""Paper A's alignment metrics between a trained model T and a GD learner G, and the
+interpolation of trained LSA weights with the GD construction.
+
+A learner is any batched function ``fn(context_x, context_y, query_x) -> (B,)`` (an
+``nn.Module`` model, or a partial of :func:`~icl_lightning.theory.gd.gd_predict`).
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch.func import grad, vmap
+
+from icl_lightning.theory.gd import Weights
+
+Learner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sensitivities(fn: Learner, context_x, context_y, query_x) -> torch.Tensor:
+    """``(B, d)`` sensitivities ``d pred_b / d x_q`` of every prompt b.
+
+    ``torch.func.vmap`` over prompts of ``torch.func.grad`` of the one-prompt prediction: no
+    loop over tasks, and correct for any model (each prompt is differentiated on its own).
+    """
+
+    def one(cx, cy, qx):
+        return fn(cx.unsqueeze(0), cy.unsqueeze(0), qx.unsqueeze(0)).squeeze(0)
+
+    return vmap(grad(one, argnums=2))(context_x, context_y, query_x)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """Row-wise cosine similarity ``<a, b> / (|a| |b|)``."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+def alignment_sums(
+    pred_T: torch.Tensor, sens_T: torch.Tensor, pred_G: torch.Tensor, sens_G: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Sums over prompts of paper A's alignment metrics between T and G.
+
+    ``preds_diff = sum_b |T_b - G_b|``, ``model_cos = sum_b cos(dT_b/dx_q, dG_b/dx_q)``,
+    ``model_diff = sum_b |dT_b/dx_q - dG_b/dx_q|_2``; divide by the number of prompts for means.
+    """
+    return {
+        "preds_diff": (pred_T - pred_G).abs().sum(),
+        "model_cos": cosine(sens_T, sens_G).sum(),
+        "model_diff": (sens_T - sens_G).norm(dim=-1).sum(),
+    }
+
+
+def interpolate_lsa_layer(trained: Weights, constructed: Weights, input_dim: int) -> Weights:
+    """The one-head LSA layer halfway between a trained layer and a constructed one.
+
+    A one-head layer is determined by ``M_QK = W_Q^T W_K`` (so ``q_j . k_i = h_j^T M_QK h_i``)
+    and ``M_PV = P W_V``; only their product matters, so the trained pair is first normalised
+    by ``c``, the mean of the first d diagonal entries of its ``M_QK``:
+    ``M_QK / c`` and ``c M_PV``. Then ``M = (M_trained + M_constructed) / 2`` for both, returned
+    as ``W_Q = M_QK^T``, ``W_K = W_V = I``, ``P = M_PV`` (key size ``D = d + 1``).
+    """
+
+    def products(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        return w["W_Q"][0].T @ w["W_K"][0], w["P"][0] @ w["W_V"][0]
+
+    QK, PV = products(trained)
+    c = QK.diagonal()[:input_dim].mean()
+    QK_gd, PV_gd = products(constructed)
+    QK_mid, PV_mid = (QK / c + QK_gd) / 2, (c * PV + PV_gd) / 2
+    eye = torch.eye(QK.shape[0], dtype=QK.dtype, device=QK.device)
+    return {"W_Q": QK_mid.T[None], "W_K": eye[None], "W_V": eye.clone()[None], "P": PV_mid[None]}

@@ -1,0 +1,258 @@
+"""Gradient-descent learners of paper A, their LSA weight constructions, and the eta search.
+
+Every function is pure and batched over prompts: ``context_x`` ``(B, N, d)``, ``context_y``
+``(B, N)``, ``query_x`` ``(B, d)``. The learner is a linear model ``f(x) = <w, x>`` trained on
+the context loss ``L(w) = 1/(2N) sum_i (<w, x_i> - y_i)^2``, whose gradient is
+``(1/N) X^T (X w - y)``. Loops run over GD steps (L <= a few), never over prompts.
+
+The constructions return per-layer weight dicts ``{"W_Q", "W_K", "W_V", "P"}`` with one head
+and key size ``D = d + 1``, laid out as :class:`~icl_lightning.models.LSALayer` expects; with
+them an LSA computes ``h_j <- h_j + P sum_i (W_Q h_j . W_K h_i) W_V h_i``.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from icl_lightning.models.lsa import LSA
+
+Weights = dict[str, torch.Tensor]
+
+
+# ------------------------------------------------------------------------------- learners
+def gd_weights(context_x, context_y, eta, num_steps: int = 1, w0=None) -> torch.Tensor:
+    """``(B, d)`` weights after ``num_steps`` GD steps ``w <- w - (eta/N) X^T (X w - y)``.
+
+    Starts from ``w0`` (``(d,)`` or ``(B, d)``; default 0). ``eta`` is a float or a tensor
+    broadcastable to ``(B, 1)``.
+    """
+    N = context_x.shape[-2]
+    w = torch.zeros_like(context_x[..., 0, :])
+    if w0 is not None:
+        w = w + w0
+    for _ in range(num_steps):
+        residual = context_y - torch.einsum("...nd,...d->...n", context_x, w)
+        w = w + eta / N * torch.einsum("...nd,...n->...d", context_x, residual)
+    return w
+
+
+def gd_predict(context_x, context_y, query_x, eta, num_steps: int = 1, w0=None) -> torch.Tensor:
+    """``(B,)`` predictions ``<w_k, x_q>`` of the linear model after k = ``num_steps`` GD steps."""
+    w = gd_weights(context_x, context_y, eta, num_steps, w0)
+    return torch.einsum("...d,...d->...", w, query_x)
+
+
+def gd_plus_plus_predict(
+    context_x, context_y, query_x, eta, gamma, num_steps: int = 1
+) -> torch.Tensor:
+    """``(B,)`` predictions of GD++: GD on residuals plus paper A's input transformation.
+
+    From ``r_i = y_i`` and ``pred = 0``, each step uses the inputs before the step and, with
+    ``A = sum_j x_j x_j^T``, sets::
+
+        pred <- pred + (eta/N) sum_i r_i <x_i, x_q>
+        r_i  <- r_i  - (eta/N) sum_j r_j <x_j, x_i>
+        x    <- x - gamma A x          (every input: context and query)
+
+    ``gamma = 0`` is plain GD from ``w0 = 0``; the transformation is a curvature correction
+    (it shrinks large eigenvalues of ``A``), so L steps of GD++ beat L steps of GD.
+    """
+    N = context_x.shape[-2]
+    x, xq, r = context_x, query_x, context_y
+    pred = torch.zeros_like(query_x[..., 0])
+    for _ in range(num_steps):
+        kq = torch.einsum("...nd,...d->...n", x, xq)  # <x_i, x_q>
+        gram = x @ x.transpose(-1, -2)  # <x_i, x_j>
+        A = x.transpose(-1, -2) @ x
+        pred = pred + eta / N * (r * kq).sum(-1)
+        r = r - eta / N * torch.einsum("...ij,...j->...i", gram, r)
+        x, xq = x - gamma * x @ A, xq - gamma * torch.einsum("...de,...e->...d", A, xq)
+    return pred
+
+
+# --------------------------------------------------------------------------- constructions
+def _heads(**weights: torch.Tensor) -> Weights:
+    return {name: w.unsqueeze(0) for name, w in weights.items()}
+
+
+def gd_lsa_layer(
+    input_dim: int, num_context: int, eta: float, dtype=torch.float64, device=None
+) -> Weights:
+    """Paper A's one-step construction (``w0 = 0``): one LSA layer == one GD step.
+
+    ``W_Q = W_K = [[I_d, 0], [0, 0]]``, ``W_V = [[0, 0], [0, -1]]``, ``P = (eta/N) I``. The
+    query's last entry becomes ``-(eta/N) sum_i y_i <x_i, x_q>``, so ``pred = <w_1, x_q>``;
+    each context token's last entry becomes its residual ``y_i - <w_1, x_i>``, so stacking L
+    such layers (or applying one L times) performs L GD steps.
+    """
+    d, D = input_dim, input_dim + 1
+    kw = dict(dtype=dtype, device=device)
+    W_QK = torch.zeros(D, D, **kw)
+    W_QK[:d, :d] = torch.eye(d, **kw)
+    W_V = torch.zeros(D, D, **kw)
+    W_V[d, d] = -1.0
+    P = eta / num_context * torch.eye(D, **kw)
+    return _heads(W_Q=W_QK, W_K=W_QK.clone(), W_V=W_V, P=P)
+
+
+def gd_plus_plus_lsa_layer(
+    input_dim: int, num_context: int, eta: float, gamma: float, dtype=torch.float64, device=None
+) -> Weights:
+    """One GD++ step as an LSA layer.
+
+    ``W_Q = W_K = [[I_d, 0], [0, 0]]``, ``W_V = diag(-gamma I_d, -1)``, ``P = diag(I_d, eta/N)``:
+    each token's input part moves by ``-gamma sum_i x_i <x_i, x>`` and its last entry by
+    ``-(eta/N) sum_i y_i <x_i, x>`` (see :func:`gd_plus_plus_predict`).
+    """
+    d = input_dim
+    kw = dict(dtype=dtype, device=device)
+    W_QK = torch.zeros(d + 1, d + 1, **kw)
+    W_QK[:d, :d] = torch.eye(d, **kw)
+    W_V = torch.diag(torch.cat([torch.full((d,), -gamma, **kw), torch.tensor([-1.0], **kw)]))
+    P = torch.diag(torch.cat([torch.ones(d, **kw), torch.tensor([eta / num_context], **kw)]))
+    return _heads(W_Q=W_QK, W_K=W_QK.clone(), W_V=W_V, P=P)
+
+
+def gd_lsa_layers(
+    input_dim: int, num_context: int, eta: float, num_layers: int, gamma: float = 0.0, **kw
+) -> list[Weights]:
+    """L layers, each one step of GD (``gamma = 0``) or of GD++ (``gamma != 0``)."""
+    if gamma == 0:
+        return [gd_lsa_layer(input_dim, num_context, eta, **kw) for _ in range(num_layers)]
+    return [
+        gd_plus_plus_lsa_layer(input_dim, num_context, eta, gamma, **kw) for _ in range(num_layers)
+    ]
+
+
+def constructed_lsa(
+    input_dim: int, layers: list[Weights], num_layers: int | None = None, recurrent: bool = False
+) -> LSA:
+    """An :class:`~icl_lightning.models.LSA` holding ``layers`` (one weight dict per layer).
+
+    ``recurrent=True`` takes one dict, applied ``num_layers`` times. The global RNG is left as
+    it was (the LSA's random initialisation is immediately overwritten).
+    """
+    num_layers = num_layers if recurrent else len(layers)
+    like = layers[0]["W_Q"]
+    with torch.random.fork_rng(devices=[]):
+        model = LSA(input_dim, num_layers=num_layers, recurrent=recurrent)
+    model = model.to(dtype=like.dtype, device=like.device)
+    state = {f"layers.{i}.{name}": w for i, layer in enumerate(layers) for name, w in layer.items()}
+    model.load_state_dict(state)
+    return model
+
+
+# ------------------------------------------------------------------------------ eta search
+def one_step_eta(context_x, context_y, query_x, query_y) -> torch.Tensor:
+    """Closed-form eta minimising ``0.5 mean_b (y_q - pred_b)^2`` for one GD step from 0.
+
+    The prediction is linear in eta, ``pred_b = eta g_b`` with
+    ``g_b = (1/N) sum_i y_i <x_i, x_q>``, so ``eta* = sum_b y_q g_b / sum_b g_b^2``.
+    """
+    N = context_x.shape[-2]
+    g = torch.einsum("bnd,bd,bn->b", context_x, query_x, context_y) / N
+    return (query_y * g).sum() / (g * g).sum()
+
+
+def spectral_form(context_x, context_y, query_x) -> tuple[torch.Tensor, ...]:
+    """``(lam, q, s)``, each ``(B, d)``: eigenvalues of ``A = X^T X``, and ``U^T x_q``,
+    ``U^T X^T y`` in its eigenvectors U.
+
+    GD and GD++ act on each eigendirection separately (the input transformation is a polynomial
+    in A), which makes the eta search cost O(B d) per candidate.
+    """
+    lam, U = torch.linalg.eigh(context_x.transpose(-1, -2) @ context_x)
+    q = torch.einsum("bde,bd->be", U, query_x)
+    s = torch.einsum("bde,bnd,bn->be", U, context_x, context_y)
+    return lam, q, s
+
+
+def spectral_predict(lam, q, s, eta, gamma, num_steps: int, num_context: int) -> torch.Tensor:
+    """GD++ predictions (GD when ``gamma = 0``) from :func:`spectral_form`, per candidate.
+
+    ``eta`` and ``gamma`` have shape ``(M,)``; the result is ``(M, B)``. Per direction k, with
+    ``a = eta/N``: ``pred += a q_k s_k``, ``s_k *= (1 - gamma lam_k)(1 - a lam_k)``,
+    ``q_k *= 1 - gamma lam_k``, ``lam_k *= (1 - gamma lam_k)^2``.
+    """
+    a = (eta / num_context)[:, None, None]
+    gamma = gamma[:, None, None]
+    lam, q, s = lam.unsqueeze(0), q.unsqueeze(0), s.unsqueeze(0)
+    pred = torch.zeros(a.shape[0], lam.shape[1], dtype=lam.dtype, device=lam.device)
+    for _ in range(num_steps):
+        pred = pred + (a * q * s).sum(-1)
+        shrink = 1 - gamma * lam
+        s, q, lam = shrink * (1 - a * lam) * s, shrink * q, lam * shrink**2
+    return pred
+
+
+def grid_search(
+    loss: Callable[..., torch.Tensor],
+    lows: list[float],
+    highs: list[float],
+    num: int = 10,
+    rounds: int = 8,
+) -> tuple[list[float], float]:
+    """Minimise ``loss(*params) -> (M,)`` over a box, vectorised over candidates.
+
+    Each round evaluates a full ``num^k`` grid in one call, then zooms in to the two grid cells
+    around the best point. Returns the best parameters and their loss.
+    """
+    lo = torch.tensor(lows, dtype=torch.float64)
+    hi = torch.tensor(highs, dtype=torch.float64)
+    floor, ceiling = lo.clone(), hi.clone()
+    for _ in range(rounds):
+        axes = [
+            torch.linspace(float(a), float(b), num, dtype=torch.float64)
+            for a, b in zip(lo, hi, strict=True)
+        ]
+        grid = torch.stack([m.reshape(-1) for m in torch.meshgrid(*axes, indexing="ij")])
+        values = torch.nan_to_num(loss(*grid).cpu().double(), nan=float("inf"))
+        index = int(values.argmin())
+        best, step = grid[:, index], (hi - lo) / (num - 1)
+        lo, hi = torch.maximum(best - step, floor), torch.minimum(best + step, ceiling)
+    return best.tolist(), float(values[index])
+
+
+def optimal_eta(context_x, context_y, query_x, query_y, num_steps: int = 1) -> float:
+    """The GD step size minimising the mean query loss of ``num_steps`` GD steps on these tasks.
+
+    One step: :func:`one_step_eta` (closed form). More steps: the loss is a polynomial of
+    degree 2L in eta; :func:`grid_search` over ``eta in [0, 6N / mean_b lam_max]``.
+    """
+    if num_steps == 1:
+        return float(one_step_eta(context_x, context_y, query_x, query_y))
+    (eta,), _ = _search(context_x, context_y, query_x, query_y, num_steps, plus_plus=False)
+    return eta
+
+
+def optimal_eta_gamma(
+    context_x, context_y, query_x, query_y, num_steps: int
+) -> tuple[float, float]:
+    """``(eta, gamma)`` of GD++ (shared by all steps) minimising the mean query loss.
+
+    Grid search over ``eta in [0, 6N / mean lam_max]``, ``gamma in [0, 1 / mean lam_max]``. With
+    one step the transformation cannot act (it changes the inputs after the only step), so
+    ``gamma = 0`` and eta is GD's closed form.
+    """
+    if num_steps == 1:
+        return optimal_eta(context_x, context_y, query_x, query_y), 0.0
+    (eta, gamma), _ = _search(context_x, context_y, query_x, query_y, num_steps, plus_plus=True)
+    return eta, gamma
+
+
+def _search(context_x, context_y, query_x, query_y, num_steps, plus_plus):
+    N = context_x.shape[-2]
+    x64 = [t.double() for t in (context_x, context_y, query_x)]
+    lam, q, s = spectral_form(*x64)
+    target = query_y.double()
+    scale = float(lam[:, -1].mean())
+
+    def loss(eta, gamma=None):
+        eta = eta.to(lam.device)
+        gamma = torch.zeros_like(eta) if gamma is None else gamma.to(lam.device)
+        pred = spectral_predict(lam, q, s, eta, gamma, num_steps, N)
+        return 0.5 * ((target - pred) ** 2).mean(-1)
+
+    if plus_plus:
+        return grid_search(loss, [0.0, 0.0], [6 * N / scale, 1 / scale], num=10, rounds=6)
+    return grid_search(loss, [0.0], [6 * N / scale], num=32)

@@ -1,0 +1,140 @@
+"""GDAlignment and OODProbe: exact on the GD construction, a CLI run, and 1 vs 2 DDP processes."""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from icl_lightning.callbacks import GDAlignment, OODProbe, Probe
+from icl_lightning.callbacks.gd_alignment import StepSizes
+from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.data import ICLDataModule, LinearRegression
+from icl_lightning.modules import LSAModule
+from icl_lightning.theory import gd_lsa_layer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+D, N = 5, 10
+
+
+class Float64Data(ICLDataModule):
+    """Validation prompts in float64, so that a float64 module can be validated."""
+
+    def eval_set(self, stage, device):
+        return super().eval_set(stage, device).to(torch.float64)
+
+
+def datamodule() -> ICLDataModule:
+    return Float64Data(LinearRegression(D), batch_size=64, num_context=N, num_val_tasks=64)
+
+
+def probes(**kw) -> list:
+    common = dict(num_tasks=301, batch_size=128, dtype="float64", tuning_tasks=300, **kw)
+    return [GDAlignment(**common), OODProbe(alphas=[0.5, 1.0, 2.0], **common)]
+
+
+class DumpResults(L.Callback):
+    """Writes every probe's ``last_results`` (all-reduced, on every rank) to rank<r>.json."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        probes = [c for c in trainer.callbacks if isinstance(c, Probe)]
+        results = {k: v for probe in probes for k, v in probe.last_results.items()}
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(results))
+
+
+def validate(module, callbacks, folder: Path, **trainer_args) -> list[dict[str, float]]:
+    """Validate with the probes; their results as written by each rank."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, DumpResults(folder)],
+        **trainer_args,
+    )
+    trainer.validate(module, datamodule=datamodule(), verbose=False)
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("rank*.json"))]
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_probes_find_no_gap_when_the_model_is_the_gd_construction(num_layers, tmp_path):
+    torch.manual_seed(0)
+    module = LSAModule(D, N, num_layers=num_layers, recurrent=True).double()
+    callbacks = probes()
+    eta = StepSizes(300, 0).tune(LinearRegression(D), N, num_layers, "cpu").eta
+    module.model.load_state_dict({f"layers.0.{k}": v for k, v in gd_lsa_layer(D, N, eta).items()})
+    (m,) = validate(module, callbacks, tmp_path)
+    assert m["gd/eta"] == pytest.approx(eta, rel=1e-12)
+    for name in ("gd/loss_gd", "gd/loss_interp"):
+        assert m[name] == pytest.approx(m["gd/loss_model"], rel=1e-10)
+    assert m["gd/model_cos"] == pytest.approx(1.0, abs=1e-10)
+    assert m["gd/preds_diff"] < 1e-10 and m["gd/model_diff"] < 1e-10
+    assert m["gd/loss_gd_pp"] <= m["gd/loss_gd"] + 1e-12  # GD++ includes gamma = 0
+    for shift in ("inputs", "weights"):
+        for a in ("0.50", "1.00", "2.00"):
+            model, gd = m[f"ood/loss_model_{shift}_a{a}"], m[f"ood/loss_gd_{shift}_a{a}"]
+            assert model == pytest.approx(gd, rel=1e-10)
+    assert m["ood/loss_gd_inputs_a1.00"] == pytest.approx(m["ood/loss_gd_weights_a1.00"])
+
+
+def test_untrained_model_is_far_from_gd(tmp_path):
+    torch.manual_seed(0)
+    (m,) = validate(LSAModule(D, N, num_layers=2).double(), probes(), tmp_path)
+    assert m["gd/loss_ratio"] > 1.5 and m["gd/model_cos"] < 0.5
+    assert "gd/loss_interp" not in m  # two distinct layers: no interpolation
+    assert m["gd/loss_gd_pp"] < m["gd/loss_gd"]  # GD++ beats GD at two steps
+
+
+def test_lsa_linear_config_runs_with_both_probes(tmp_path):
+    config = yaml.safe_load((CONFIGS / "lsa_linear.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:  # smaller evaluation sets, same probes
+        callback["init_args"].update(num_tasks=256, tuning_tasks=256)
+    (tmp_path / "lsa_linear.yaml").write_text(yaml.safe_dump(config))
+    cli = ICLLightningCLI(
+        args=[
+            "fit",
+            f"--config={tmp_path / 'lsa_linear.yaml'}",
+            "--trainer.max_steps=3",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--data.init_args.batch_size=64",
+            "--data.init_args.num_val_tasks=64",
+        ]
+    )
+    callbacks = cli.trainer.callbacks
+    gd, ood = (next(c for c in callbacks if isinstance(c, t)) for t in (GDAlignment, OODProbe))
+    assert gd.last_step == ood.last_step == 3
+    assert {"gd/loss_ratio", "gd/model_cos_pp", "gd/loss_interp"} <= set(gd.last_results)
+    assert len(ood.last_results) == 4 * 7
+    assert all(math.isfinite(v) for v in [*gd.last_results.values(), *ood.last_results.values()])
+    assert [s for s, _ in gd.history] == [0, 3]
+    assert list((tmp_path / "lsa_linear").glob("version_0/events.out.tfevents*"))
+
+
+def test_probes_give_the_same_numbers_on_two_processes(tmp_path):
+    torch.manual_seed(1)
+    module = LSAModule(D, N, num_layers=2, recurrent=True).double()
+    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    (one,) = validate(module, probes(), tmp_path / "1", devices=1)
+    two = validate(module, probes(), tmp_path / "2", devices=2, strategy="ddp_spawn")
+    assert len(two) == 2 and len(one) == 14 + 2 * 2 * 3
+    for rank in two:  # every rank holds the numbers of the one-process run
+        assert rank.keys() == one.keys()
+        for name in one:
+            assert rank[name] == pytest.approx(one[name], rel=1e-12, abs=1e-14), name
+
+
+@pytest.mark.parametrize(
+    "probe, option, value",
+    [(OODProbe, "alphas", []), (OODProbe, "alphas", [1.0, -2.0]), (GDAlignment, "num_steps", 0)],
+)
+def test_bad_options_name_themselves(probe, option, value):
+    with pytest.raises(ValueError, match=option):
+        probe(**{option: value})

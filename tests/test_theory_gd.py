@@ -1,0 +1,156 @@
+"""Exactness of paper A's GD learners, LSA constructions and eta search (float64, random tasks)."""
+
+import pytest
+import torch
+
+from icl_lightning.data import LinearRegression, seeded_generator
+from icl_lightning.theory import (
+    constructed_lsa,
+    gd_lsa_layer,
+    gd_lsa_layers,
+    gd_plus_plus_lsa_layer,
+    gd_plus_plus_predict,
+    gd_predict,
+    gd_weights,
+    interpolate_lsa_layer,
+    one_step_eta,
+    optimal_eta,
+    optimal_eta_gamma,
+    sensitivities,
+    spectral_form,
+    spectral_predict,
+)
+
+F64 = torch.float64
+TOL = dict(rtol=0, atol=1e-10)
+
+
+def tasks(num=64, N=10, d=10, seed=0, **task_args):
+    task = LinearRegression(input_dim=d, **task_args)
+    batch = task.sample(num, N, seeded_generator("cpu", seed), dtype=F64)
+    return batch.context_x, batch.context_y, batch.query_x, batch.query_y
+
+
+def mean_loss(pred, target):
+    return float((0.5 * (target - pred) ** 2).mean())
+
+
+def test_gd_weights_follow_the_gradient_of_the_context_loss():
+    cx, cy, _, _ = tasks(num=8, N=7, d=5, seed=1)
+    w0 = torch.randn(8, 5, dtype=F64)
+    eta, steps = 0.7, 4
+    w = w0.clone().requires_grad_(True)
+    for _ in range(steps):  # the definition, by autograd: w <- w - eta grad L(w)
+        loss = (0.5 * (torch.einsum("bnd,bd->bn", cx, w) - cy) ** 2).mean(-1).sum()
+        (g,) = torch.autograd.grad(loss, w)
+        w = (w - eta * g).detach().requires_grad_(True)
+    torch.testing.assert_close(gd_weights(cx, cy, eta, steps, w0), w.detach(), **TOL)
+
+
+def test_one_lsa_layer_is_one_gd_step():
+    cx, cy, qx, _ = tasks(seed=2)
+    eta = 3.7
+    one_step = (eta / 10) * torch.einsum("bn,bnd,bd->b", cy, cx, qx)  # paper A's formula
+    torch.testing.assert_close(gd_predict(cx, cy, qx, eta), one_step, **TOL)
+    lsa = constructed_lsa(10, [gd_lsa_layer(10, 10, eta)])
+    torch.testing.assert_close(lsa(cx, cy, qx), one_step, **TOL)
+
+
+@pytest.mark.parametrize("L", [2, 3, 5])
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_L_lsa_layers_are_L_gd_steps(L, recurrent):
+    cx, cy, qx, _ = tasks(d=6, N=12, seed=L)
+    eta = 5.3
+    layers = gd_lsa_layers(6, 12, eta, 1 if recurrent else L)
+    lsa = constructed_lsa(6, layers, num_layers=L, recurrent=recurrent)
+    torch.testing.assert_close(lsa(cx, cy, qx), gd_predict(cx, cy, qx, eta, L), **TOL)
+
+
+@pytest.mark.parametrize("L", [1, 2, 4])
+def test_gd_plus_plus_construction_is_gd_plus_plus(L):
+    cx, cy, qx, _ = tasks(d=5, N=9, seed=10 + L)
+    eta, gamma = 4.1, 0.09
+    lsa = constructed_lsa(5, [gd_plus_plus_lsa_layer(5, 9, eta, gamma) for _ in range(L)])
+    expected = gd_plus_plus_predict(cx, cy, qx, eta, gamma, L)
+    torch.testing.assert_close(lsa(cx, cy, qx), expected, **TOL)
+    # the input transformation really acts from the second step on
+    assert L == 1 or (expected - gd_predict(cx, cy, qx, eta, L)).abs().max() > 1e-4
+
+
+def test_gd_plus_plus_without_transformation_is_gd():
+    cx, cy, qx, _ = tasks(seed=3)
+    torch.testing.assert_close(
+        gd_plus_plus_predict(cx, cy, qx, 6.0, 0.0, 3), gd_predict(cx, cy, qx, 6.0, 3), **TOL
+    )
+
+
+def test_spectral_form_predicts_like_gd_plus_plus():
+    cx, cy, qx, _ = tasks(seed=4)
+    eta, gamma = torch.tensor([2.0, 7.5], dtype=F64), torch.tensor([0.0, 0.05], dtype=F64)
+    pred = spectral_predict(*spectral_form(cx, cy, qx), eta, gamma, 3, num_context=10)
+    for m in range(2):
+        direct = gd_plus_plus_predict(cx, cy, qx, float(eta[m]), float(gamma[m]), 3)
+        torch.testing.assert_close(pred[m], direct, **TOL)
+
+
+def test_closed_form_eta_minimises_the_one_step_loss():
+    cx, cy, qx, qy = tasks(num=2000, seed=5)
+    eta = float(one_step_eta(cx, cy, qx, qy))
+    best = mean_loss(gd_predict(cx, cy, qx, eta), qy)
+    grid = torch.linspace(0.5 * eta, 1.5 * eta, 20001, dtype=F64)
+    g = torch.einsum("bnd,bd,bn->b", cx, qx, cy) / 10
+    grid_losses = (0.5 * (qy - grid[:, None] * g) ** 2).mean(-1)
+    assert best <= float(grid_losses.min()) + 1e-14
+    assert float(grid[grid_losses.argmin()]) == pytest.approx(eta, abs=1e-4 * eta)
+    assert optimal_eta(cx, cy, qx, qy, num_steps=1) == pytest.approx(eta, rel=1e-12)
+
+
+@pytest.mark.parametrize("L", [2, 4])
+def test_searched_eta_minimises_the_L_step_loss(L):
+    cx, cy, qx, qy = tasks(num=500, seed=6 + L)
+    eta = optimal_eta(cx, cy, qx, qy, num_steps=L)
+    best = mean_loss(gd_predict(cx, cy, qx, eta, L), qy)
+    grid = torch.linspace(0.9 * eta, 1.1 * eta, 401, dtype=F64)
+    preds = spectral_predict(*spectral_form(cx, cy, qx), grid, torch.zeros_like(grid), L, 10)
+    assert best <= float((0.5 * (qy - preds) ** 2).mean(-1).min()) + 1e-12
+
+
+def test_gd_plus_plus_search_beats_gd_and_a_finer_grid():
+    cx, cy, qx, qy = tasks(num=500, seed=9)
+    L = 3
+    eta, gamma = optimal_eta_gamma(cx, cy, qx, qy, L)
+    loss_pp = mean_loss(gd_plus_plus_predict(cx, cy, qx, eta, gamma, L), qy)
+    loss_gd = mean_loss(gd_predict(cx, cy, qx, optimal_eta(cx, cy, qx, qy, L), L), qy)
+    assert gamma > 0 and loss_pp < 0.95 * loss_gd  # the curvature correction helps
+    e, g = torch.meshgrid(
+        torch.linspace(0.95 * eta, 1.05 * eta, 41, dtype=F64),
+        torch.linspace(0.95 * gamma, 1.05 * gamma, 41, dtype=F64),
+        indexing="ij",
+    )
+    preds = spectral_predict(*spectral_form(cx, cy, qx), e.reshape(-1), g.reshape(-1), L, 10)
+    assert loss_pp <= float((0.5 * (qy - preds) ** 2).mean(-1).min()) + 1e-12
+
+
+def test_sensitivities_of_the_construction_are_the_gd_weights():
+    cx, cy, qx, _ = tasks(d=4, seed=11)
+    lsa = constructed_lsa(4, gd_lsa_layers(4, 10, 2.5, 3))
+    torch.testing.assert_close(sensitivities(lsa, cx, cy, qx), gd_weights(cx, cy, 2.5, 3), **TOL)
+
+
+def test_interpolation_normalises_the_trained_weights():
+    cx, cy, qx, _ = tasks(d=4, seed=12)
+    gd = gd_lsa_layer(4, 10, 3.0)
+    torch.manual_seed(0)
+    other = {k: torch.randn_like(v) for k, v in gd.items()}
+    # a GD layer rescaled (W_Q * 5, P / 5) and sign-flipped is the same function: halfway is GD
+    disguised = dict(gd, W_Q=-5 * gd["W_Q"], P=-gd["P"] / 5)
+    mid = interpolate_lsa_layer(disguised, gd, 4)
+    expected = gd_predict(cx, cy, qx, 3.0)
+    torch.testing.assert_close(constructed_lsa(4, [mid])(cx, cy, qx), expected, **TOL)
+    # halfway between a random layer and GD averages the normalised products M_QK and M_PV
+    mid = interpolate_lsa_layer(other, gd, 4)
+    QK, PV = other["W_Q"][0].T @ other["W_K"][0], other["P"][0] @ other["W_V"][0]
+    c = QK.diagonal()[:4].mean()
+    QK_gd, PV_gd = gd["W_Q"][0].T @ gd["W_K"][0], gd["P"][0] @ gd["W_V"][0]
+    torch.testing.assert_close(mid["W_Q"][0].T @ mid["W_K"][0], (QK / c + QK_gd) / 2, **TOL)
+    torch.testing.assert_close(mid["P"][0] @ mid["W_V"][0], (c * PV + PV_gd) / 2, **TOL)
