@@ -1,11 +1,11 @@
 """ContextLengthProbe: the model's loss as a function of how many context points it sees."""
 
 import torch
-from icl_lightning.callbacks.probe import Probe, predict
 from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
+from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
 

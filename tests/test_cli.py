@@ -23,7 +23,7 @@ def test_fit_writes_events_checkpoint_config_and_summary(tmp_path, capsys):
     assert hparams["input_dim"] == 5  # linked from data.task.input_dim
     out = capsys.readouterr().out
     assert f"TensorBoard logs: {run_dir}" in out
-    assert "context/loss_n10" in out
+    assert "context/loss_n20" in out
 
 
 def test_validate_and_resume_from_checkpoint(tmp_path):

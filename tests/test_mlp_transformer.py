@@ -9,6 +9,7 @@ from icl_lightning.callbacks.deep_features import gd_sums, optimal_gd_loss
 from icl_lightning.data import LinearRegression, Sine, seeded_generator
 from icl_lightning.models import LSA, FeatureGD, MLPTransformer
 from icl_lightning.models.mlp_transformer import one_step_gd
+from icl_lightning.theory.gd import gd_predict, one_step_eta
 
 SINE = str(CONFIGS / "mlp_sine.yaml")
 RELU = str(CONFIGS / "relu_net.yaml")
@@ -60,6 +61,8 @@ def test_feature_gd_with_identity_features_is_one_plain_gd_step_exactly():
     plain_gd = torch.einsum("bd,bd->b", -eta * grad, batch.query_x)  # w1 = w0 - eta grad, w0 = 0
     pred = model(batch.context_x, batch.context_y, batch.query_x)
     torch.testing.assert_close(pred, plain_gd, rtol=1e-13, atol=1e-15)
+    theory = gd_predict(batch.context_x, batch.context_y, batch.query_x, eta)  # issue 4's learner
+    torch.testing.assert_close(pred, theory, rtol=1e-13, atol=1e-15)
     # the same fixed attention written as LSA weights (paper A's construction) agrees
     h = LSA.tokens(batch.context_x, batch.context_y, batch.query_x)
     layer_pred = -(h[:, N:] + model.gd_layer(N)(h, N, slice(N, None)))[:, -1, -1]
@@ -87,6 +90,9 @@ def test_optimal_eta_closed_form_matches_a_grid_search():
     p = one_step_gd(batch.context_x, batch.context_y, batch.query_x)
     grid_losses = (0.5 * (batch.query_y - grid[:, None] * p) ** 2).mean(1)
     assert abs(float(grid[grid_losses.argmin()] - eta)) < 2e-3
+    torch.testing.assert_close(
+        eta, one_step_eta(batch.context_x, batch.context_y, batch.query_x, batch.query_y)
+    )
     torch.testing.assert_close(loss, grid_losses.min(), rtol=1e-6, atol=0)
 
 

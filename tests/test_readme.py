@@ -21,5 +21,24 @@ def test_readme_model_subclass_trains_through_the_cli(tmp_path, monkeypatch):
     cli = run_cli([*args, *tiny_args(tmp_path)])
     assert type(cli.model).__name__ == "RidgeModule"
     metrics = cli.trainer.callback_metrics
-    assert metrics["val/loss"] < 0.5 * metrics["val/zero_loss"]  # ridge uses its context
+    # no context-free predictor beats the zero predictor on these tasks; ridge does
+    assert metrics["val/loss"] < 0.75 * metrics["val/zero_loss"]
     sys.modules.pop("my_models", None)
+
+
+def _yaml_block_starting_with(first_line: str) -> str:
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_readme_task_subclass_and_its_yaml_train(tmp_path, monkeypatch):
+    (tmp_path / "my_tasks.py").write_text(_block_starting_with("# my_tasks.py"))
+    config = tmp_path / "quadratic.yaml"
+    config.write_text(_yaml_block_starting_with("# quadratic.yaml"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cli = run_cli(["fit", f"--config={config}", *tiny_args(tmp_path)])
+    assert type(cli.datamodule.task).__name__ == "Quadratic"
+    assert cli.model.input_dim == 1
+    assert any(name.startswith("deep/") for name in cli.trainer.callback_metrics)
+    sys.modules.pop("my_tasks", None)
