@@ -37,10 +37,6 @@ class DeltaWEquivalence(Probe):
     namespace = "dw"
     maxima = ("max_abs_diff",)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.history: list[tuple[int, float, float]] = []
-
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         context = predict(model, batch)
@@ -62,28 +58,11 @@ class DeltaWEquivalence(Probe):
         return results
 
     @override
-    def measure(self, trainer, pl_module) -> dict[str, torch.Tensor]:
-        results = super().measure(trainer, pl_module)
-        point = (
-            trainer.global_step,
-            float(results["loss_context"]),
-            float(results["loss_delta_w"]),
-        )
-        self.history = [p for p in self.history if p[0] != point[0]] + [point]
-        return results
-
-    @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
-        steps, context, implicit = zip(*self.history, strict=True)
-        curves = {"T_W(C, x)": context, "T_{W+dW}(x)": implicit}
+        steps = sorted(self.history)
+        curves = {
+            "T_W(C, x)": [self.history[s]["loss_context"] for s in steps],
+            "T_{W+dW}(x)": [self.history[s]["loss_delta_w"] for s in steps],
+        }
         title = "Theorem 2.2: context == rank-1 update"
         return {"equivalence": line_figure(steps, curves, "step", "loss", title, logy=True)}
-
-    @override
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "history": self.history}
-
-    @override
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self.history = [tuple(p) for p in state_dict.get("history", [])]

@@ -136,7 +136,6 @@ class GDAlignment(Probe):
         require(tuning_tasks >= 2, "tuning_tasks", tuning_tasks, "an integer >= 2")
         self.num_steps = None if num_steps is None else int(num_steps)
         self.step_sizes = StepSizes(int(tuning_tasks), int(tuning_seed))
-        self.history: list[tuple[int, dict[str, float]]] = []
 
     @override
     def measure(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict:
@@ -196,22 +195,10 @@ class GDAlignment(Probe):
 
     @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
-        step = self.last_step
-        current = {k.split("/", 1)[1]: v for k, v in self.last_results.items()}
-        self.history = [(s, r) for s, r in self.history if s != step] + [(step, current)]
-        steps = [s for s, _ in self.history]
+        steps = sorted(self.history)
         figures = {}
         for tag, names in _CURVES.items():
-            curves = {n: [r[n] for _, r in self.history] for n in names if n in current}
+            curves = {n: [self.history[s][n] for s in steps] for n in names if n in results}
             ylabel, logy = ("loss", True) if tag.startswith("loss") else ("model cos", False)
             figures[tag] = line_figure(steps, curves, "step", ylabel, "T vs GD", logy=logy)
         return figures
-
-    @override
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "history": self.history}
-
-    @override
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self.history = state_dict.get("history", [])

@@ -12,7 +12,8 @@ A probe evaluates the training model on a fixed set of prompts (its own seed) ev
   number of processes;
 - logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``,
   figures to TensorBoard, both from global rank zero only;
-- ``state_dict`` for resume.
+- the history of its scalars over training steps (for curve figures) and ``state_dict`` for
+  resume.
 
 A subclass implements :meth:`compute` (sums over one chunk of prompts) and may override
 :meth:`finalize` (sums -> results), :meth:`scalars` and :meth:`figures`.
@@ -94,6 +95,8 @@ class Probe(Callback):
         self.log_figures = log_figures
         self.last_step: int | None = None
         self.last_results: dict[str, float] = {}
+        #: every measurement so far, ``{step: {name: value}}`` (no namespace), for curves
+        self.history: dict[int, dict[str, float]] = {}
         self._evaluation_set: ICLBatch | None = None
 
     # ----------------------------------------------------------------- what subclasses write
@@ -188,7 +191,8 @@ class Probe(Callback):
         """Measure once at the current global step and log the results."""
         step = trainer.global_step
         results = self.measure(trainer, pl_module)
-        scalars = {f"{self.namespace}/{k}": v for k, v in self.scalars(results).items()}
+        self.history[step] = self.scalars(results)
+        scalars = {f"{self.namespace}/{k}": v for k, v in self.history[step].items()}
         self.last_step, self.last_results = step, scalars
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         if not trainer.is_global_zero:
@@ -239,9 +243,14 @@ class Probe(Callback):
 
     @override
     def state_dict(self) -> dict:
-        return {"last_step": self.last_step, "last_results": self.last_results}
+        return {
+            "last_step": self.last_step,
+            "last_results": self.last_results,
+            "history": self.history,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.last_step = state_dict["last_step"]
         self.last_results = state_dict["last_results"]
+        self.history = state_dict.get("history", {})

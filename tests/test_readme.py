@@ -8,8 +8,9 @@ from conftest import CONFIGS, ROOT, run_cli, tiny_args
 README = (ROOT / "README.md").read_text()
 
 
-def _block_starting_with(first_line: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+def _block_starting_with(first_line: str, language: str = "python") -> str:
+    """The README's one ```<language> block whose first line is ``first_line``."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
     (block,) = [b for b in blocks if b.startswith(first_line)]
     return block
 
@@ -26,16 +27,10 @@ def test_readme_model_subclass_trains_through_the_cli(tmp_path, monkeypatch):
     sys.modules.pop("my_models", None)
 
 
-def _yaml_block_starting_with(first_line: str) -> str:
-    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
-    (block,) = [b for b in blocks if b.startswith(first_line)]
-    return block
-
-
 def test_readme_task_subclass_and_its_yaml_train(tmp_path, monkeypatch):
     (tmp_path / "my_tasks.py").write_text(_block_starting_with("# my_tasks.py"))
     config = tmp_path / "quadratic.yaml"
-    config.write_text(_yaml_block_starting_with("# quadratic.yaml"))
+    config.write_text(_block_starting_with("# quadratic.yaml", language="yaml"))
     monkeypatch.syspath_prepend(str(tmp_path))
     cli = run_cli(["fit", f"--config={config}", *tiny_args(tmp_path)])
     assert type(cli.datamodule.task).__name__ == "Quadratic"
