@@ -3,6 +3,7 @@
 from typing import NamedTuple
 
 import lightning as L
+import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
@@ -106,6 +107,7 @@ class ICLDataModule(L.LightningDataModule):
 
     def eval_set(self, stage: int, device) -> ICLBatch:
         """The whole fixed validation (``stage=1``) or test (``stage=2``) set, cached per device."""
+        device = torch.device(device)
         if stage not in self._eval_sets or self._eval_sets[stage].query_y.device != device:
             generator = seeded_generator(device, self.val_seed + stage - _VAL, stage)
             self._eval_sets[stage] = self.task.sample(
