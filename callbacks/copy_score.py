@@ -7,8 +7,8 @@ from typing_extensions import override
 
 from icl_lightning.callbacks.deep_features import gd_sums, optimal_gd_loss
 from icl_lightning.callbacks.probe import Probe, predict
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.validation import require
 
 
 def attention_figure(attention: torch.Tensor, title: str) -> Figure:

@@ -6,10 +6,10 @@ from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe, predict
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models.lsa import LSALayer
 from icl_lightning.models.mlp_transformer import one_step_gd
-from icl_lightning.validation import require
 
 
 def gd_sums(context_phi, context_y, query_phi, query_y) -> dict[str, torch.Tensor]:

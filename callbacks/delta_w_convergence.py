@@ -6,10 +6,10 @@ from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
 from icl_lightning.theory.delta_w import A_sequence, check_block, delta_W_sequence_factors
-from icl_lightning.validation import require
 
 
 class DeltaWConvergence(Probe):

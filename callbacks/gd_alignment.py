@@ -11,6 +11,7 @@ from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe, predict
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.tasks import TaskSampler
@@ -25,7 +26,6 @@ from icl_lightning.theory.gd import (
     optimal_eta,
     optimal_eta_gamma,
 )
-from icl_lightning.validation import require
 
 _CURVES = {
     "loss_vs_step": ["loss_model", "loss_gd", "loss_gd_pp", "loss_interp"],

@@ -12,11 +12,11 @@ from typing_extensions import override
 
 from icl_lightning.callbacks.gd_alignment import StepSizes, learner_steps
 from icl_lightning.callbacks.probe import Probe, predict
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.tasks import TaskSampler
 from icl_lightning.plotting import line_figure
 from icl_lightning.theory.gd import gd_predict
-from icl_lightning.validation import require
 
 _SHIFTS = ("inputs", "weights")
 

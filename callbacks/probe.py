@@ -32,10 +32,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.data.seeding import seeded_generator, shard
+from icl_lightning.data.seeding import seeded_generator
+from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import TaskSampler
-from icl_lightning.validation import require
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -3,7 +3,8 @@
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.datamodule import ICLDataModule
 from icl_lightning.data.nonlinear import ReLUNetwork, Sine, SparseLinear
-from icl_lightning.data.seeding import seeded_generator, shard
+from icl_lightning.data.seeding import seeded_generator
+from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
 
 __all__ = [

@@ -7,10 +7,11 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.data.seeding import seeded_generator, shard
+from icl_lightning.data.seeding import seeded_generator
+from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
-from icl_lightning.validation import require
 
 _TRAIN, _VAL, _TEST = 0, 1, 2
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
-from icl_lightning.validation import require
 
 
 def _split(x: torch.Tensor, y: torch.Tensor) -> ICLBatch:

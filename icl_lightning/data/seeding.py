@@ -12,14 +12,3 @@ def seeded_generator(device: torch.device | str, *keys: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(hash(tuple(int(k) for k in keys)) & (2**63 - 1))
     return generator
-
-
-def shard(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous ``[start, stop)`` share of ``num_items`` owned by ``rank``.
-
-    Shares differ in size by at most one item; a rank may own none when
-    ``num_items < world_size``.
-    """
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)

@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
+from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.validation import require
 
 
 class TaskSampler(ABC):

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
-from icl_lightning.validation import require
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "identity": lambda u: u}
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
-from icl_lightning.validation import require
 
 
 class LSALayer(nn.Module):

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
 from icl_lightning.models.lsa import LSA, LSALayer
-from icl_lightning.validation import require
 
 
 def one_step_gd(context_phi, context_y, query_phi, eta=1.0) -> torch.Tensor:

@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
+from icl_lightning.checks import require
 from icl_lightning.models.lsa import LSALayer
-from icl_lightning.validation import require
 
 
 def sinusoidal_encoding(num_tokens: int, size: int, dtype=torch.float32, device=None):

@@ -1,9 +1,9 @@
 """LightningModules for paper A's "beyond linear" models: the MLP transformer and its
 GD-on-learned-features baseline."""
 
+from icl_lightning.checks import require
 from icl_lightning.models.mlp_transformer import FeatureGD, MLPTransformer
 from icl_lightning.modules.base import ICLRegressionModule
-from icl_lightning.validation import require
 
 
 def _check_features(feature_dim: int, mlp_width: int, mlp_layers: int) -> None:

@@ -1,8 +1,8 @@
 """TokenTransformerModule: paper A's normal token construction as a LightningModule."""
 
+from icl_lightning.checks import require
 from icl_lightning.models.token_transformer import TokenTransformer
 from icl_lightning.modules.base import ICLRegressionModule
-from icl_lightning.validation import require
 
 
 class TokenTransformerModule(ICLRegressionModule):

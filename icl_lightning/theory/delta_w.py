@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from icl_lightning.checks import require
 from icl_lightning.models.contextual_block import ContextualBlock
-from icl_lightning.validation import require
 
 
 def check_block(model: object) -> ContextualBlock:
