@@ -134,6 +134,8 @@ class ContextualLayer(nn.Module):
         Softmax: with ``w_t = exp(s_t - m)``, ``m`` the maximum score of all N + 1 tokens (one
         shared stabiliser, so the ratios are exact), prefix i mixes
         ``sum_{t<=i} w_t e^_t / sum_{t<=i} w_t``; linear attention mixes ``sum_{t<=i} s_t e^_t``.
+        The smallest denominator is the query's own ``w_q``; a prompt where it underflows
+        (scores spanning more than the dtype's exp range) takes the masked passes instead.
         """
         tokens = self.norm_in(torch.cat([query.unsqueeze(1), context], dim=1))  # query first
         scores = self._scores(tokens, tokens[:, 0])  # (B, N + 1, H)
@@ -142,7 +144,17 @@ class ContextualLayer(nn.Module):
         mixed = (scores.unsqueeze(-1) * tokens.unsqueeze(2)).cumsum_(1)  # (B, N + 1, H, D)
         if self.attention == "softmax":
             mixed = mixed / scores.cumsum(1).unsqueeze(-1)
-        return self._output(mixed, query.unsqueeze(1))
+        out = self._output(mixed, query.unsqueeze(1))
+        if self.attention == "softmax":
+            lost = (scores[:, 0] < torch.finfo(scores.dtype).tiny).any(-1)  # (B,)
+            if lost.any():
+                N = context.shape[1]
+                keep = (
+                    torch.arange(N, device=out.device)
+                    < torch.arange(N + 1, device=out.device)[:, None]
+                )
+                out[lost] = self(context[lost], query[lost], keep.expand(int(lost.sum()), -1, -1))
+        return out
 
     def alone(self, query: torch.Tensor) -> torch.Tensor:
         """``A(x)`` for query tokens ``(B, D)``: the query attends to itself only (softmax
