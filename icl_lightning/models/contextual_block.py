@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, vjp, vmap
 
 from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
@@ -212,14 +212,12 @@ class ContextualMLP(nn.Module):
     def prediction_and_slope(
         self, u: torch.Tensor, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`prediction` and its gradient in u, ``W_2[-1] * f'(u)`` ``(..., m)``, by
-        autograd through f alone (any activation, exact); both constants, with no graph."""
-        with torch.enable_grad():
-            x = u.detach().requires_grad_()
-            hidden = ACTIVATIONS[self.activation](x)
-            weights = self.W_2[-1].detach().expand_as(x)
-            slope = torch.autograd.grad(hidden, x, weights)[0] if hidden is not x else weights
-        return self._readout(hidden.detach(), z), slope
+        """:meth:`prediction` and its gradient in u, ``W_2[-1] * f'(u)`` ``(..., m)``: one
+        vector-Jacobian product through f alone (``torch.func.vjp``: any activation, exact, and
+        it works under ``torch.no_grad`` and ``torch.inference_mode`` too)."""
+        hidden, pullback = vjp(ACTIVATIONS[self.activation], u)
+        (slope,) = pullback(self.W_2[-1].expand_as(u))
+        return self._readout(hidden, z), slope
 
     def _readout(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         prediction = hidden @ self.W_2[-1] + self.b_2[-1]
