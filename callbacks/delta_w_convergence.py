@@ -1,6 +1,7 @@
 """DeltaWConvergence: paper B's Fig. 2, the token-by-token updates ``Delta W_i`` converge."""
 
 import torch
+from jsonargparse.typing import PositiveInt
 from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
@@ -9,20 +10,22 @@ from icl_lightning.callbacks.probe import Probe
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
-from icl_lightning.theory.delta_w import A_sequence, check_block, delta_W_sequence_factors
+from icl_lightning.theory.delta_w import A_sequence, check_block, delta_W_sequence_norms
 
 
 class DeltaWConvergence(Probe):
     """``||Delta W_i||`` and ``||Delta W_{i+1} - Delta W_i||`` (Frobenius) against i.
 
     ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2`` (Proposition 3.1) for the first i context
-    points, all i in one masked pass; being rank 1, ``||Delta W_{i+1} - Delta W_i|| =
-    ||W (A_{i+1} - A_i)|| / ||A_0||``. Both are averaged over the evaluation tasks. Logs under
-    ``dw/``: ``update_first`` (i = 1), ``update_last`` (i = N - 1), ``update_ratio`` (last over
-    first; below 1 when the updates shrink as the context grows), ``norm_first``,
-    ``norm_last``, and the figure ``dw/convergence`` of both curves against i.
+    points, all i from running sums over the context (O(N) per task); being rank 1,
+    ``||Delta W_{i+1} - Delta W_i|| = ||W (A_{i+1} - A_i)|| / ||A_0||``. Both are averaged
+    over the evaluation tasks. Logs under ``dw/``: ``update_first`` (i = 1), ``update_last``
+    (i = N - 1), ``update_ratio`` (last over first; below 1 when the updates shrink as the
+    context grows), ``norm_first``, ``norm_last``, and the figure ``dw/convergence`` of both
+    curves against i.
 
-    Args: as :class:`~icl_lightning.callbacks.Probe` (prompts need N >= 2 context points).
+    Args: as :class:`~icl_lightning.callbacks.Probe` (prompts need N >= 2 context points);
+    ``batch_size`` defaults to 128 tasks, whose running sums stay in cache.
 
     Example::
 
@@ -31,17 +34,16 @@ class DeltaWConvergence(Probe):
 
     namespace = "dw"
 
+    def __init__(self, batch_size: PositiveInt = 128, **kwargs) -> None:
+        super().__init__(batch_size=batch_size, **kwargs)
+
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         require(batch.num_context >= 2, "num_context", batch.num_context, ">= 2 for updates")
         block = check_block(model)
         A_seq = A_sequence(block, batch.context_x, batch.context_y, batch.query_x)
-        u, v = delta_W_sequence_factors(block.W, A_seq)  # Delta W_i = u_i v^T
-        v_norm = v.norm(dim=-1, keepdim=True)
-        return {
-            "norm": (u.norm(dim=-1) * v_norm).sum(0),  # ||Delta W_i||, i = 1..N
-            "update": (u.diff(dim=1).norm(dim=-1) * v_norm).sum(0),  # i = 1..N-1
-        }
+        norm, update = delta_W_sequence_norms(block.W, A_seq)
+        return {"norm": norm.sum(0), "update": update.sum(0)}  # i = 1..N and 1..N-1
 
     @override
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,17 +1,18 @@
 """FinetuneComparison: paper B's Fig. 3, SGD finetuning of W against the implicit Delta W_i."""
 
 import torch
-from jsonargparse.typing import NonNegativeInt, PositiveFloat
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from matplotlib.figure import Figure
 from torch import nn
-from torch.func import grad, vmap
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
-from icl_lightning.theory.delta_w import A_sequence, check_block, delta_W_sequence
+from icl_lightning.theory.delta_w import A_sequence, check_block
+from icl_lightning.theory.finetune import delta_W_predictions, sgd_on_W
+from icl_lightning.theory.loss import prediction_loss
 
 
 class FinetuneComparison(Probe):
@@ -29,14 +30,18 @@ class FinetuneComparison(Probe):
       ``Delta W_i`` from ``c_1..c_i`` (without the ``Delta A`` shift when the MLP keeps its
       skip connection, as the paper defines it).
 
-    Tasks are batched: ``torch.func.vmap(grad(...))`` runs one SGD step for all tasks at once;
-    the M steps are sequential. M is the evaluation prompts' context length (the probe's
-    ``num_context``, default the datamodule's N). Logs under ``ft/``: ``loss_i0`` (no update),
+    Both learners live in :mod:`icl_lightning.theory.finetune`: one SGD step for all tasks
+    at once (the M steps are sequential, with no host sync), and ``Delta W_i`` for all i from
+    running sums over the context, so time and memory grow linearly in M. M is the
+    evaluation prompts' context length (the probe's ``num_context``, default the
+    datamodule's N). Logs under ``ft/``: ``loss_i0`` (no update),
     ``sgd_loss_i<i>`` and ``dw_loss_i<i>`` for i = 1..M, and the figure ``ft/comparison``.
 
     Args:
         lr: the SGD learning rate (paper B: 0.01).
         seed: seed of the evaluation tasks (their own, unseen in training).
+        batch_size: tasks per chunk; the SGD loop runs once per chunk, so large chunks are
+            fast (memory is O(batch_size (M D + m D)) only).
         **kwargs: the other options of :class:`~icl_lightning.callbacks.Probe`.
 
     Example::
@@ -46,36 +51,34 @@ class FinetuneComparison(Probe):
 
     namespace = "ft"
 
-    def __init__(self, lr: PositiveFloat = 0.01, seed: NonNegativeInt = 31337, **kwargs) -> None:
+    def __init__(
+        self,
+        lr: PositiveFloat = 0.01,
+        seed: NonNegativeInt = 31337,
+        batch_size: PositiveInt = 4096,
+        **kwargs,
+    ) -> None:
         require(lr > 0, "lr", lr, "a number > 0")
-        super().__init__(seed=seed, **kwargs)
+        super().__init__(seed=seed, batch_size=batch_size, **kwargs)
         self.lr = float(lr)
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         block = check_block(model)
-        W = block.W.detach()
         examples = block.A_alone(batch.context_x)  # (B, M, D): A(x_i), each example alone
         A_test = block.A_alone(batch.query_x)  # (B, D)
-
-        def example_loss(W_task, z, y):  # one task, one example
-            return 0.5 * (block.head(z, W_task) - y) ** 2
-
-        sgd_step = vmap(grad(example_loss))
-        W_tasks = W.expand(len(batch), *W.shape)
-        sgd = []
-        for i in range(batch.num_context):  # sequential steps, batched over tasks
-            W_tasks = W_tasks - self.lr * sgd_step(W_tasks, examples[:, i], batch.context_y[:, i])
-            sgd.append(block.head(A_test, W_tasks))
-        sgd = torch.stack(sgd, dim=1)  # (B, M)
-        A_seq = A_sequence(block, batch.context_x, batch.context_y, batch.query_x)
-        dW = delta_W_sequence(W, A_seq)  # (B, M, m, D)
-        implicit = block.head(A_test.unsqueeze(1).expand_as(A_seq[:, 1:]), W + dW)  # (B, M)
+        sgd = sgd_on_W(block, examples, batch.context_y, A_test, self.lr)  # (B, M)
+        implicit = torch.cat(  # (B, M); prefixes of a few tasks at a time stay in cache
+            [
+                delta_W_predictions(block, A_sequence(block, p.context_x, p.context_y, p.query_x))
+                for p in batch.split(128)
+            ]
+        )
         y = batch.query_y
         return {
-            "loss_i0": (0.5 * (block.head(A_test) - y) ** 2).sum(),
-            "sgd_loss": (0.5 * (sgd - y.unsqueeze(1)) ** 2).sum(0),
-            "dw_loss": (0.5 * (implicit - y.unsqueeze(1)) ** 2).sum(0),
+            "loss_i0": prediction_loss(block.head(A_test), y).sum(),
+            "sgd_loss": prediction_loss(sgd, y.unsqueeze(1)).sum(0),
+            "dw_loss": prediction_loss(implicit, y.unsqueeze(1)).sum(0),
         }
 
     @override

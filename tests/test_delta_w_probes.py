@@ -125,4 +125,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert len(scalars[1]) == 5 + 4 + 1 + 2 * N  # equivalence, convergence, finetuning
     assert scalars[1].keys() == scalars[2].keys()
     for tag, value in scalars[1].items():  # TensorBoard keeps float32
-        assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=1e-30), tag
+        # the max_*_diff are float64 rounding errors (~1e-16): the shares' matrix products
+        # have other row counts, so they agree to rounding, not bit for bit
+        rounding = 1e-13 if "max_" in tag else 1e-30
+        assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=rounding), tag

@@ -83,18 +83,18 @@ class LinearRegression(TaskSampler):
         self.noise_std = noise_std
 
     def sample_inputs(self, shape: tuple[int, ...], generator, dtype) -> torch.Tensor:
-        """Inputs of the given shape: ``r * (U(0,1) - 1/2)`` or ``r * N(0, 1)``."""
-        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        """Inputs of the given shape: ``U(-r/2, r/2)`` or ``N(0, r^2)``, drawn in place."""
+        x = torch.empty(shape, device=generator.device, dtype=dtype)
         if self.input_distribution == "uniform":
-            return self.input_range * (torch.rand(shape, **kw) - 0.5)
-        return self.input_range * torch.randn(shape, **kw)
+            return x.uniform_(-self.input_range / 2, self.input_range / 2, generator=generator)
+        return x.normal_(0.0, self.input_range, generator=generator)
 
     def sample(self, batch_size, num_context, generator, dtype=torch.float32) -> ICLBatch:
         B, N, d = batch_size, num_context, self.input_dim
         kw = dict(generator=generator, device=generator.device, dtype=dtype)
         x = self.sample_inputs((B, N + 1, d), generator, dtype)
-        w = self.weight_scale * torch.randn(B, d, **kw)
-        y = torch.einsum("bnd,bd->bn", x, w)
+        w = torch.randn(B, d, 1, **kw).mul_(self.weight_scale)
+        y = (x @ w).squeeze(-1)  # <w, x_i> for all N + 1 points, (B, N + 1)
         if self.noise_std > 0:
             y = y + self.noise_std * torch.randn(B, N + 1, **kw)
         return ICLBatch(x[:, :N], y[:, :N], x[:, N], y[:, N])

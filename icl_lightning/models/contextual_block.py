@@ -25,12 +25,13 @@ Theorem 2.2 then reads ``T_W(C, x) = T_{W + Delta W}(x)`` with ``Delta W`` of ra
 :meth:`ContextualBlock.A_alone`, :attr:`ContextualBlock.W` and :meth:`ContextualBlock.head`.
 """
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, vjp, vmap
 
 from icl_lightning.checks import require
 from icl_lightning.models.init import attention_weights, variance_scaling_
@@ -70,6 +71,29 @@ class ContextualLayer(nn.Module):
         self.norm_in = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()
         self.norm_out = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()
 
+    def _scores(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Scores ``<W_Q,h e^_q, W_K,h e^_t>`` of the tokens ``(B, T, D)`` against the query
+        token ``(B, D)``, ``(B, T, H)``, as ``e^_t . q'_h`` with ``q'_h = W_K,h^T W_Q,h e^_q``;
+        softmax attention scales them by ``1 / sqrt(k)``."""
+        H, key_size, D = self.W_Q.shape
+        KQ = torch.einsum("hkE,hkF->FhE", self.W_K, self.W_Q).reshape(D, H * D)
+        q = (query @ KQ).unflatten(-1, (H, D))  # (B, H, D)
+        scores = tokens @ q.transpose(1, 2)
+        return scores / math.sqrt(key_size) if self.attention == "softmax" else scores
+
+    def _PV(self) -> torch.Tensor:
+        """``(P_h W_V,h)^T`` of every head, ``(H, D, D)``."""
+        return torch.einsum("hDk,hkE->hED", self.P, self.W_V)
+
+    def _output(self, mixed: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``LN_2(e_q + sum_h P_h W_V,h mixed_h)`` for attention-weighted tokens ``mixed``
+        ``(..., H, D)`` (``mixed_h = sum_t alpha_ht e^_t``); ``query`` broadcasts against it."""
+        return self._finish(mixed.flatten(-2) @ self._PV().flatten(0, 1), query)
+
+    def _finish(self, h: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``LN_2(e_q + h)`` (without ``e_q`` when the residual is off)."""
+        return self.norm_out(h + query if self.residual else h)
+
     def forward(
         self, context: torch.Tensor, query: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -77,28 +101,65 @@ class ContextualLayer(nn.Module):
 
         ``keep`` selects S: ``None`` (all of C), a bool ``(B, N)`` mask, or ``(B, S, N)`` masks
         for S subsets at once (output ``(B, S, D)``); the query token is always attended to.
+        Only the query's row of the attention is computed: O((N + 1) H D) per prompt and
+        subset, elementwise (no batched small matrix products).
         """
-        B, N, D = context.shape
-        masks = torch.ones(B, 1, N, dtype=torch.bool, device=context.device)
-        if keep is not None:
-            masks = keep if keep.ndim == 3 else keep.unsqueeze(1)
-        S = masks.shape[1]
-        self_mask = torch.ones(B, S, 1, dtype=torch.bool, device=context.device)
-        masks = torch.cat([masks, self_mask], dim=-1)  # (B, S, N + 1): the query is last
-        tokens = self.norm_in(torch.cat([context, query.unsqueeze(1)], dim=1))
-        q = torch.einsum("hkD,bD->bhk", self.W_Q, tokens[:, -1])
-        k = torch.einsum("hkD,btD->bhtk", self.W_K, tokens)
-        v = torch.einsum("hkD,btD->bhtk", self.W_V, tokens)
-        q = q.unsqueeze(2).expand(-1, -1, S, -1)  # one query row per subset
+        tokens = self.norm_in(torch.cat([context, query.unsqueeze(1)], dim=1))  # query last
+        scores = self._scores(tokens, tokens[:, -1])  # (B, T, H)
+        if keep is None:
+            if self.attention == "softmax":
+                scores = torch.softmax(scores, dim=1)
+            mixed = (scores.unsqueeze(-1) * tokens.unsqueeze(2)).sum(1)  # (B, H, D)
+            return self._output(mixed, query)
+        masks = keep if keep.ndim == 3 else keep.unsqueeze(1)  # (B, S, N)
+        masks = F.pad(masks, (0, 1), value=True).unsqueeze(-1)  # (B, S, T, 1): + the query
+        scores = scores.unsqueeze(1)  # (B, 1, T, H)
         if self.attention == "softmax":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=masks.unsqueeze(1))
+            scores = torch.softmax(scores.masked_fill(~masks, -torch.inf), dim=2)
         else:
-            scores = (q @ k.transpose(-1, -2)) * masks.unsqueeze(1)
-            out = scores @ v
-        a = torch.einsum("hDk,bhsk->bsD", self.P, out)
-        h = a + query.unsqueeze(1) if self.residual else a
-        h = self.norm_out(h)
-        return h if keep is not None and keep.ndim == 3 else h.squeeze(1)
+            scores = scores * masks
+        mixed = torch.einsum("bsth,btD->bshD", scores, tokens)
+        out = self._output(mixed, query.unsqueeze(1))
+        return out if keep.ndim == 3 else out.squeeze(1)
+
+    def prefixes(self, context: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``A(c_1..c_i, x)`` for every prefix i = 0..N at once, ``(B, N + 1, D)``.
+
+        Running sums over the context instead of N + 1 masked passes (time and memory
+        O(N H D) per prompt). With the query token first, prefix i attends to tokens 0..i.
+        Softmax: with ``w_t = exp(s_t - m)``, ``m`` the maximum score of all N + 1 tokens (one
+        shared stabiliser, so the ratios are exact), prefix i mixes
+        ``sum_{t<=i} w_t e^_t / sum_{t<=i} w_t``; linear attention mixes ``sum_{t<=i} s_t e^_t``.
+        The smallest denominator is the query's own ``w_q``; a prompt where it underflows
+        (scores spanning more than the dtype's exp range) takes the masked passes instead.
+        """
+        tokens = self.norm_in(torch.cat([query.unsqueeze(1), context], dim=1))  # query first
+        scores = self._scores(tokens, tokens[:, 0])  # (B, N + 1, H)
+        if self.attention == "softmax":
+            scores = torch.exp(scores - scores.amax(1, keepdim=True))
+        mixed = (scores.unsqueeze(-1) * tokens.unsqueeze(2)).cumsum_(1)  # (B, N + 1, H, D)
+        if self.attention == "softmax":
+            mixed = mixed / scores.cumsum(1).unsqueeze(-1)
+        out = self._output(mixed, query.unsqueeze(1))
+        if self.attention == "softmax":
+            lost = (scores[:, 0] < torch.finfo(scores.dtype).tiny).any(-1)  # (B,)
+            if lost.any():
+                N = context.shape[1]
+                keep = (
+                    torch.arange(N, device=out.device)
+                    < torch.arange(N + 1, device=out.device)[:, None]
+                )
+                out[lost] = self(context[lost], query[lost], keep.expand(int(lost.sum()), -1, -1))
+        return out
+
+    def alone(self, query: torch.Tensor) -> torch.Tensor:
+        """``A(x)`` for query tokens ``(B, D)``: the query attends to itself only (softmax
+        weight 1; linear weight ``s_qq``), ``LN_2(e_q + sum_h P_h W_V,h alpha_h e^_q)``."""
+        z = self.norm_in(query)
+        if self.attention == "softmax":  # every head mixes e^_q alone
+            return self._finish(z @ self._PV().sum(0), query)
+        weights = self._scores(z.unsqueeze(1), z).transpose(1, 2)  # (B, H, 1)
+        return self._output(weights * z.unsqueeze(1), query)
 
 
 class ContextualMLP(nn.Module):
@@ -132,10 +193,31 @@ class ContextualMLP(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``M_W(z)`` for ``z`` of shape ``(..., D)``."""
-        out = F.linear(
-            ACTIVATIONS[self.activation](F.linear(z, self.W, self.b)), self.W_2, self.b_2
-        )
+        return self.from_preactivation(F.linear(z, self.W, self.b), z)
+
+    def from_preactivation(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``M_W(z) = W_2 f(u) + b_2 (+ z)`` from the pre-activation ``u = W z + b`` ``(..., m)``:
+        W enters only through u, so a gradient in W is ``(d/du) z^T``."""
+        out = F.linear(ACTIVATIONS[self.activation](u), self.W_2, self.b_2)
         return out + z if self.skip else out
+
+    def prediction(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``M_W(z)[-1] = f(u) . W_2[-1] + b_2[-1] (+ z[-1])`` from ``u = W z + b``, ``(...)``."""
+        return self._readout(ACTIVATIONS[self.activation](u), z)
+
+    def prediction_and_slope(
+        self, u: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prediction` and its gradient in u, ``W_2[-1] * f'(u)`` ``(..., m)``: one
+        vector-Jacobian product through f alone (``torch.func.vjp``: any activation, exact, and
+        it works under ``torch.no_grad`` and ``torch.inference_mode`` too)."""
+        hidden, pullback = vjp(ACTIVATIONS[self.activation], u)
+        (slope,) = pullback(self.W_2[-1].expand_as(u))
+        return self._readout(hidden, z), slope
+
+    def _readout(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        prediction = hidden @ self.W_2[-1] + self.b_2[-1]
+        return prediction + z[..., -1] if self.skip else prediction
 
 
 class ContextualBlock(nn.Module):
@@ -210,13 +292,14 @@ class ContextualBlock(nn.Module):
         """
         return self.contextual(*self.tokens(context_x, context_y, query_x), keep)
 
+    def A_prefixes(self, context_x, context_y, query_x) -> torch.Tensor:
+        """``A(c_1..c_i, x)`` for i = 0..N, ``(B, N + 1, D)`` (running sums; row 0 is ``A(x)``)."""
+        return self.contextual.prefixes(*self.tokens(context_x, context_y, query_x))
+
     def A_alone(self, query_x: torch.Tensor) -> torch.Tensor:
         """``A(x)`` ``(..., D)``: the layer applied to the query token alone."""
-        flat = query_x.reshape(-1, self.input_dim)
-        out = self.A(
-            flat.new_zeros(len(flat), 0, self.input_dim), flat.new_zeros(len(flat), 0), flat
-        )
-        return out.reshape(*query_x.shape[:-1], -1)
+        flat = F.pad(query_x.reshape(-1, self.input_dim), (0, 1))
+        return self.contextual.alone(flat).reshape(*query_x.shape[:-1], -1)
 
     def head(self, z: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """The prediction ``M_W(z)[-1]`` for ``z`` ``(..., D)``; ``W`` replaces the weight.

@@ -80,20 +80,52 @@ class LSALayer(nn.Module):
     def forward(self, h: torch.Tensor, num_context: int, queries: slice = slice(None)):
         """The attention update ``h_attn`` (no residual) of the tokens ``h[:, queries]``.
 
-        Args:
-            h: ``(B, T, D)`` tokens; the first ``num_context`` are the context.
-            num_context: N; keys and values come from ``h[:, :N]`` only.
-            queries: which tokens to update (the last layer needs only the query token).
+        Keys and values come from the first ``num_context`` tokens of ``h`` ``(B, T, D)``. Linear
+        attention is computed through the context's second moment ``S = sum_i z_i z_i^T``::
+
+            h_attn,j = sum_h P_h W_V,h S W_K,h^T W_Q,h z_j        (z = LayerNorm(h) or h)
+
+        one small ``(D, D)`` matrix per prompt, so the cost is O(T D^2 + H D^3) per prompt
+        instead of O(T N k) for the scores.
         """
         z = self.norm(h)
-        q = torch.einsum("hkD,btD->bhtk", self.W_Q, z[:, queries])
-        k = torch.einsum("hkD,btD->bhtk", self.W_K, z[:, :num_context])
-        v = torch.einsum("hkD,btD->bhtk", self.W_V, z[:, :num_context])
         if self.softmax:
+            q = torch.einsum("hkD,btD->bhtk", self.W_Q, z[:, queries])
+            k = torch.einsum("hkD,btD->bhtk", self.W_K, z[:, :num_context])
+            v = torch.einsum("hkD,btD->bhtk", self.W_V, z[:, :num_context])
             out = F.scaled_dot_product_attention(q, k, v)
-        else:  # reassociated: q (k^T v) costs O(N k^2) instead of O(T N k)
-            out = q @ (k.transpose(-1, -2) @ v)
-        return torch.einsum("hDk,bhtk->btD", self.P, out)
+            return torch.einsum("hDk,bhtk->btD", self.P, out)
+        context = z[:, :num_context]
+        S = context.transpose(1, 2) @ context  # (B, D, D)
+        B, D, H = len(z), z.shape[-1], self.W_Q.shape[0]
+        KQ = torch.einsum("hkE,hkF->EhF", self.W_K, self.W_Q).reshape(D, H * D)
+        PV = torch.einsum("hDk,hkE->DhE", self.P, self.W_V).reshape(D, H * D)
+        SKQ = (S.reshape(B * D, D) @ KQ).reshape(B, D, H, D)  # S W_K,h^T W_Q,h
+        M = torch.einsum("Dj,bjF->bDF", PV, SKQ.transpose(1, 2).reshape(B, H * D, D))
+        return z[:, queries] @ M.transpose(1, 2)
+
+    def query_update(
+        self, h: torch.Tensor, num_context: int, coords: slice = slice(None)
+    ) -> torch.Tensor:
+        """The attention update of the last token (the query) only, at coordinates ``coords``.
+
+        ``(B, len(coords))``. With ``q'_h = W_K,h^T W_Q,h z_q`` the scores are ``s_hi = z_i .
+        q'_h`` (softmax: ``softmax_i(s_hi / sqrt(k))``) and the update is ``sum_h sum_i s_hi
+        (P_h W_V,h)[coords] z_i``: elementwise products of size O(N H D) per prompt, no
+        batched matrix products (the last layer needs nothing else, and only
+        ``coords = -1`` for the prediction).
+        """
+        z = self.norm(h)
+        context, query = z[:, :num_context], z[:, -1]
+        H, key_size, D = self.W_Q.shape
+        KQ = torch.einsum("hkE,hkF->FhE", self.W_K, self.W_Q).reshape(D, H * D)
+        q = (query @ KQ).unflatten(-1, (H, D))  # q'_h, (B, H, D)
+        scores = (context.unsqueeze(2) * q.unsqueeze(1)).sum(-1)  # (B, N, H)
+        if self.softmax:
+            scores = torch.softmax(scores / math.sqrt(key_size), dim=1)
+        PV = torch.einsum("hRk,hkE->hRE", self.P[:, coords], self.W_V)  # (H, R, D)
+        values = (context @ PV.flatten(0, 1).T).unflatten(-1, (H, -1))  # (B, N, H, R)
+        return (scores.unsqueeze(-1) * values).sum((1, 2))
 
 
 class LSA(nn.Module):
@@ -196,14 +228,12 @@ class LSA(nn.Module):
         query = F.pad(query_x, (0, 1)).unsqueeze(1)
         return torch.cat([context, query], dim=1)
 
-    def forward_tokens(self, h: torch.Tensor, num_context: int) -> torch.Tensor:
-        """All L layers on tokens ``h``; the last layer updates only the query token."""
-        for i in range(self.num_layers - 1):
-            h = h + self.layer(i)(h, num_context)
-        query = slice(num_context, None)
-        return h[:, query] + self.layer(self.num_layers - 1)(h, num_context, query)
-
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
-        """Predictions ``-h_L[query, -1]`` of shape ``(B,)``."""
+        """Predictions ``-h_L[query, -1]`` of shape ``(B,)``; the last layer computes only the
+        query token's last coordinate."""
+        N = context_x.shape[1]
         h = self.tokens(context_x, context_y, query_x)
-        return -self.forward_tokens(h, context_x.shape[1])[:, -1, -1]
+        for i in range(self.num_layers - 1):
+            h = h + self.layer(i)(h, N)
+        last = self.layer(self.num_layers - 1).query_update(h, N, slice(-1, None))
+        return -(h[:, -1, -1] + last[:, 0])

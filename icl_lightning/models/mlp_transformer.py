@@ -143,12 +143,12 @@ class MLPTransformer(nn.Module):
         h = self.tokens(context_x, context_y, query_x)
         for i, layer in enumerate(self.layers):
             if i == len(self.layers) - 1:  # the last layer only needs the query token
-                h = h[:, N:] + layer(h, N, slice(N, None))
+                h = h[:, -1] + layer.query_update(h, N)
             else:
                 h = h + layer(h, N)
             if self.blocks:
                 h = h + self.blocks[i](h)
-        return -h[:, -1, -1]
+        return -h[..., -1]
 
 
 class FeatureGD(nn.Module):

@@ -93,4 +93,4 @@ class TokenTransformer(nn.Module):
         h = self.tokens(context_x, context_y, query_x)
         for layer in self.layers[:-1]:
             h = h + layer(h, M)
-        return -(h[:, M:] + self.layers[-1](h, M, slice(M, None)))[:, -1, -1]
+        return -(h[:, -1, -1] + self.layers[-1].query_update(h, M, slice(-1, None))[:, 0])

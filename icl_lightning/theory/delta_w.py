@@ -90,18 +90,13 @@ def output_shift(A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:
     return A_C - A_rest
 
 
-def prefix_masks(num_context: int, device=None) -> torch.Tensor:
-    """Bool ``(N + 1, N)``: row i keeps the first i context points ``c_1..c_i`` (row 0: none)."""
-    positions = torch.arange(num_context, device=device)
-    return positions.unsqueeze(0) < torch.arange(num_context + 1, device=device).unsqueeze(1)
-
-
 def A_sequence(model: ContextualBlock, context_x, context_y, query_x) -> torch.Tensor:
-    """``A_i = A(c_1..c_i, x)``, i = 0..N, in one masked pass: ``(B, N + 1, D)``; ``A_0 = A(x)``."""
-    model = check_block(model)
-    B, N, _ = context_x.shape
-    masks = prefix_masks(N, context_x.device).expand(B, -1, -1)
-    return model.A(context_x, context_y, query_x, masks)
+    """``A_i = A(c_1..c_i, x)``, i = 0..N, ``(B, N + 1, D)``; ``A_0 = A(x)``.
+
+    From running sums over the context (:meth:`ContextualBlock.A_prefixes`): O(N) time and
+    memory per prompt, equal to N + 1 masked passes ``A(C, x, keep=c_1..c_i)``.
+    """
+    return check_block(model).A_prefixes(context_x, context_y, query_x)
 
 
 def delta_W_sequence_factors(
@@ -118,6 +113,26 @@ def delta_W_sequence(W: torch.Tensor, A_seq: torch.Tensor) -> torch.Tensor:
     """Proposition 3.1: ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2``, ``(B, N, m, D)``."""
     u, v = delta_W_sequence_factors(W, A_seq)
     return u.unsqueeze(-1) * v[:, None, None, :]
+
+
+def delta_W_sequence_norms(
+    W: torch.Tensor, A_seq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``||Delta W_i||_F`` for i = 1..N ``(B, N)`` and ``||Delta W_{i+1} - Delta W_i||_F`` for
+    i = 1..N-1 ``(B, N - 1)``, without forming the ``(B, N, m)`` factors ``u_i``.
+
+    Rank one: ``||Delta W_i|| = ||W (A_i - A_0)|| / ||A_0||`` and ``||Delta W_{i+1} - Delta
+    W_i|| = ||W (A_{i+1} - A_i)|| / ||A_0||``, with ``||W a||^2 = a^T (W^T W) a`` (a ``D x D``
+    Gram matrix): O(N D^2) per prompt instead of O(N m D).
+    """
+    gram = W.transpose(-1, -2) @ W
+
+    def W_norm(a: torch.Tensor) -> torch.Tensor:  # ||W a|| for a of shape (..., D)
+        return ((a @ gram) * a).sum(-1).clamp_min(0).sqrt()
+
+    A_0, A_i = A_seq[:, :1], A_seq[:, 1:]
+    norm_A_0 = A_0.norm(dim=-1)
+    return W_norm(A_i - A_0) / norm_A_0, W_norm(A_i.diff(dim=1)) / norm_A_0
 
 
 class GradientSteps(NamedTuple):
