@@ -121,7 +121,9 @@ class ICLLightningCLI(LightningCLI):
             return
         logger_args.save_dir = str(run.parent.parent)
         logger_args.name = run.parent.name
-        logger_args.version = run.name
+        logger_args.version = (
+            int(run.name[8:]) if re.fullmatch(r"version_\d+", run.name) else run.name
+        )
 
     # ------------------------------------------------------------------- building the run
     def instantiate_classes(self) -> None:
