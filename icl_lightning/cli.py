@@ -91,6 +91,12 @@ class ICLLightningCLI(LightningCLI):
         if config.get("ckpt_path"):
             self._check_checkpoint_file(config.ckpt_path)
         trainer = config.trainer
+        if str(trainer.precision) == "16-true":
+            self.parser.error(
+                "--trainer.precision=16-true is not supported: AdamW's float16 state under- and "
+                "overflows within a few steps here. Expected 64-true, 32-true, bf16-true, "
+                "16-mixed or bf16-mixed."
+            )
         if not trainer.logger:
             trainer.default_root_dir = str(_next_version(Path(trainer.default_root_dir)))
             return
