@@ -115,6 +115,11 @@ class GDAlignment(Probe):
 
     namespace = "gd"
 
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The GD baselines take ``num_steps`` steps, or as many as the model has layers."""
+        learner_steps(model, self.num_steps)
+
     def __init__(
         self,
         every_n_steps: NonNegativeInt = 500,

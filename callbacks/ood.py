@@ -59,6 +59,11 @@ class OODProbe(Probe):
 
     namespace = "ood"
 
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The GD baselines take ``num_steps`` steps, or as many as the model has layers."""
+        learner_steps(model, self.num_steps)
+
     def __init__(
         self,
         every_n_steps: NonNegativeInt = 1000,

@@ -124,8 +124,8 @@ class Probe(Callback):
     def check(self, pl_module: "L.LightningModule", datamodule: object) -> None:
         """Raise ``ValueError`` naming the option when this probe cannot measure ``pl_module``
         on ``datamodule``'s prompts; the CLI calls it before training. The base requires a
-        ``model`` (an ``nn.Module``), and a probe task of the data's input dimension;
-        subclasses add what they need of the model (calling ``super().check``)."""
+        ``model`` (an ``nn.Module``) that :meth:`check_model` accepts, and a probe task of the
+        data's input dimension."""
         model = getattr(pl_module, "model", None)
         require(
             isinstance(model, nn.Module),
@@ -133,6 +133,11 @@ class Probe(Callback):
             type(model).__name__,
             "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
         )
+        try:
+            self.check_model(model)
+        except ValueError as error:
+            name, kind = type(self).__name__, type(model).__name__
+            raise ValueError(f"{name} cannot measure a {kind}: {error}") from error
         data_dim = getattr(datamodule, "input_dim", None)
         if self.task is not None and data_dim is not None:
             require(
@@ -141,6 +146,10 @@ class Probe(Callback):
                 self.task.input_dim,
                 f"the data's input_dim, {data_dim} (the model reads inputs of that size)",
             )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``ValueError`` when this probe cannot measure ``model``. The base needs only
+        ``model(context_x, context_y, query_x)``; a probe that needs more declares it here."""
 
     # ----------------------------------------------------------------------- the machinery
     def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:

@@ -20,26 +20,38 @@ Runs and their directories:
   model on this data; a failure is a usage error (exit 2) naming the option or file.
 """
 
-import pickle
 import re
-import zipfile
+import sys
 from pathlib import Path
 
-import torch
+import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from icl_lightning.callbacks.probe import Probe
-from icl_lightning.checkpointing import NETWORK_CLASS_KEY, RunCheckpoint, network_class
+from icl_lightning.checkpointing import RunCheckpoint
 from icl_lightning.data.datamodule import ICLDataModule
 from icl_lightning.hparams import FinalMetrics
 from icl_lightning.modules.base import ICLRegressionModule
 from icl_lightning.progress import StepProgressBar
+from icl_lightning.run_checks import (
+    LIGHTNING_CKPT_NAMES,
+    check_checkpoint_module,
+    check_checkpoint_network,
+    check_linked_unset,
+    check_validation_schedule,
+    load_checkpoint,
+)
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+#: model options the CLI sets from the data, and where from
+_LINKED = {
+    "input_dim": "data.init_args.task.init_args.input_dim",
+    "num_context": "data.init_args.num_context",
+}
 
 
 def _natural_key(name: str) -> list:
@@ -51,6 +63,20 @@ def _next_version(root: Path) -> Path:
     """``root/version_<k>`` with ``k`` one more than the largest there (0 if none)."""
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
     return root / f"version_{max(taken, default=-1) + 1}"
+
+
+def _check_yaml(parser, path: str) -> None:
+    """A usage error naming ``path`` when that file exists but is not YAML."""
+    if not Path(path).is_file():
+        return  # the parser names a missing file itself
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        parser.error(
+            f"--config={path} is not valid YAML ({problem}): expected a YAML mapping of "
+            "options, as in configs/."
+        )
 
 
 class ICLLightningCLI(LightningCLI):
@@ -85,11 +111,39 @@ class ICLLightningCLI(LightningCLI):
         )
 
     # ------------------------------------------------------------- before anything is built
+    def parse_arguments(self, parser, args) -> None:
+        """As LightningCLI's, after checking that every ``--config`` file is YAML (the parser's
+        own message would not name the file)."""
+        given = sys.argv[1:] if args is None else args
+        given = [str(a) for a in given] if isinstance(given, list | tuple) else []
+        for i, arg in enumerate(given):
+            if arg.startswith("--config="):
+                _check_yaml(parser, arg.split("=", 1)[1])
+            elif arg in ("-c", "--config") and i + 1 < len(given):
+                _check_yaml(parser, given[i + 1])
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check the parsed options before Lightning reads the checkpoint's into them: no option
+        the CLI links from the data, and a complete checkpoint of the configured module
+        (Lightning would otherwise swap the configured model for the checkpoint's)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        try:
+            check_linked_unset(config.model.as_dict(), _LINKED)
+            if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CKPT_NAMES:
+                checkpoint = load_checkpoint(config.ckpt_path)
+                check_checkpoint_module(checkpoint, config.ckpt_path, config.model.class_path)
+        except ValueError as error:
+            self.parser.error(str(error))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        """Check the checkpoint file; choose the run directory (resumed run, or no logger)."""
+        """Refuse options that cannot work; choose the run directory (a resumed run's own, or a
+        new one when there is no logger)."""
         config = self.config[self.subcommand]
-        if config.get("ckpt_path"):
-            self._check_checkpoint_file(config.ckpt_path)
         trainer = config.trainer
         if str(trainer.precision) == "16-true":
             self.parser.error(
@@ -105,19 +159,6 @@ class ICLLightningCLI(LightningCLI):
             trainer.logger.init_args.default_hp_metric = False
             if self.subcommand == "fit" and config.get("ckpt_path"):
                 self._continue_run(trainer.logger.init_args, Path(config.ckpt_path))
-
-    def _check_checkpoint_file(self, ckpt_path: str) -> None:
-        """A usage error unless ``ckpt_path`` is a complete checkpoint file (a torch zip)."""
-        path = Path(ckpt_path)
-        if ckpt_path in ("last", "best", "hpc", "registry"):
-            return  # Lightning's own names, resolved by the trainer
-        if not path.is_file():
-            self.parser.error(f"--ckpt_path={ckpt_path}: no such file.")
-        if not zipfile.is_zipfile(path):
-            self.parser.error(
-                f"--ckpt_path={ckpt_path} is not a complete checkpoint (expected a .ckpt "
-                "written by icl-lightning fit; this one is truncated or of another format)."
-            )
 
     @staticmethod
     def _continue_run(logger_args, ckpt_path: Path) -> None:
@@ -137,50 +178,34 @@ class ICLLightningCLI(LightningCLI):
         a usage error (exit 2) naming the option, before any training or logging starts."""
         try:
             super().instantiate_classes()
-            config = self.config[self.subcommand]
-            if config.get("ckpt_path"):
-                self._check_checkpoint_model(config.ckpt_path)
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, Probe):
-                    callback.check(self.model, self.datamodule)
-            options = config.as_dict()
-            params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
-            self.trainer.callbacks.append(FinalMetrics(params))
-        except ValueError as error:
+            self._check_run()
+        except (ValueError, MisconfigurationException) as error:
             self.parser.error(str(error))
+        options = self.config[self.subcommand].as_dict()
+        params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
+        self.trainer.callbacks.append(FinalMetrics(params))
 
-    def _check_checkpoint_model(self, ckpt_path: str) -> None:
-        """ValueError unless the checkpoint holds this network, with the same parameter shapes."""
-        if not Path(ckpt_path).is_file():
-            return
+    def _check_run(self) -> None:
+        """ValueError unless checkpoint, probes, data and trainer fit together."""
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            check_checkpoint_network(load_checkpoint(ckpt_path), ckpt_path, self.model)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Probe):
+                callback.check(self.model, self.datamodule)
+        batches = getattr(self.datamodule, "batches_per_epoch", None)
+        trainer = config.trainer
+        check_validation_schedule(
+            trainer.val_check_interval, trainer.check_val_every_n_epoch, batches
+        )
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """As LightningCLI's (which builds the optimizer once), naming the options on failure."""
         try:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, pickle.UnpicklingError) as error:
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} is not a readable checkpoint ({error}): expected a "
-                ".ckpt written by icl-lightning fit."
-            ) from error
-        if "state_dict" not in checkpoint:
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} has no state_dict: expected a .ckpt written by "
-                "icl-lightning fit."
-            )
-        ours = network_class(self.model)
-        theirs = checkpoint.get(NETWORK_CLASS_KEY, ours)
-        if theirs != ours:
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} holds a {theirs}, but the model is a {ours}: "
-                "expected a checkpoint of the configured model (or the config it was trained with)."
-            )
-        saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-        wanted = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        if saved != wanted:
-            diff = sorted(set(saved.items()) ^ set(wanted.items()))[:3]
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} holds a {theirs} of another shape than the configured "
-                f"one (first differences, name and shape: {diff}): expected the options it was "
-                "trained with."
-            )
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except ValueError as error:
+            raise ValueError(f"--optimizer / --lr_scheduler: {error}") from error
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false."""

@@ -1,0 +1,98 @@
+"""Checks the CLI runs before any work: each raises ``ValueError`` naming the option or file and
+what was expected (the CLI turns it into a usage error, exit 2)."""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from icl_lightning.checkpointing import NETWORK_CLASS_KEY, network_class
+
+#: ``--ckpt_path`` values that Lightning resolves itself
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def load_checkpoint(ckpt_path: str) -> dict:
+    """The checkpoint at ``ckpt_path`` (tensors memory-mapped), if it is a complete one."""
+    expected = "expected a .ckpt written by icl-lightning fit"
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ValueError(f"--ckpt_path={ckpt_path}: no such file; {expected}.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} is not a complete checkpoint (truncated, or another "
+            f"format); {expected}."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} cannot be read ({error}); {expected}."
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"--ckpt_path={ckpt_path} holds no state_dict; {expected}.")
+    return checkpoint
+
+
+def check_checkpoint_module(checkpoint: dict, ckpt_path: str, class_path: str) -> None:
+    """The checkpoint's LightningModule class (if it says) must be the configured one."""
+    theirs = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if theirs and theirs != class_path:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} holds a {theirs}, but the model is a {class_path}: "
+            "expected a checkpoint of the configured model (or the config it was trained with)."
+        )
+
+
+def check_checkpoint_network(checkpoint: dict, ckpt_path: str, module: L.LightningModule) -> None:
+    """The checkpoint must hold the module's network, with the same parameter names and shapes."""
+    ours = network_class(module)
+    theirs = checkpoint.get(NETWORK_CLASS_KEY, ours)
+    if theirs != ours:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} holds a {theirs}, but the model is a {ours}: "
+            "expected a checkpoint of the configured model (or the config it was trained with)."
+        )
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if saved != wanted:
+        differences = sorted(set(saved.items()) ^ set(wanted.items()))[:4]
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} holds a {theirs} of another shape than the configured one "
+            f"(parameters that differ, name and shape: {differences}); expected the options it "
+            "was trained with."
+        )
+
+
+def check_linked_unset(model_options: dict, linked: dict[str, str], prefix: str = "model") -> None:
+    """No option of ``linked`` (name -> where its value comes from) may be set under ``model``:
+    the CLI sets it from the data, so a value given here would be ignored."""
+    for key, value in model_options.items():
+        option = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            check_linked_unset(value, linked, option)
+        elif key in linked and value is not None:
+            raise ValueError(
+                f"--{option}={value!r} is set from {linked[key]}: expected it unset; set "
+                f"{linked[key]} instead."
+            )
+
+
+def check_validation_schedule(
+    interval: object, every_n_epochs: object, batches_per_epoch: int | None
+) -> None:
+    """An integer ``val_check_interval`` must fit in one epoch of ``batches_per_epoch`` steps;
+    ``check_val_every_n_epoch`` must be None or >= 1."""
+    if isinstance(interval, int) and batches_per_epoch is not None and interval > batches_per_epoch:
+        raise ValueError(
+            f"--trainer.val_check_interval={interval} is invalid: expected at most "
+            f"data.batches_per_epoch={batches_per_epoch} steps, or a fraction of an epoch in "
+            "(0, 1]."
+        )
+    if isinstance(every_n_epochs, int) and every_n_epochs < 1:
+        raise ValueError(
+            f"--trainer.check_val_every_n_epoch={every_n_epochs} is invalid: expected an "
+            "integer >= 1, or null (validate by val_check_interval steps alone)."
+        )
