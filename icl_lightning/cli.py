@@ -42,8 +42,11 @@ from icl_lightning.run_checks import (
     check_checkpoint_module,
     check_checkpoint_network,
     check_linked_unset,
+    check_memory,
     check_validation_schedule,
+    free_memory,
     load_checkpoint,
+    prompt_bytes,
 )
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -195,10 +198,31 @@ class ICLLightningCLI(LightningCLI):
             if isinstance(callback, Probe):
                 callback.check(self.model, self.datamodule)
         batches = getattr(self.datamodule, "batches_per_epoch", None)
+        check_memory(self._prompt_bytes(), free_memory(self.trainer.strategy.root_device))
         trainer = config.trainer
         check_validation_schedule(
             trainer.val_check_interval, trainer.check_val_every_n_epoch, batches
         )
+
+    def _prompt_bytes(self) -> dict[str, int]:
+        """Bytes of the prompt sets the run draws, by the option that sizes each."""
+        data = self.datamodule
+        if not all(hasattr(data, a) for a in ("batch_size", "num_val_tasks", "num_context")):
+            return {}
+        d, N = data.input_dim, data.num_context
+        needs = {
+            f"data.init_args.batch_size={data.batch_size}": prompt_bytes(data.batch_size, N, d),
+            f"data.init_args.num_val_tasks={data.num_val_tasks}": prompt_bytes(
+                data.num_val_tasks, N, d
+            ),
+        }
+        for probe in self.trainer.callbacks:
+            if isinstance(probe, Probe):
+                option = f"trainer.callbacks.{type(probe).__name__}.num_tasks={probe.num_tasks}"
+                dim = probe.task.input_dim if probe.task is not None else d
+                size = probe.dtype.itemsize
+                needs[option] = prompt_bytes(probe.num_tasks, probe.num_context or N, dim, size)
+        return needs
 
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
         """As LightningCLI's (which builds the optimizer once), naming the options on failure."""

@@ -1,6 +1,7 @@
 """Checks the CLI runs before any work: each raises ``ValueError`` naming the option or file and
 what was expected (the CLI turns it into a usage error, exit 2)."""
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -96,3 +97,30 @@ def check_validation_schedule(
             f"--trainer.check_val_every_n_epoch={every_n_epochs} is invalid: expected an "
             "integer >= 1, or null (validate by val_check_interval steps alone)."
         )
+
+
+def prompt_bytes(num_prompts: int, num_context: int, input_dim: int, itemsize: int = 4) -> int:
+    """Bytes of ``num_prompts`` prompts: ``(N + 1) * (d + 1)`` numbers each (context and query
+    inputs and targets)."""
+    return num_prompts * (num_context + 1) * (input_dim + 1) * itemsize
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (host memory for the CPU), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needs: dict[str, int], available: int | None) -> None:
+    """Each option's prompt set (``option -> bytes``) must fit in the ``available`` bytes: a
+    size far beyond memory is refused now, naming the option, not by the allocator later."""
+    for option, needed in needs.items():
+        if available is not None and needed > available:
+            raise ValueError(
+                f"--{option} needs {needed / 2**30:.1f} GiB for its prompts alone, but only "
+                f"{available / 2**30:.1f} GiB are free on this device: expected a smaller value."
+            )

@@ -50,6 +50,18 @@ CASES = [
     ("task_unknown", DEMO, ["--data.init_args.task=icl_lightning.data.NoSuchTask"], r"NoSuchTask"),
     ("data_option_unknown", DEMO, ["--data.init_args.not_an_option=3"], r"not_an_option"),
     ("data_class_unknown", DEMO, ["--data=icl_lightning.data.NoSuchData"], r"NoSuchData"),
+    (
+        "batch_size_beyond_memory",
+        DEMO,
+        ["--data.init_args.batch_size=100000000000"],
+        r"batch_size=100000000000 needs .* GiB .* free .* expected a smaller value",
+    ),
+    (
+        "val_tasks_beyond_memory",
+        DEMO,
+        ["--data.init_args.num_val_tasks=100000000000"],
+        r"num_val_tasks=100000000000 needs .* GiB",
+    ),
     # model
     ("num_layers_0", DEMO, ["--model.init_args.num_layers=0"], r"num_layers.*>= 1"),
     ("model_class_unknown", DEMO, ["--model=icl_lightning.modules.NoSuchModule"], r"NoSuchModule"),
@@ -95,6 +107,12 @@ CASES = [
         DEMO,
         [_probe("ContextLengthProbe", task=LINEAR_D3)],
         r"task.input_dim=3.*data's input_dim, 5",
+    ),
+    (
+        "probe_tasks_beyond_memory",
+        DEMO,
+        [_probe("GDAlignment", num_tasks=10**11)],
+        r"GDAlignment.num_tasks=100000000000 needs .* GiB",
     ),
     ("probe_class_unknown", DEMO, [_probe("NoSuchProbe")], r"NoSuchProbe"),
     # trainer, optimizer and checkpoint flags
