@@ -50,10 +50,10 @@ from icl_lightning.run_checks import (
 )
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
-#: model options the CLI sets from the data, and where from
-_LINKED = {
-    "input_dim": "data.init_args.task.init_args.input_dim",
-    "num_context": "data.init_args.num_context",
+#: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
+_LINKS = {
+    "model.init_args.input_dim": "data.input_dim",
+    "model.init_args.num_context": "data.num_context",
 }
 
 
@@ -94,10 +94,8 @@ class ICLLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
-        parser.link_arguments(
-            "data.num_context", "model.init_args.num_context", apply_on="instantiate"
-        )
+        for target, source in _LINKS.items():
+            parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(StepProgressBar, "progress_bar")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -135,7 +133,7 @@ class ICLLightningCLI(LightningCLI):
             return
         config = self.config[subcommand]
         try:
-            check_linked_unset(config.model.as_dict(), _LINKED)
+            check_linked_unset(config, _LINKS)
             if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CKPT_NAMES:
                 checkpoint = load_checkpoint(config.ckpt_path)
                 check_checkpoint_module(checkpoint, config.ckpt_path, config.model.class_path)

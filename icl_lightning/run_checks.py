@@ -67,17 +67,15 @@ def check_checkpoint_network(checkpoint: dict, ckpt_path: str, module: L.Lightni
         )
 
 
-def check_linked_unset(model_options: dict, linked: dict[str, str], prefix: str = "model") -> None:
-    """No option of ``linked`` (name -> where its value comes from) may be set under ``model``:
-    the CLI sets it from the data, so a value given here would be ignored."""
-    for key, value in model_options.items():
-        option = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            check_linked_unset(value, linked, option)
-        elif key in linked and value is not None:
+def check_linked_unset(config, links: dict[str, str]) -> None:
+    """No option the CLI links from the data (``links``: target -> source) may be given: the
+    link would overwrite it."""
+    for target, source in links.items():
+        value = config.get(target)
+        if value is not None:
             raise ValueError(
-                f"--{option}={value!r} is set from {linked[key]}: expected it unset; set "
-                f"{linked[key]} instead."
+                f"--{target}={value!r} is set from the data ({source}): expected it unset; "
+                "set the data's option instead."
             )
 
 

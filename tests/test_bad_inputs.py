@@ -70,7 +70,7 @@ CASES = [
         "linked_input_dim_set",
         DEMO,
         ["--model.init_args.input_dim=3"],
-        r"input_dim=3 is set from data.*expected it unset",
+        r"input_dim=3 is set from the data.*expected it unset",
     ),
     ("block_heads_0", BLOCK, ["--model.init_args.num_heads=0"], r"num_heads.*v>0"),
     # probes
