@@ -6,6 +6,7 @@ import threading
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -41,6 +42,8 @@ class RunCheckpoint(ModelCheckpoint):
       that a checkpoint of another model can be refused before it is loaded.
     """
 
+    _align_logging_step = False
+
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Arm the logging-step alignment (at the first batch) and route the first SIGINT through
@@ -75,9 +78,11 @@ class RunCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        """Write ``last.ckpt`` when stopped by SIGTERM or SIGINT; nothing on other errors."""
+        """Write ``last.ckpt`` when training is stopped by SIGTERM or SIGINT; nothing on other
+        errors, nor in validate/test."""
         stopped = isinstance(exception, SIGTERMException | KeyboardInterrupt)
-        if stopped and not trainer.fast_dev_run and not trainer.sanity_checking:
+        training = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if stopped and training and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             rank_zero_info(
                 f"Interrupted at step {trainer.global_step}; saved {self.last_model_path}. "
