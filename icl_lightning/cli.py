@@ -2,12 +2,12 @@
 
 ``icl-lightning fit --config configs/demo.yaml`` trains; ``validate`` and ``test`` evaluate a
 checkpoint (``--ckpt_path``). Model and data are chosen by ``class_path`` (any subclass of
-:class:`ICLRegressionModule` and of ``LightningDataModule``); the data's ``input_dim`` and
-``num_context`` are linked into the model. Defaults: a TensorBoardLogger under ``logs/``, a rich
-progress bar counting steps, a :class:`~icl_lightning.checkpointing.RunCheckpoint`
-(``--checkpoint.*``: ``last.ckpt`` every 100 steps, at the end, and on SIGTERM/Ctrl+C) and the
-resolved config saved in the run's directory. The optimizer and LR scheduler come from
-``--optimizer`` / ``--lr_scheduler``.
+:class:`ICLRegressionModule` and of ``LightningDataModule``); the module's network is named by
+``model.model.class_path`` and the data's ``input_dim`` is linked into it. Defaults: a
+TensorBoardLogger under ``logs/``, a rich progress bar counting steps, a
+:class:`~icl_lightning.checkpointing.RunCheckpoint` (``--checkpoint.*``: ``last.ckpt`` every
+100 steps, at the end, and on SIGTERM/Ctrl+C) and the resolved config saved in the run's
+directory. The optimizer and LR scheduler come from ``--optimizer`` / ``--lr_scheduler``.
 
 Runs and their directories:
 
@@ -51,10 +51,7 @@ from icl_lightning.run_checks import (
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 #: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
-_LINKS = {
-    "model.init_args.input_dim": "data.input_dim",
-    "model.init_args.num_context": "data.num_context",
-}
+_LINKS = {"model.init_args.model.init_args.input_dim": "data.input_dim"}
 
 
 def _natural_key(name: str) -> list:
@@ -100,6 +97,7 @@ class ICLLightningCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
+                "model": {"class_path": "icl_lightning.modules.ICLRegressionModule"},
                 "data": {"class_path": "icl_lightning.data.ICLDataModule"},
                 "checkpoint.save_last": True,
                 "checkpoint.every_n_train_steps": 100,

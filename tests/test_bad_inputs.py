@@ -63,16 +63,22 @@ CASES = [
         r"num_val_tasks=100000000000 needs .* GiB",
     ),
     # model
-    ("num_layers_0", DEMO, ["--model.init_args.num_layers=0"], r"num_layers.*>= 1"),
+    ("num_layers_0", DEMO, ["--model.init_args.model.init_args.num_layers=0"], r"num_layers.*>= 1"),
     ("model_class_unknown", DEMO, ["--model=icl_lightning.modules.NoSuchModule"], r"NoSuchModule"),
-    ("model_option_unknown", DEMO, ["--model.init_args.widht=3"], r"widht"),
+    (
+        "network_class_unknown",
+        DEMO,
+        ["--model.init_args.model=icl_lightning.models.NoSuchNet"],
+        r"NoSuchNet",
+    ),
+    ("model_option_unknown", DEMO, ["--model.init_args.model.init_args.widht=3"], r"widht"),
     (
         "linked_input_dim_set",
         DEMO,
-        ["--model.init_args.input_dim=3"],
+        ["--model.init_args.model.init_args.input_dim=3"],
         r"input_dim=3 is set from the data.*expected it unset",
     ),
-    ("block_heads_0", BLOCK, ["--model.init_args.num_heads=0"], r"num_heads.*v>0"),
+    ("block_heads_0", BLOCK, ["--model.init_args.model.init_args.num_heads=0"], r"num_heads=0 is invalid: expected an integer >= 1"),
     # probes
     (
         "context_every_negative",
