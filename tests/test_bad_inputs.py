@@ -78,7 +78,12 @@ CASES = [
         ["--model.init_args.model.init_args.input_dim=3"],
         r"input_dim=3 is set from the data.*expected it unset",
     ),
-    ("block_heads_0", BLOCK, ["--model.init_args.model.init_args.num_heads=0"], r"num_heads=0 is invalid: expected an integer >= 1"),
+    (
+        "block_heads_0",
+        BLOCK,
+        ["--model.init_args.model.init_args.num_heads=0"],
+        r"num_heads=0 is invalid: expected an integer >= 1",
+    ),
     # probes
     (
         "context_every_negative",
