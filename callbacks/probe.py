@@ -121,6 +121,36 @@ class Probe(Callback):
         """Figures to log, by tag (namespace added by the base); default: none."""
         return {}
 
+    def check(self, pl_module: "L.LightningModule", datamodule: object) -> None:
+        """Raise ``ValueError`` naming the option when this probe cannot measure ``pl_module``
+        on ``datamodule``'s prompts; the CLI calls it before training. The base requires a
+        ``model`` (an ``nn.Module``) that :meth:`check_model` accepts, and a probe task of the
+        data's input dimension."""
+        model = getattr(pl_module, "model", None)
+        require(
+            isinstance(model, nn.Module),
+            f"{type(self).__name__}: {type(pl_module).__name__}.model",
+            type(model).__name__,
+            "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
+        )
+        try:
+            self.check_model(model)
+        except ValueError as error:
+            name, kind = type(self).__name__, type(model).__name__
+            raise ValueError(f"{name} cannot measure a {kind}: {error}") from error
+        data_dim = getattr(datamodule, "input_dim", None)
+        if self.task is not None and data_dim is not None:
+            require(
+                self.task.input_dim == data_dim,
+                f"{type(self).__name__}.task.input_dim",
+                self.task.input_dim,
+                f"the data's input_dim, {data_dim} (the model reads inputs of that size)",
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``ValueError`` when this probe cannot measure ``model``. The base needs only
+        ``model(context_x, context_y, query_x)``; a probe that needs more declares it here."""
+
     # ----------------------------------------------------------------------- the machinery
     def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:
         """The whole fixed evaluation set on ``device`` (drawn once, then cached)."""
