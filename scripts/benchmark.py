@@ -30,6 +30,7 @@ contextual-block configs and writes ``reports/scaling.md`` and ``reports/scaling
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -92,25 +93,48 @@ class _StepTimer(L.Callback):
 
 @contextlib.contextmanager
 def probe_clock():
-    """Records ``(probe name, start, end)`` of every ``Probe.run`` (one measurement)."""
-    spans: list[tuple[str, float, float]] = []
-    run = Probe.run
+    """Records ``(probe name, method, start, end, nested)`` of every ``Probe.run`` (one
+    measurement, and its figures where it draws them), ``Probe.measure`` and
+    ``Probe._log_figures`` (also called on its own at the end of training); ``nested`` marks a
+    call made inside another of them."""
+    spans: list[tuple[str, str, float, float, bool]] = []
+    originals = {name: getattr(Probe, name) for name in ("run", "measure", "_log_figures")}
+    depth = [0]
 
-    def timed(self, trainer, pl_module):
-        start = time.perf_counter()
-        run(self, trainer, pl_module)
-        spans.append((type(self).__name__, start, time.perf_counter()))
+    def clocked(name, method):
+        def timed(self, *args, **kwargs):
+            nested = depth[0] > 0
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+                spans.append((type(self).__name__, name, start, time.perf_counter(), nested))
 
-    Probe.run = timed
+        return timed
+
+    for name, method in originals.items():
+        setattr(Probe, name, clocked(name, method))
     try:
         yield spans
     finally:
-        Probe.run = run
+        for name, method in originals.items():
+            setattr(Probe, name, method)
 
 
-def inside(spans: list[tuple[str, float, float]], start: float, stop: float) -> float:
-    """Seconds of the probe measurements that lie within ``[start, stop]``."""
-    return sum(b - a for _, a, b in spans if a >= start and b <= stop)
+def inside(spans: list[tuple], start: float = -math.inf, stop: float = math.inf) -> float:
+    """Seconds spent in the probes (measurements and figures) within ``[start, stop]``."""
+    return sum(b - a for _, _, a, b, nested in spans if not nested and a >= start and b <= stop)
+
+
+def seconds_per_measurement(spans: list[tuple]) -> dict[str, float]:
+    """Median seconds of one ``measure`` (figures excluded), by probe."""
+    names = dict.fromkeys(probe for probe, method, *_ in spans if method == "measure")
+    return {
+        name: statistics.median(b - a for p, m, a, b, _ in spans if (p, m) == (name, "measure"))
+        for name in names
+    }
 
 
 def _cli(config: str, steps: int, log_dir: str, extra: list[str]) -> ICLLightningCLI:
@@ -136,10 +160,7 @@ def time_fit(config, steps, warmup, probes, log_dir, extra) -> dict:
         "steps_per_s": timer.steps / timer.seconds,
         "probe_share": inside(spans, timer.start, timer.stop) / timer.seconds,
         "peak_mb": peak_memory_mb(device),
-        "probe_seconds": {
-            name: statistics.median(b - a for n, a, b in spans if n == name)
-            for name in dict.fromkeys(n for n, _, _ in spans)
-        },
+        "probe_seconds": seconds_per_measurement(spans),
     }
 
 
@@ -205,7 +226,7 @@ def time_cli(config: str, short: int, long: int, extra: list[str]) -> dict:
             start = time.perf_counter()
             with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
                 ICLLightningCLI(args=args)
-            runs[steps] = (time.perf_counter() - start, sum(b - a for _, a, b in spans))
+            runs[steps] = (time.perf_counter() - start, inside(spans))
     (t_short, p_short), (t_long, p_long) = runs[short], runs[long]
     return {
         "steps_per_s": (long - short) / (t_long - t_short),
