@@ -20,7 +20,7 @@ Peak memory is printed beside each figure: max RSS on CPU (reset before each mea
 arguments go to the CLI of every run.
 
 ``--scaling`` instead times short fits (probes at start and end) over N, d and L for the LSA and
-contextual-block configs and writes ``reports/scaling.md`` and ``reports/scaling.json``.
+contextual-block configs and writes ``reports/speed/scaling.md`` and ``reports/speed/scaling.json``.
 
     python scripts/benchmark.py --steps 1000 --repeats 3
     python scripts/benchmark.py --cli --jax-python ../.venv-jax/bin/python --jax-ref ../jaxref
@@ -46,7 +46,7 @@ from icl_lightning.callbacks import Probe
 from icl_lightning.cli import ICLLightningCLI
 from icl_lightning.theory.loss import prediction_loss
 
-REPORTS = Path("reports")
+REPORTS = Path("reports/speed")
 
 
 # --------------------------------------------------------------------------------- memory
@@ -335,8 +335,23 @@ def scaling(args, extra: list[str]) -> list[dict]:
     return rows
 
 
+def _growth(rows: list[dict], family: str, probes: list[str]) -> list[str]:
+    """How each probe's time per measurement grows from the smallest to the largest N > 10,
+    against linear growth."""
+    by_n = {r["value"]: r for r in rows if r["family"] == family and r["axis"] == "N"}
+    sizes = sorted(n for n in by_n if n > 10)
+    if len(sizes) < 2:
+        return []
+    small, large = by_n[sizes[0]], by_n[sizes[-1]]
+    lines = [f"From N = {sizes[0]} to {sizes[-1]} (x{sizes[-1] / sizes[0]:.2f}; linear growth):"]
+    for p in probes:
+        factor = large["probe_seconds"][p] / small["probe_seconds"][p]
+        lines.append(f"- {p}: time per measurement x{factor:.2f}")
+    return lines
+
+
 def write_scaling(rows: list[dict], meta: dict) -> None:
-    REPORTS.mkdir(exist_ok=True)
+    REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Scaling ({meta['machine']}, torch threads {meta['threads']})", ""]
     for family in SCALING:
@@ -351,7 +366,7 @@ def write_scaling(rows: list[dict], meta: dict) -> None:
             ]
             cells += [f"{r['probe_seconds'][p]:.3f}" for p in probes]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_growth(rows, family, probes), ""]
     (REPORTS / "scaling.md").write_text("\n".join(lines))
     print(f"wrote {REPORTS / 'scaling.md'} and {REPORTS / 'scaling.json'}")
 
@@ -393,7 +408,7 @@ def main() -> None:
         write_scaling(scaling(args, extra), meta)
         return
     result = side_by_side(args, extra)
-    REPORTS.mkdir(exist_ok=True)
+    REPORTS.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem
     (REPORTS / f"benchmark_{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
     print(f"wrote {REPORTS / f'benchmark_{name}.json'}")
