@@ -14,7 +14,9 @@ medians are printed):
 - ``jax`` (``--jax-python PATH --jax-ref DIR``): the official JAX code's training step,
   ``PATH DIR/bench_ref.py STEPS train-only``.
 
-Steps/s are counted from step ``--warmup`` on, probes run at their cadence inside that window.
+Steps/s are counted from the draw of batch ``--warmup`` to the draw of the last batch (a clock
+wrapped around the datamodule's ``train_batch``, the same for every loop; no extra callback), with
+the probes and validation at their cadence inside that window.
 Peak memory is printed beside each figure: max RSS on CPU (reset before each measurement),
 ``torch.cuda.max_memory_allocated`` on GPU. Extra ``--model...``/``--data...``/``--trainer...``
 arguments go to the CLI of every run.
@@ -39,7 +41,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from icl_lightning.callbacks import Probe
@@ -73,18 +74,26 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # ------------------------------------------------------------------------------- timing
-class _StepTimer(L.Callback):
-    """Wall time from the start of step ``warmup`` to the end of the last training batch."""
+class _BatchClock:
+    """Wall time from the draw of training batch ``warmup`` to the draw of the last one: the
+    steps in between, whatever runs them. It wraps the datamodule's ``train_batch`` (no
+    callback: the clock adds nothing to Lightning's loop), the same way for ``fit`` and bare."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, data, warmup: int) -> None:
         self.warmup, self.start, self.stop, self.steps = warmup, 0.0, 0.0, 0
+        draw = data.train_batch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and not self.start:
-            self.start = time.perf_counter()
+        def clocked(step: int, *args, **kwargs):
+            if torch.cuda.is_initialized():  # the steps before have finished
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if step == warmup:
+                self.start = now
+            elif step > warmup:
+                self.stop, self.steps = now, step - warmup
+            return draw(step, *args, **kwargs)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.stop, self.steps = time.perf_counter(), trainer.global_step - self.warmup
+        data.train_batch = clocked
 
     @property
     def seconds(self) -> float:
@@ -150,8 +159,7 @@ def time_fit(config, steps, warmup, probes, log_dir, extra) -> dict:
     cli = _cli(config, steps, log_dir, extra)
     if not probes:
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Probe)]
-    timer = _StepTimer(warmup)
-    cli.trainer.callbacks.append(timer)
+    timer = _BatchClock(cli.datamodule, warmup)
     device = cli.trainer.strategy.root_device
     reset_peak_memory(device)
     with probe_clock() as spans:
@@ -173,10 +181,9 @@ def time_bare(config, steps, warmup, log_dir, extra) -> dict:
     optimizer = cli.model.configure_optimizers()
     optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
     clip = trainer.gradient_clip_val
+    timer = _BatchClock(data, warmup)
     reset_peak_memory(device)
     for step in range(steps):
-        if step == warmup:
-            start = time.perf_counter()
         batch = data.train_batch(step, device=device)
         pred = model(batch.context_x, batch.context_y, batch.query_x)
         loss = prediction_loss(pred, batch.query_y).mean()
@@ -185,10 +192,7 @@ def time_bare(config, steps, warmup, log_dir, extra) -> dict:
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"steps_per_s": (steps - warmup) / seconds, "peak_mb": peak_memory_mb(device)}
+    return {"steps_per_s": timer.steps / timer.seconds, "peak_mb": peak_memory_mb(device)}
 
 
 def _run_child(cmd: list[str], cwd: str | None = None) -> tuple[str, float, float]:
@@ -254,25 +258,31 @@ def side_by_side(args, extra: list[str]) -> dict:
             if args.jax_python:
                 runs["jax"].append(time_jax(args.jax_python, args.jax_ref, args.jax_steps))
 
-    def ratio(a: str, b: str) -> float:  # median of the per-round ratios
+    def ratio(a: str, b: str) -> list[float]:  # one per round
         pairs = zip(runs[a], runs[b], strict=True)
-        return statistics.median(x["steps_per_s"] / y["steps_per_s"] for x, y in pairs)
+        return [x["steps_per_s"] / y["steps_per_s"] for x, y in pairs]
 
     ratios = {"fit / bare": ratio("fit", "bare"), "fit+probes / fit": ratio("fit+probes", "fit")}
     if args.cli and args.jax_python:
         ratios["cli / jax"] = ratio("cli", "jax")
     if args.jax_python:
+        ratios["fit / jax"] = ratio("fit", "jax")
         ratios["fit+probes / jax"] = ratio("fit+probes", "jax")
     if args.reference_steps_per_s:
-        ratios["fit+probes / reference"] = (
-            _median(runs["fit+probes"], "steps_per_s") / args.reference_steps_per_s
-        )
-    print(
-        f"\nconfig {args.config} {' '.join(extra)}: {args.repeats} rounds, "
-        f"torch threads {torch.get_num_threads()}, {torch.__version__}"
-    )
-    for name, value in ratios.items():
-        print(f"  {name:<24s} {value:6.3f}   (median of per-round ratios)")
+        for name in ("fit", "fit+probes"):
+            ratios[f"{name} / reference"] = [
+                r["steps_per_s"] / args.reference_steps_per_s for r in runs[name]
+            ]
+    lines = [
+        f"config {args.config} {' '.join(extra)}: {args.repeats} rounds, "
+        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}",
+        "",
+        "ratio (median of the per-round ratios; min - max):",
+    ]
+    for name, values in ratios.items():
+        spread = f"{min(values):.3f} - {max(values):.3f}"
+        lines.append(f"  {name:<24s} {statistics.median(values):6.3f}   ({spread})")
+    lines.append("steps/s (median; every round), peak memory, probes' share of the time:")
     for name, values in runs.items():
         shown = ", ".join(f"{v['steps_per_s']:.1f}" for v in values)
         line = f"  {name:<11s} {_median(values, 'steps_per_s'):8.1f} steps/s ({shown})"
@@ -281,8 +291,9 @@ def side_by_side(args, extra: list[str]) -> dict:
             line += f"   probes {100 * _median(values, 'probe_share'):4.1f}% of the time"
         if "probe_share_whole_run" in values[0]:
             line += f" ({100 * _median(values, 'probe_share_whole_run'):.1f}% of the whole run)"
-        print(line)
-    return {"config": args.config, "extra": extra, "ratios": ratios, "runs": runs}
+        lines.append(line)
+    print("\n" + "\n".join(lines))
+    return {"config": args.config, "extra": extra, "ratios": ratios, "runs": runs, "lines": lines}
 
 
 # ------------------------------------------------------------------------------ scaling
@@ -383,8 +394,9 @@ def main() -> None:
     parser.add_argument("--jax-ref", help="folder with the official code and bench_ref.py")
     parser.add_argument("--jax-steps", type=int, default=1000)
     parser.add_argument("--reference-steps-per-s", type=float, help="a figure measured elsewhere")
+    parser.add_argument("--name", help="report name (default: the config's): reports/speed/...")
     parser.add_argument("--scaling", action="store_true", help="the N, d, L tables instead")
-    parser.add_argument("--scaling-steps", type=int, default=12, help="fit steps per point")
+    parser.add_argument("--scaling-steps", type=int, default=30, help="fit steps per point")
     args, extra = parser.parse_known_args()
     bad = [a for a in extra if not a.startswith(("--model", "--data", "--trainer"))]
     if bad:
@@ -409,9 +421,13 @@ def main() -> None:
         return
     result = side_by_side(args, extra)
     REPORTS.mkdir(parents=True, exist_ok=True)
-    name = Path(args.config).stem
-    (REPORTS / f"benchmark_{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
-    print(f"wrote {REPORTS / f'benchmark_{name}.json'}")
+    name = REPORTS / f"benchmark_{args.name or Path(args.config).stem}"
+    name.with_suffix(".json").write_text(json.dumps({"meta": meta, **result}, indent=1))
+    command = " ".join(["python", *sys.argv])
+    head = f"# Side by side ({meta['machine']}, {meta['date']}, load {meta['load_average'][0]:.1f})"
+    text = [head, "", f"    {command}", "", "```", *result["lines"], "```", ""]
+    name.with_suffix(".md").write_text("\n".join(text))
+    print(f"wrote {name}.md and {name}.json")
 
 
 if __name__ == "__main__":
