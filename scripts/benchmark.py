@@ -195,10 +195,10 @@ def time_bare(config, steps, warmup, log_dir, extra) -> dict:
     return {"steps_per_s": timer.steps / timer.seconds, "peak_mb": peak_memory_mb(device)}
 
 
-def _run_child(cmd: list[str], cwd: str | None = None) -> tuple[str, float, float]:
+def _run_child(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
     """Run a command; its stdout, wall seconds and peak RSS in MB (``os.wait4``)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -208,10 +208,15 @@ def _run_child(cmd: list[str], cwd: str | None = None) -> tuple[str, float, floa
     return out.decode(), seconds, usage.ru_maxrss / 1024
 
 
-def time_jax(python: str, ref: str, steps: int) -> dict:
+def time_jax(python: str, ref: str, steps: int, threads: int | None) -> dict:
     """Steps/s of the official JAX code's training step (its ``bench_ref.py``, compile
-    excluded by its own warm-up step)."""
-    out, _, peak = _run_child([python, str(Path(ref) / "bench_ref.py"), str(steps), "train-only"])
+    excluded by its own warm-up step); ``threads = 1`` runs XLA's CPU client on one thread."""
+    env = None
+    if threads == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+    cmd = [python, str(Path(ref) / "bench_ref.py"), str(steps), "train-only"]
+    out, _, peak = _run_child(cmd, env=env)
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if not lines:
         sys.exit(f"{ref}/bench_ref.py printed no 'RESULT {{...}}' line:\n{out[-2000:]}")
@@ -256,7 +261,8 @@ def side_by_side(args, extra: list[str]) -> dict:
             if args.cli:
                 runs["cli"].append(time_cli(c, args.cli_steps[0], args.cli_steps[1], extra))
             if args.jax_python:
-                runs["jax"].append(time_jax(args.jax_python, args.jax_ref, args.jax_steps))
+                jax = time_jax(args.jax_python, args.jax_ref, args.jax_steps, args.threads)
+                runs["jax"].append(jax)
 
     def ratio(a: str, b: str) -> list[float]:  # one per round
         pairs = zip(runs[a], runs[b], strict=True)
@@ -394,6 +400,9 @@ def main() -> None:
     parser.add_argument("--jax-ref", help="folder with the official code and bench_ref.py")
     parser.add_argument("--jax-steps", type=int, default=1000)
     parser.add_argument("--reference-steps-per-s", type=float, help="a figure measured elsewhere")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1: XLA on one thread too); default: torch's"
+    )
     parser.add_argument("--name", help="report name (default: the config's): reports/speed/...")
     parser.add_argument("--scaling", action="store_true", help="the N, d, L tables instead")
     parser.add_argument("--scaling-steps", type=int, default=30, help="fit steps per point")
@@ -409,6 +418,10 @@ def main() -> None:
         parser.error(f"--jax-python {args.jax_python}: no such file")
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: expected an integer >= 1")
+        torch.set_num_threads(args.threads)
     meta = {
         "machine": f"{os.cpu_count()} CPUs" if not torch.cuda.is_available() else "CUDA",
         "threads": torch.get_num_threads(),
