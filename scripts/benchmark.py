@@ -25,7 +25,7 @@ arguments go to the CLI of every run.
 contextual-block configs and writes ``reports/speed/scaling.md`` and ``reports/speed/scaling.json``.
 
     python scripts/benchmark.py --steps 1000 --repeats 3
-    python scripts/benchmark.py --cli --jax-python ../.venv-jax/bin/python --jax-ref ../jaxref
+    python scripts/benchmark.py --cli --jax-python PATH --jax-ref DIR
     python scripts/benchmark.py --scaling
 """
 
@@ -436,7 +436,8 @@ def main() -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     name = REPORTS / f"benchmark_{args.name or Path(args.config).stem}"
     name.with_suffix(".json").write_text(json.dumps({"meta": meta, **result}, indent=1))
-    command = " ".join(["python", *sys.argv])
+    local = {args.jax_python: "JAX_PYTHON", args.jax_ref: "JAX_REF"}  # this machine's paths
+    command = " ".join(["python", *(local.get(a, a) for a in sys.argv)])
     head = f"# Side by side ({meta['machine']}, {meta['date']}, load {meta['load_average'][0]:.1f})"
     text = [head, "", f"    {command}", "", "```", *result["lines"], "```", ""]
     name.with_suffix(".md").write_text("\n".join(text))
