@@ -10,8 +10,10 @@ A probe evaluates the training model on a fixed set of prompts (its own seed) ev
   the model;
 - one all-reduce of all sums (``trainer.strategy.reduce``), so the numbers do not depend on the
   number of processes;
-- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``,
-  figures to TensorBoard, both from global rank zero only;
+- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``
+  at every measurement, figures to TensorBoard once at the end of training (drawing them costs
+  several measurements) and at the end of ``validate`` / ``test``, both from global rank zero
+  only;
 - the history of its scalars over training steps (for curve figures) and ``state_dict`` for
   resume.
 
@@ -99,6 +101,7 @@ class Probe(Callback):
         #: every measurement so far, ``{step: {name: value}}`` (no namespace), for curves
         self.history: dict[int, dict[str, float]] = {}
         self._evaluation_set: ICLBatch | None = None
+        self._results: dict[str, torch.Tensor] | None = None  # the latest, for the figures
 
     # ----------------------------------------------------------------- what subclasses write
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
@@ -218,10 +221,13 @@ class Probe(Callback):
         """One rank's chunks combined: summed, or the maximum for names in :attr:`maxima`."""
         return torch.stack(parts).amax(0) if name in self.maxima else sum(parts)
 
-    def run(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        """Measure once at the current global step and log the results."""
+    def run(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", figures: bool = True
+    ) -> None:
+        """Measure once at the current global step and log the scalars, and the figures too
+        when ``figures``."""
         step = trainer.global_step
-        results = self.measure(trainer, pl_module)
+        results = self._results = self.measure(trainer, pl_module)
         self.history[step] = self.scalars(results)
         scalars = {f"{self.namespace}/{k}": v for k, v in self.history[step].items()}
         self.last_step, self.last_results = step, scalars
@@ -230,7 +236,7 @@ class Probe(Callback):
             return
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-        if self.log_figures:
+        if self.log_figures and figures:
             self._log_figures(trainer, results, step)
 
     def _log_figures(self, trainer: "L.Trainer", results: dict, step: int) -> None:
@@ -251,17 +257,20 @@ class Probe(Callback):
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if trainer.global_step != self.last_step:
-            self.run(trainer, pl_module)
+            self.run(trainer, pl_module, figures=False)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due(trainer):
-            self.run(trainer, pl_module)
+            self.run(trainer, pl_module, figures=False)
 
     @override
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """The last measurement (unless the last step already had one), then the figures."""
         if trainer.global_step != self.last_step:
             self.run(trainer, pl_module)
+        elif self.log_figures and trainer.is_global_zero and self._results is not None:
+            self._log_figures(trainer, self._results, trainer.global_step)
 
     @override
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
