@@ -144,6 +144,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
         "|---|---|---|---|",
     ]
     for r in rows:
+        r = {**r, "label": r["label"].replace("|", "\\|")}  # a | inside a cell ends it
         if r.get("value") is None:
             lines.append(f"| {r['label']} | {r['paper']} | not logged (`{r['tag']}`) | missing |")
             continue

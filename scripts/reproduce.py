@@ -40,14 +40,16 @@ class Experiment:
     """One paper experiment: a shipped config, its variants, checks and figures.
 
     ``changes`` (and each variant's) map dotted config paths to values; ``callbacks.<Class>.<arg>``
-    sets a probe's argument. ``quick`` holds the extra changes of ``--quick``. ``seconds`` is the
+    sets a probe's argument. ``quick`` holds the extra changes of ``--quick``. ``full_steps`` is
+    the paper's step count where it states one (paper A: 5,000 for one layer, 50,000 deep,
+    10,000 for the token construction), else this project's full scale. ``seconds`` is the
     measured cost per 1,000 steps on a 2-core CPU (for the time estimate).
     """
 
     name: str
     title: str
     config: str
-    paper_steps: int
+    full_steps: int
     quick_steps: int
     seconds: float
     variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
@@ -98,7 +100,7 @@ EXPERIMENTS = [
         "lsa_one_layer",
         "Paper A, Figure 2: one LSA layer learns one step of GD (d = 10, N = 10)",
         "configs/lsa_linear.yaml",
-        paper_steps=5000,
+        full_steps=5000,
         quick_steps=1000,
         seconds=20,
         changes={"callbacks.GDAlignment.every_n_steps": 250},
@@ -146,7 +148,7 @@ EXPERIMENTS = [
         "lsa_deep",
         "Paper A, deep LSA: L layers against L-step GD and GD++ (d = 10, N = 10)",
         "configs/lsa_deep.yaml",
-        paper_steps=50000,
+        full_steps=50000,
         quick_steps=500,
         seconds=30,
         variants={
@@ -177,7 +179,7 @@ EXPERIMENTS = [
         "sine",
         "Paper A, beyond linear: MLP transformer on sine tasks against GD on its learned features",
         "configs/mlp_sine.yaml",
-        paper_steps=3000,
+        full_steps=3000,
         quick_steps=600,
         seconds=25,
         checks=[
@@ -215,7 +217,7 @@ EXPERIMENTS = [
         "token_construction",
         "Paper A, normal tokens: layer 1 copies y_i next to x_i",
         "configs/token_construction.yaml",
-        paper_steps=10000,
+        full_steps=10000,
         quick_steps=600,
         seconds=25,
         checks=[
@@ -242,7 +244,7 @@ EXPERIMENTS = [
         "contextual_block",
         "Paper B, Figures 1-3: one contextual block, N = 100 (d = 2, 8 heads of size 4, MLP 128)",
         "configs/contextual_block.yaml",
-        paper_steps=5000,
+        full_steps=5000,
         quick_steps=600,
         seconds=45,
         changes={
@@ -324,9 +326,10 @@ def derived_config(experiment: Experiment, variant: str, seed: int, quick: bool)
         **experiment.changes,
         **experiment.variants[variant],
         **(experiment.quick if quick else {}),
-        "trainer.max_steps": experiment.quick_steps if quick else experiment.paper_steps,
+        "trainer.max_steps": experiment.quick_steps if quick else experiment.full_steps,
         "seed_everything": seed,
         "data.init_args.seed": seed,
+        "trainer.enable_progress_bar": False,  # one line per run here instead
     }
     config = copy.deepcopy(config)
     for path, value in changes.items():
@@ -367,7 +370,7 @@ def estimate_seconds(experiments: list[Experiment], seeds: int, quick: bool) -> 
     """Time estimate on a 2-core CPU from each experiment's measured seconds per 1,000 steps."""
     total = 0.0
     for e in experiments:
-        steps = e.quick_steps if quick else e.paper_steps
+        steps = e.quick_steps if quick else e.full_steps
         total += len(e.variants) * seeds * (10 + e.seconds * steps / 1000)
     return total
 
@@ -417,8 +420,9 @@ def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, qui
         f"--seeds {seeds}`.\n"
     )
     for e in experiments:
-        steps = e.quick_steps if quick else e.paper_steps
-        sections.append(f"## {e.title}\n\n`{e.config}`, {steps} steps (paper: {e.paper_steps}).\n")
+        steps = e.quick_steps if quick else e.full_steps
+        scale = f"reduced from the full {e.full_steps}" if quick else "the full scale"
+        sections.append(f"## {e.title}\n\n`{e.config}`, {steps} steps ({scale}).\n")
         results[e.name] = {}
         for variant in e.variants:
             runs = [read_scalars(run_dir(root, e, variant, s)) for s in range(seeds)]

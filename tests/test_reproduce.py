@@ -32,7 +32,7 @@ def test_every_derived_config_parses_with_its_changes(experiment, variant, quick
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["seed_everything"] == 2 and printed["data"]["init_args"]["seed"] == 2
-    steps = experiment.quick_steps if quick else experiment.paper_steps
+    steps = experiment.quick_steps if quick else experiment.full_steps
     assert printed["trainer"]["max_steps"] == steps
     for key, value in experiment.variants[variant].items():
         node = printed

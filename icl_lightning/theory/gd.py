@@ -84,7 +84,8 @@ def gd_plus_plus_predict(
     ``gamma = 0`` is plain GD from ``w0 = 0``; the transformation is a curvature correction
     (it shrinks large eigenvalues of ``A``), so L steps of GD++ beat L steps of GD. ``eta`` and
     ``gamma`` are one number shared by the steps, or one per step (``eta_l``, ``gamma_l``, as
-    paper A's official code trains them).
+    paper A's official code trains them). Computed in O(N d^2) per prompt:
+    ``sum_j r_j <x_j, x_i> = <X^T r, x_i>``, no N x N Gram.
     """
     N = context_x.shape[-2]
     x, xq, r = context_x, query_x, context_y
@@ -92,10 +93,10 @@ def gd_plus_plus_predict(
     etas, gammas = per_step(eta, num_steps), per_step(gamma, num_steps)
     for eta_l, gamma_l in zip(etas, gammas, strict=True):
         kq = torch.einsum("...nd,...d->...n", x, xq)  # <x_i, x_q>
-        gram = x @ x.transpose(-1, -2)  # <x_i, x_j>
+        Xr = torch.einsum("...nd,...n->...d", x, r)  # X^T r = sum_j r_j x_j
         A = x.transpose(-1, -2) @ x
         pred = pred + eta_l / N * (r * kq).sum(-1)
-        r = r - eta_l / N * torch.einsum("...ij,...j->...i", gram, r)
+        r = r - eta_l / N * torch.einsum("...nd,...d->...n", x, Xr)
         x, xq = x - gamma_l * x @ A, xq - gamma_l * torch.einsum("...de,...e->...d", A, xq)
     return pred
 
