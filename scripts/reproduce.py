@@ -149,17 +149,19 @@ EXPERIMENTS = [
         "Paper A, deep LSA: L layers against L-step GD and GD++ (d = 10, N = 10)",
         "configs/lsa_deep.yaml",
         full_steps=50000,
-        quick_steps=500,
-        seconds=30,
+        quick_steps=300,
+        seconds=150,
         variants={
             **{f"L{L}": _deep(L) for L in (2, 3, 4, 5)},
             "L4_recurrent": _deep(4, recurrent=True),
         },
         changes={"callbacks.GDAlignment.every_n_steps": 1000},
         quick={
-            "callbacks.GDAlignment.every_n_steps": 250,
+            "data.init_args.batch_size": 512,
+            "callbacks.GDAlignment.every_n_steps": 300,
             "callbacks.GDAlignment.num_tasks": 2048,
-            "callbacks.OODProbe.every_n_steps": 500,
+            "callbacks.OODProbe.every_n_steps": 300,
+            "callbacks.OODProbe.num_tasks": 1024,
         },
         checks=DEEP_CHECKS,
         figures=[
