@@ -272,7 +272,7 @@ SCALING = {  # family: (config, base overrides, {axis: (option, values)})
         {
             "N": ("--data.init_args.num_context", [10, 100, 400, 1024]),
             "d": ("--data.init_args.task.init_args.input_dim", [2, 10, 32]),
-            "L": ("--model.init_args.num_layers", list(range(1, 9))),
+            "L": ("--model.model.num_layers", list(range(1, 9))),
         },
     ),
     "contextual_block": (  # paper B's public replication: d = 2, 8 heads of 4, width 128
@@ -281,9 +281,9 @@ SCALING = {  # family: (config, base overrides, {axis: (option, values)})
             "--data.init_args.task.init_args.input_dim=2",
             "--data.init_args.num_context=100",
             "--data.init_args.batch_size=64",
-            "--model.init_args.num_heads=8",
-            "--model.init_args.key_size=4",
-            "--model.init_args.mlp_width=128",
+            "--model.model.num_heads=8",
+            "--model.model.key_size=4",
+            "--model.model.mlp_width=128",
         ],
         {
             "N": ("--data.init_args.num_context", [10, 100, 400, 1024]),
