@@ -147,9 +147,13 @@ class ICLDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device
         if isinstance(batch, _TrainKey):
             micro_step = batch.micro_step % trainer.accumulate_grad_batches
-            return self.train_batch(trainer.global_step, trainer.global_rank, micro_step, device)
-        stage = _TEST if trainer.testing else _VAL
-        return self.eval_set(stage, device)[batch.start : batch.stop]
+            prompts = self.train_batch(trainer.global_step, trainer.global_rank, micro_step, device)
+        else:
+            stage = _TEST if trainer.testing else _VAL
+            prompts = self.eval_set(stage, device)[batch.start : batch.stop]
+        # in the module's dtype: float64 under precision 64-true, float16 under 16-true
+        dtype = trainer.lightning_module.dtype
+        return prompts if prompts.query_y.dtype == dtype else prompts.to(dtype)
 
     @override
     def state_dict(self) -> dict:
