@@ -3,7 +3,8 @@
 ``loss`` the prediction loss; ``gd`` paper A's GD and GD++ learners, their LSA constructions and
 step-size searches; ``step_sizes`` those step sizes tuned for a task; ``alignment`` paper A's
 alignment metrics and weight interpolation; ``readout`` the R^2 of a least-squares read-out;
-``delta_w`` paper B's implicit weight updates. ``docs/theory.md`` states the mathematics.
+``delta_w`` paper B's implicit weight updates; ``finetune`` paper B's SGD on W,
+one example at a time. ``docs/theory.md`` states the mathematics.
 """
 
 from icl_lightning.theory.alignment import (
