@@ -11,6 +11,7 @@ from icl_lightning.callbacks.delta_w_convergence import DeltaWConvergence
 from icl_lightning.callbacks.delta_w_equivalence import DeltaWEquivalence
 from icl_lightning.callbacks.finetune_comparison import FinetuneComparison
 from icl_lightning.callbacks.gd_alignment import GDAlignment
+from icl_lightning.callbacks.gd_baseline import GDBaselineProbe
 from icl_lightning.callbacks.ood import OODProbe
 from icl_lightning.callbacks.probe import Probe, predict
 
@@ -22,6 +23,7 @@ __all__ = [
     "DeltaWEquivalence",
     "FinetuneComparison",
     "GDAlignment",
+    "GDBaselineProbe",
     "OODProbe",
     "Probe",
     "predict",

@@ -8,6 +8,7 @@ from typing_extensions import override
 from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
+from icl_lightning.theory.loss import prediction_loss
 
 
 class ContextLengthProbe(Probe):
@@ -28,7 +29,7 @@ class ContextLengthProbe(Probe):
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         losses = [
-            (0.5 * (predict(model, batch.prefix(n)) - batch.query_y) ** 2).sum()
+            prediction_loss(predict(model, batch.prefix(n)), batch.query_y).sum()
             for n in range(1, batch.num_context + 1)
         ]
         return {"loss": torch.stack(losses)}

@@ -5,10 +5,12 @@ from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
-from icl_lightning.callbacks.deep_features import gd_sums, optimal_gd_loss
 from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.theory.gd import best_eta, linear_kernel, one_step_gd, one_step_sums
+from icl_lightning.theory.loss import prediction_loss
+from icl_lightning.theory.readout import readout_r2, readout_sums
 
 
 def attention_figure(attention: torch.Tensor, title: str) -> Figure:
@@ -71,34 +73,24 @@ class CopyScore(Probe):
         attention = attention.mean(dim=1)  # (B, 2N+1, 2N), mean over heads
         N = batch.num_context
         to_own_y = attention[:, 0 : 2 * N : 2, 1 : 2 * N : 2].diagonal(dim1=1, dim2=2)
-        states = h1[:, 0 : 2 * N : 2]  # x_i-token states (B, N, D)
-        z = torch.cat([states, torch.ones_like(states[..., :1])], dim=-1).reshape(
-            -1, states.shape[-1] + 1
-        )
-        target = y.reshape(-1)
+        readout = readout_sums(h1[:, 0 : 2 * N : 2], y)  # x_i-token states (B, N, D) -> y_i
+        gd = one_step_sums(one_step_gd(linear_kernel(x, xq), y), yq)
         return {
             "attention_mass": to_own_y.mean(dim=1).sum(),
             "attention_map": attention.sum(dim=0),
-            "zz": z.T @ z,
-            "zy": z.T @ target,
-            "y_context_yy": target @ target,
-            "model_se": (0.5 * (predict(model, batch) - yq) ** 2).sum(),
-            "yy": (yq * yq).sum(),
-            **gd_sums(x, y, xq, yq),
+            "model_loss": prediction_loss(predict(model, batch), yq).sum(),
+            **{f"readout_{k}": v for k, v in readout.items()},
+            **{f"gd_{k}": v for k, v in gd.items()},
         }
 
     @override
     def finalize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-        zz, zy, yy_context = sums["zz"], sums["zy"], sums["y_context_yy"]
-        beta = torch.linalg.pinv(zz, hermitian=True) @ zy  # least squares, rank-safe
-        num_tokens, sum_y = zz[-1, -1], zy[-1]  # the constant column counts and sums
-        total = yy_context - sum_y**2 / num_tokens
-        residual = (yy_context - beta @ zy).clamp_min(0)
-        gd_loss, gd_eta = optimal_gd_loss(sums["py"], sums["pp"], sums["yy"], count)
+        readout = {k: sums[f"readout_{k}"] for k in ("zz", "zy", "yy")}
+        gd_eta, gd_loss = best_eta({k: sums[f"gd_{k}"] for k in ("py", "pp", "yy")}, count)
         return {
             "attention_mass": sums["attention_mass"] / count,
-            "r2": 1 - residual / total,
-            "model_loss": sums["model_se"] / count,
+            "r2": readout_r2(readout),
+            "model_loss": sums["model_loss"] / count,
             "gd_loss": gd_loss,
             "gd_eta": gd_eta,
             "attention_map": sums["attention_map"] / count,

@@ -1,43 +1,14 @@
 """DeepFeatureGD: a trained model against one GD step on its own learned features (paper A)."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.models.lsa import LSALayer
-from icl_lightning.models.mlp_transformer import one_step_gd
-
-
-def gd_sums(context_phi, context_y, query_phi, query_y) -> dict[str, torch.Tensor]:
-    """Sums from which the loss of one GD step with the best ``eta`` follows (see
-    :func:`optimal_gd_loss`): with ``p = one_step_gd(..., eta=1)`` the GD prediction is
-    ``eta p``, so only ``sum p y`` and ``sum p^2`` are needed."""
-    p = one_step_gd(context_phi, context_y, query_phi)
-    return {"py": (p * query_y).sum(), "pp": (p * p).sum()}
-
-
-def optimal_gd_loss(py, pp, yy, count) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, eta*)`` of one GD step with the loss-minimising step size, over ``count`` prompts.
-
-    The loss ``0.5/n sum (y - eta p)^2`` is a parabola in ``eta``, minimised by
-    ``eta* = sum p y / sum p^2``, where it equals ``0.5/n (sum y^2 - (sum p y)^2 / sum p^2)``
-    (the vectorised closed form of paper A's grid search over eta).
-    """
-    pp = pp.clamp_min(torch.finfo(pp.dtype).tiny)
-    return 0.5 * (yy - py**2 / pp) / count, py / pp
-
-
-def attention_gd_prediction(layer: LSALayer, context_phi, context_y, query_phi) -> torch.Tensor:
-    """One preconditioned GD step (eta = 1) on features phi with the attention's own metric:
-    ``(1/N) sum_i y_i sum_h <W_Q^h [phi_q, 0], W_K^h [phi_i, 0]>``, i.e. plain GD on ``phi``
-    with ``<phi_i, phi_q>`` replaced by the layer's bilinear form ``phi_i^T W_K^T W_Q phi_q``."""
-    q = torch.einsum("hkD,bD->bhk", layer.W_Q, F.pad(query_phi, (0, 1)))
-    k = torch.einsum("hkD,bnD->bhnk", layer.W_K, F.pad(context_phi, (0, 1)))
-    return torch.einsum("bhk,bhnk,bn->b", q, k, context_y) / context_y.shape[1]
+from icl_lightning.theory.gd import best_eta, linear_kernel, one_step_gd, one_step_sums
+from icl_lightning.theory.loss import prediction_loss
 
 
 class DeepFeatureGD(Probe):
@@ -49,14 +20,15 @@ class DeepFeatureGD(Probe):
       ``(eta/N) sum_i y_i <phi(x_i), phi(x_q)>`` with the best ``eta`` (``deep/feature_gd_eta``).
     - ``deep/linear_gd_loss``: the same on the raw inputs x, i.e. plain linear GD
       (``deep/linear_gd_eta``).
-    - ``deep/attention_gd_loss`` (one-layer linear-attention models only): the same GD step
-      but with the kernel ``<phi_i, phi_q>`` replaced by the trained attention's bilinear form
-      ``phi_i^T W_K^T W_Q phi_q`` (a learned preconditioner; :func:`attention_gd_prediction`).
-      Close to ``model_loss`` when the model is kernel regression with values ``y_i``.
+    - ``deep/attention_gd_loss`` (models with one linear attention layer): the same GD step
+      with the kernel ``<phi_i, phi_q>`` replaced by the trained attention's bilinear form
+      ``phi_i^T W_K^T W_Q phi_q`` (a learned preconditioner; the model's
+      ``attention_kernel``). Close to ``model_loss`` when the model is kernel regression with
+      values ``y_i``.
     - ``deep/zero_loss``: the predictor that always says 0.
 
-    The best ``eta`` is chosen on the whole (all-reduced) set, so the numbers do not depend on
-    the number of processes.
+    The best ``eta`` (:func:`~icl_lightning.theory.gd.best_eta`) is chosen on the whole
+    (all-reduced) set, so the numbers do not depend on the number of processes.
 
     Args: as :class:`~icl_lightning.callbacks.Probe`.
 
@@ -80,27 +52,24 @@ class DeepFeatureGD(Probe):
             "a feature map x -> phi(x) (an MLPTransformer or FeatureGD) for DeepFeatureGD",
         )
         x, y, xq, yq = batch.context_x, batch.context_y, batch.query_x, batch.query_y
-        feature = gd_sums(phi(x), y, phi(xq), yq)
-        linear = gd_sums(x, y, xq, yq)
-        sums = {}
-        layers = getattr(model, "layers", [])
-        if len(layers) == 1 and isinstance(layers[0], LSALayer) and not layers[0].softmax:
-            p = attention_gd_prediction(layers[0], phi(x), y, phi(xq))
-            sums = {"attention_py": (p * yq).sum(), "attention_pp": (p * p).sum()}
-        return {
-            **sums,
-            "model_se": (0.5 * (predict(model, batch) - yq) ** 2).sum(),
-            "yy": (yq * yq).sum(),
-            **{f"feature_{k}": v for k, v in feature.items()},
-            **{f"linear_{k}": v for k, v in linear.items()},
+        kernels = {"feature": linear_kernel(phi(x), phi(xq)), "linear": linear_kernel(x, xq)}
+        attention_kernel = getattr(model, "attention_kernel", None)
+        if attention_kernel is not None and (kernel := attention_kernel(x, xq)) is not None:
+            kernels["attention"] = kernel
+        sums = {
+            "model_loss": prediction_loss(predict(model, batch), yq).sum(),
+            "zero_loss": prediction_loss(torch.zeros_like(yq), yq).sum(),
         }
+        for name, kernel in kernels.items():
+            gd_sums = one_step_sums(one_step_gd(kernel, y), yq)
+            sums.update({f"{name}_{k}": v for k, v in gd_sums.items()})
+        return sums
 
     @override
     def finalize(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-        results = {"model_loss": sums["model_se"] / count, "zero_loss": 0.5 * sums["yy"] / count}
+        results = {name: sums[name] / count for name in ("model_loss", "zero_loss")}
         for name in ("feature", "linear", "attention"):
-            if f"{name}_py" not in sums:
-                continue
-            loss, eta = optimal_gd_loss(sums[f"{name}_py"], sums[f"{name}_pp"], sums["yy"], count)
-            results[f"{name}_gd_loss"], results[f"{name}_gd_eta"] = loss, eta
+            if f"{name}_pp" in sums:
+                gd_sums = {k: sums[f"{name}_{k}"] for k in ("py", "pp", "yy")}
+                results[f"{name}_gd_eta"], results[f"{name}_gd_loss"] = best_eta(gd_sums, count)
         return results

@@ -9,6 +9,7 @@ from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
 from icl_lightning.theory.delta_w import implicit_prediction
+from icl_lightning.theory.loss import prediction_loss
 
 
 class DeltaWEquivalence(Probe):
@@ -42,8 +43,8 @@ class DeltaWEquivalence(Probe):
         context = predict(model, batch)
         implicit = implicit_prediction(model, batch.context_x, batch.context_y, batch.query_x)
         return {
-            "loss_context": (0.5 * (batch.query_y - context) ** 2).sum(),
-            "loss_delta_w": (0.5 * (batch.query_y - implicit) ** 2).sum(),
+            "loss_context": prediction_loss(context, batch.query_y).sum(),
+            "loss_delta_w": prediction_loss(implicit, batch.query_y).sum(),
             "sq_pred": (context**2).sum(),
             "max_abs_diff": (context - implicit).abs().max(),
         }

@@ -2,10 +2,11 @@
 
 ``icl-lightning fit --config configs/demo.yaml`` trains; ``validate`` and ``test`` evaluate a
 checkpoint (``--ckpt_path``). Model and data are chosen by ``class_path`` (any subclass of
-:class:`ICLRegressionModule` and of ``LightningDataModule``); the data's ``input_dim`` and
-``num_context`` are linked into the model. Defaults: a TensorBoardLogger under ``logs/``, a rich
-progress bar, a ModelCheckpoint (``--checkpoint.*``) and the resolved config saved in the
-run's directory. The optimizer and LR scheduler come from ``--optimizer`` / ``--lr_scheduler``.
+:class:`ICLRegressionModule` and of ``LightningDataModule``); the module's network is named by
+``model.model.class_path`` and the data's ``input_dim`` is linked into it. Defaults: a
+TensorBoardLogger under ``logs/``, a rich progress bar, a ModelCheckpoint (``--checkpoint.*``)
+and the resolved config saved in the run's directory. The optimizer and LR scheduler come from
+``--optimizer`` / ``--lr_scheduler``.
 """
 
 import re
@@ -36,14 +37,14 @@ class ICLLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
         parser.link_arguments(
-            "data.num_context", "model.init_args.num_context", apply_on="instantiate"
+            "data.input_dim", "model.init_args.model.init_args.input_dim", apply_on="instantiate"
         )
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
+                "model": {"class_path": "icl_lightning.modules.ICLRegressionModule"},
                 "data": {"class_path": "icl_lightning.data.ICLDataModule"},
                 "checkpoint.save_last": True,
                 "trainer.logger": {

@@ -11,7 +11,7 @@ DEMO = str(CONFIGS / "demo.yaml")
 
 
 def test_fit_writes_events_checkpoint_config_and_summary(tmp_path, capsys):
-    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
+    cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
     (run_dir,) = (tmp_path / "demo").iterdir()
     scalars = read_scalars(run_dir)
     assert {"train/loss", "val/loss", "val/zero_loss", "context/loss_n1"} <= set(scalars)
@@ -19,8 +19,7 @@ def test_fit_writes_events_checkpoint_config_and_summary(tmp_path, capsys):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 6
-    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
-    assert hparams["input_dim"] == 5  # linked from data.task.input_dim
+    assert cli.model.model.input_dim == 5  # linked from data.task.input_dim
     out = capsys.readouterr().out
     assert f"TensorBoard logs: {run_dir}" in out
     assert "context/loss_n20" in out
@@ -58,7 +57,7 @@ BAD_OPTIONS = [
     (["--data.init_args.task.init_args.noise_std=-0.1"], "noise_std"),
     (["--data.init_args.batch_size=-4"], "batch_size"),
     (["--model.class_path=icl_lightning.modules.NoSuchModule"], "NoSuchModule"),
-    (["--model.init_args.num_layers=0"], "num_layers"),
+    (["--model.model.num_layers=0"], "num_layers"),
     (["--data.init_args.not_an_option=3"], "not_an_option"),
 ]
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from icl_lightning.data import ICLBatch, ICLDataModule, LinearRegression, seeded_generator, shard
-from icl_lightning.modules import LSAModule
+from icl_lightning.models import LSA
+from icl_lightning.modules import ICLRegressionModule
 
 
 def test_linear_regression_uniform_inputs_and_weights():
@@ -90,7 +91,7 @@ def _fit(tmp_path, steps, ckpt_path=None):
     dm = ICLDataModule(
         LinearRegression(input_dim=3), batch_size=8, num_context=4, batches_per_epoch=4
     )
-    trainer.fit(LSAModule(3, 4), datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(ICLRegressionModule(LSA(3)), datamodule=dm, ckpt_path=ckpt_path)
     return trainer, recorder.batches
 
 

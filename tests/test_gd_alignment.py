@@ -1,20 +1,25 @@
-"""GDAlignment and OODProbe: exact on the GD construction, a CLI run, and 1 vs 2 DDP processes."""
+"""GDAlignment and OODProbe: exact on the GD construction, against finite differences, a CLI
+run, their options, and 1 vs 2 DDP processes."""
 
+import inspect
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import run_cli
+from references import finite_difference_sensitivities, naive_gd_plus_plus, naive_gd_predict
 
-from icl_lightning.callbacks import GDAlignment, OODProbe, Probe
-from icl_lightning.callbacks.gd_alignment import StepSizes
+from icl_lightning.callbacks import GDAlignment, GDBaselineProbe, OODProbe, Probe
 from icl_lightning.cli import ICLLightningCLI
-from icl_lightning.data import ICLDataModule, LinearRegression
-from icl_lightning.modules import LSAModule
-from icl_lightning.theory import gd_lsa_layer
+from icl_lightning.data import ICLDataModule, LinearRegression, seeded_generator
+from icl_lightning.models import LSA
+from icl_lightning.modules import ICLRegressionModule
+from icl_lightning.theory import StepSizes, gd_lsa_layer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 D, N = 5, 10
@@ -66,7 +71,7 @@ def validate(module, callbacks, folder: Path, **trainer_args) -> list[dict[str, 
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_probes_find_no_gap_when_the_model_is_the_gd_construction(num_layers, tmp_path):
     torch.manual_seed(0)
-    module = LSAModule(D, N, num_layers=num_layers, recurrent=True).double()
+    module = ICLRegressionModule(LSA(D, num_layers=num_layers, recurrent=True)).double()
     callbacks = probes()
     eta = StepSizes(300, 0).tune(LinearRegression(D), N, num_layers, "cpu").eta
     module.model.load_state_dict({f"layers.0.{k}": v for k, v in gd_lsa_layer(D, N, eta).items()})
@@ -86,10 +91,64 @@ def test_probes_find_no_gap_when_the_model_is_the_gd_construction(num_layers, tm
 
 def test_untrained_model_is_far_from_gd(tmp_path):
     torch.manual_seed(0)
-    (m,) = validate(LSAModule(D, N, num_layers=2).double(), probes(), tmp_path)
+    (m,) = validate(ICLRegressionModule(LSA(D, num_layers=2)).double(), probes(), tmp_path)
     assert m["gd/loss_ratio"] > 1.5 and m["gd/model_cos"] < 0.5
     assert "gd/loss_interp" not in m  # two distinct layers: no interpolation
     assert m["gd/loss_gd_pp"] < m["gd/loss_gd"]  # GD++ beats GD at two steps
+
+
+def test_alignment_metrics_match_finite_difference_sensitivities():
+    """Paper A's metrics from scratch: GD and GD++ as loops, every sensitivity dT/dx_q and
+    dG/dx_q by central differences, on a random model that is not linear in x_q (softmax)."""
+    torch.manual_seed(3)
+    model = LSA(D, num_layers=2, softmax=[True, False], init_scale=1.0).double()
+    batch = LinearRegression(D).sample(24, N, seeded_generator("cpu", 5), torch.float64)
+    inputs = (batch.context_x, batch.context_y, batch.query_x)
+    probe = GDAlignment()
+    probe.learner_steps = 2
+    sizes = probe.step_sizes
+    sizes.eta, sizes.eta_pp, sizes.gamma_pp = 1.3, 0.9, 0.05
+    with torch.no_grad():
+        m = probe.finalize(probe.compute(model, batch), len(batch))
+    learners = {
+        "": lambda cx, cy, qx: naive_gd_predict(cx, cy, qx, 1.3, 2),
+        "_pp": lambda cx, cy, qx: naive_gd_plus_plus(cx, cy, qx, 0.9, 0.05, 2),
+    }
+    pred_T = model(*inputs).detach()
+    sens_T = finite_difference_sensitivities(lambda *a: model(*a).detach(), *inputs)
+    for suffix, learner in learners.items():
+        pred_G, sens_G = learner(*inputs), finite_difference_sensitivities(learner, *inputs)
+        cos = [float(a @ b / (a.norm() * b.norm())) for a, b in zip(sens_T, sens_G, strict=True)]
+        assert m[f"preds_diff{suffix}"] == pytest.approx(float((pred_T - pred_G).abs().mean()))
+        assert m[f"model_cos{suffix}"] == pytest.approx(sum(cos) / len(cos), rel=1e-7)
+        diff = (sens_T - sens_G).norm(dim=-1).mean()
+        assert m[f"model_diff{suffix}"] == pytest.approx(float(diff), rel=1e-7)
+        gd_loss = 0.5 * ((batch.query_y - pred_G) ** 2).mean()
+        assert m[f"loss_gd{suffix}"] == pytest.approx(float(gd_loss), rel=1e-12)
+    assert abs(float(m["model_cos"])) < 0.9 and m["model_diff"] > 0.1  # T is far from GD
+
+
+@pytest.mark.parametrize("probe", [GDAlignment, OODProbe])
+def test_help_and_print_config_list_every_inherited_option(probe, capsys):
+    """The probes take the base classes' options through ``**kwargs``; the CLI still lists
+    every one of them, typed, in ``--help`` and in ``--print_config``."""
+    options = {
+        name
+        for cls in (Probe, GDBaselineProbe, probe)
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.kind is not p.VAR_KEYWORD
+    }
+    assert {"every_n_steps", "num_tasks", "num_steps", "tuning_tasks"} <= options
+    config = f"--config={CONFIGS / 'lsa_linear.yaml'}"
+    with pytest.raises(SystemExit):
+        run_cli(["fit", config, f"--trainer.callbacks.help={probe.__name__}"])
+    out = capsys.readouterr().out
+    assert all(f"--trainer.callbacks.{name} " in out for name in options)
+    with pytest.raises(SystemExit):
+        run_cli(["fit", config, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    (entry,) = [c for c in printed if c["class_path"].endswith(probe.__name__)]
+    assert set(entry["init_args"]) == options
 
 
 def test_lsa_linear_config_runs_with_both_probes(tmp_path):
@@ -120,7 +179,7 @@ def test_lsa_linear_config_runs_with_both_probes(tmp_path):
 
 def test_probes_give_the_same_numbers_on_two_processes(tmp_path):
     torch.manual_seed(1)
-    module = LSAModule(D, N, num_layers=2, recurrent=True).double()
+    module = ICLRegressionModule(LSA(D, num_layers=2, recurrent=True)).double()
     (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
     (one,) = validate(module, probes(), tmp_path / "1", devices=1)
     two = validate(module, probes(), tmp_path / "2", devices=2, strategy="ddp_spawn")
@@ -129,6 +188,14 @@ def test_probes_give_the_same_numbers_on_two_processes(tmp_path):
         assert rank.keys() == one.keys()
         for name in one:
             assert rank[name] == pytest.approx(one[name], rel=1e-12, abs=1e-14), name
+
+
+@pytest.mark.parametrize("probe", [GDAlignment, OODProbe])
+def test_probes_without_a_task_give_the_base_probes_clear_error(probe):
+    trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=object())
+    module = ICLRegressionModule(LSA(D))
+    with pytest.raises(ValueError, match=f"{probe.__name__}.task/num_context"):
+        probe(num_tasks=4).measure(trainer, module)
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.models import LSA
-from icl_lightning.modules import LSAModule
+from icl_lightning.modules import ICLRegressionModule
+from icl_lightning.theory import prediction_loss
 
 
 def _prompts(B=5, N=7, d=3, seed=0):
@@ -105,6 +107,8 @@ def test_softmax_layers_and_permutation_invariance():
         (dict(num_layers=0), "num_layers"),
         (dict(num_heads=0), "num_heads"),
         (dict(num_layers=2, softmax=[True]), "softmax"),
+        (dict(key_size=0), "key_size"),
+        (dict(init_scale=0.0), "init_scale"),
     ],
 )
 def test_bad_model_options(kwargs, option):
@@ -121,10 +125,39 @@ def test_init_scale_is_variance_scaling_over_layers():
 
 
 def test_module_forward_and_loss_is_half_mse():
-    module = LSAModule(input_dim=3, num_context=7)
-    from icl_lightning.data import LinearRegression, seeded_generator
-
+    module = ICLRegressionModule(LSA(input_dim=3))
     batch = LinearRegression(input_dim=3).sample(4, 7, seeded_generator("cpu", 0))
     pred = module(batch)
-    expected = 0.5 * ((pred - batch.query_y) ** 2).mean()
-    assert torch.allclose(module.squared_errors(pred, batch.query_y).mean(), expected)
+    assert torch.equal(pred, module.model(batch.context_x, batch.context_y, batch.query_x))
+    expected = 0.5 * ((pred - batch.query_y) ** 2).mean()  # paper A's loss, written out
+    assert torch.allclose(prediction_loss(pred, batch.query_y).mean(), expected)
+
+
+def test_from_weights_holds_the_given_layers_and_leaves_the_rng_alone():
+    layers = [
+        _randomise(LSA(input_dim=3, num_heads=2, key_size=5), seed).double() for seed in (1, 2)
+    ]
+    weights = [model.layers[0].weights() for model in layers]
+    state = torch.random.get_rng_state()
+    stacked = LSA.from_weights(weights)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert stacked.num_layers == 2 and not stacked.recurrent
+    for layer, expected in zip(stacked.layers, weights, strict=True):
+        assert layer.W_Q.dtype == torch.float64
+        assert all(torch.equal(layer.weights()[k], v) for k, v in expected.items())
+    shared = LSA.from_weights(weights[:1], num_layers=3, recurrent=True)
+    assert shared.num_layers == 3 and shared.shared_layer is shared.layers[0]
+    assert stacked.shared_layer is None  # two distinct layers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "plain"),
+    [
+        (dict(), True),
+        (dict(num_heads=2), False),
+        (dict(softmax=True), False),
+        (dict(layer_norm=True), False),
+    ],
+)
+def test_plain_linear_layer_is_one_head_linear_without_layer_norm(kwargs, plain):
+    assert LSA(input_dim=3, **kwargs).layers[0].is_plain_linear is plain

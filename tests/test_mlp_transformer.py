@@ -5,11 +5,9 @@ import torch
 from conftest import CONFIGS, read_scalars, run_cli, tiny_args
 
 from icl_lightning.callbacks import DeepFeatureGD
-from icl_lightning.callbacks.deep_features import gd_sums, optimal_gd_loss
 from icl_lightning.data import LinearRegression, Sine, seeded_generator
 from icl_lightning.models import LSA, FeatureGD, MLPTransformer
-from icl_lightning.models.mlp_transformer import one_step_gd
-from icl_lightning.theory.gd import gd_predict, one_step_eta
+from icl_lightning.theory.gd import gd_predict
 
 SINE = str(CONFIGS / "mlp_sine.yaml")
 RELU = str(CONFIGS / "relu_net.yaml")
@@ -63,10 +61,6 @@ def test_feature_gd_with_identity_features_is_one_plain_gd_step_exactly():
     torch.testing.assert_close(pred, plain_gd, rtol=1e-13, atol=1e-15)
     theory = gd_predict(batch.context_x, batch.context_y, batch.query_x, eta)  # issue 4's learner
     torch.testing.assert_close(pred, theory, rtol=1e-13, atol=1e-15)
-    # the same fixed attention written as LSA weights (paper A's construction) agrees
-    h = LSA.tokens(batch.context_x, batch.context_y, batch.query_x)
-    layer_pred = -(h[:, N:] + model.gd_layer(N)(h, N, slice(N, None)))[:, -1, -1]
-    torch.testing.assert_close(layer_pred, plain_gd, rtol=1e-13, atol=1e-15)
 
 
 def test_feature_gd_trains_only_features_unless_eta_is_learned():
@@ -81,39 +75,40 @@ def test_feature_gd_trains_only_features_unless_eta_is_learned():
     assert learned.eta.requires_grad and "eta" in dict(learned.named_parameters())
 
 
-def test_optimal_eta_closed_form_matches_a_grid_search():
-    batch = prompts(seed=4)
-    sums = gd_sums(batch.context_x, batch.context_y, batch.query_x, batch.query_y)
-    yy = (batch.query_y**2).sum()
-    loss, eta = optimal_gd_loss(sums["py"], sums["pp"], yy, len(batch))
-    grid = torch.linspace(0.01, 30, 30_000, dtype=torch.float64)
-    p = one_step_gd(batch.context_x, batch.context_y, batch.query_x)
-    grid_losses = (0.5 * (batch.query_y - grid[:, None] * p) ** 2).mean(1)
-    assert abs(float(grid[grid_losses.argmin()] - eta)) < 2e-3
-    torch.testing.assert_close(
-        eta, one_step_eta(batch.context_x, batch.context_y, batch.query_x, batch.query_y)
-    )
-    torch.testing.assert_close(loss, grid_losses.min(), rtol=1e-6, atol=0)
+def one_step(kernel, context_y):
+    """One GD step at eta = 1 written out: ``(1 / N) sum_i y_i k_i``."""
+    return (context_y * kernel).mean(-1)
+
+
+def best_one_step_loss(p, target):
+    """The smallest ``0.5 E (y - eta p)^2`` over a fine grid of eta."""
+    etas = torch.linspace(-5, 5, 20_001, dtype=torch.float64)
+    return ((0.5 * (target - etas[:, None] * p) ** 2).mean(1)).min()
 
 
 def test_deep_feature_probe_sums_match_direct_computation():
     torch.manual_seed(1)
-    model = MLPTransformer(1, feature_dim=6, mlp_width=8, init_scale=1.0).double()
+    model = MLPTransformer(1, feature_dim=6, mlp_width=8, num_heads=2, init_scale=1.0).double()
     batch = Sine().sample(64, 10, seeded_generator("cpu", 2), torch.float64)
     probe = DeepFeatureGD()
-    sums = probe.compute(model, batch)
-    results = probe.finalize(sums, len(batch))
-    pred = model(batch.context_x, batch.context_y, batch.query_x)
-    torch.testing.assert_close(results["model_loss"], (0.5 * (pred - batch.query_y) ** 2).mean())
+    results = probe.finalize(probe.compute(model, batch), len(batch))
+    cx, cy, qx, qy = batch.context_x, batch.context_y, batch.query_x, batch.query_y
+    pred = model(cx, cy, qx)
+    torch.testing.assert_close(results["model_loss"], (0.5 * (pred - qy) ** 2).mean())
     phi = model.features
-    p = one_step_gd(phi(batch.context_x), batch.context_y, phi(batch.query_x))
-    best = min(
-        (0.5 * (batch.query_y - eta * p) ** 2).mean()
-        for eta in torch.linspace(-5, 5, 20_001, dtype=torch.float64)
-    )
-    assert results["feature_gd_loss"] <= best + 1e-12
-    assert results["feature_gd_loss"] > best - 1e-6
+    feature_kernel = torch.einsum("bnf,bf->bn", phi(cx), phi(qx))
+    layer = model.layers[0]  # sum over heads of <W_Q [phi_q, 0], W_K [phi_i, 0]>
+    tokens = lambda x: torch.cat([phi(x), torch.zeros_like(x[..., :1])], -1)  # noqa: E731
+    q = torch.einsum("hkD,bD->bhk", layer.W_Q, tokens(qx))
+    k = torch.einsum("hkD,bnD->bhnk", layer.W_K, tokens(cx))
+    attention_kernel = (q.unsqueeze(2) * k).sum((1, 3))
+    kernels = {"feature": feature_kernel, "linear": torch.einsum("bnd,bd->bn", cx, qx)}
+    for name, kernel in {**kernels, "attention": attention_kernel}.items():
+        best = best_one_step_loss(one_step(kernel, cy), qy)
+        assert best - 1e-6 < results[f"{name}_gd_loss"] <= best + 1e-12, name
     assert results["linear_gd_loss"] <= results["zero_loss"]
+    two_layers = MLPTransformer(1, feature_dim=6, mlp_width=8, num_layers=2).double()
+    assert "attention_gd_loss" not in probe.finalize(probe.compute(two_layers, batch), 64)
     with pytest.raises(ValueError, match="features"):
         probe.compute(LSA(1), batch)
 
@@ -130,9 +125,27 @@ def test_sine_fit_runs_the_probe_and_logs_its_scalars(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "model", ["icl_lightning.modules.FeatureGDModule", "icl_lightning.modules.MLPTransformerModule"]
+    "model", ["icl_lightning.models.FeatureGD", "icl_lightning.models.MLPTransformer"]
 )
 def test_relu_config_and_feature_gd_baseline_fit(tmp_path, model):
-    cli = run_cli(["fit", f"--config={RELU}", *tiny_args(tmp_path, steps=3), f"--model={model}"])
+    args = ["fit", f"--config={RELU}", *tiny_args(tmp_path, steps=3), f"--model.model={model}"]
+    cli = run_cli(args)
+    assert type(cli.model.model).__name__ == model.rsplit(".", 1)[1]
     assert cli.trainer.global_step == 3
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "option"),
+    [
+        (MLPTransformer, dict(feature_dim=0), "feature_dim"),
+        (MLPTransformer, dict(mlp_layers=-1), "mlp_layers"),
+        (MLPTransformer, dict(widening_factor=0), "widening_factor"),
+        (MLPTransformer, dict(num_layers=2, softmax=[True]), "softmax"),
+        (FeatureGD, dict(mlp_width=0), "mlp_width"),
+        (FeatureGD, dict(eta=0.0), "eta"),
+    ],
+)
+def test_bad_model_options_name_themselves(model, kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        model(2, **kwargs)

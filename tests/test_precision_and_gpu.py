@@ -12,7 +12,8 @@ from conftest import CONFIGS, run_cli, tiny_args
 
 from icl_lightning.callbacks import ContextLengthProbe
 from icl_lightning.data import ICLDataModule, LinearRegression
-from icl_lightning.modules import LSAModule
+from icl_lightning.models import LSA
+from icl_lightning.modules import ICLRegressionModule
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -48,7 +49,7 @@ def test_bf16_mixed_training_with_probes_in_their_own_dtype(tmp_path, dtype):
         default_root_dir=tmp_path,
         limit_val_batches=0,
     )
-    module = LSAModule(3, 5)
+    module = ICLRegressionModule(LSA(3))
     dm = ICLDataModule(LinearRegression(input_dim=3), batch_size=16, num_context=5)
     trainer.fit(module, datamodule=dm)
     assert probe.seen and all(s == (dtype, dtype, False) for s in probe.seen)
@@ -56,7 +57,7 @@ def test_bf16_mixed_training_with_probes_in_their_own_dtype(tmp_path, dtype):
     assert torch.isfinite(torch.tensor(list(probe.last_results.values()))).all()
 
 
-class _NoSyncLSAModule(LSAModule):
+class _NoSyncModule(ICLRegressionModule):
     """Fails on any host-device synchronisation inside the training step."""
 
     def training_step(self, batch, batch_idx):
@@ -100,5 +101,5 @@ def test_training_step_has_no_host_sync(tmp_path):
         limit_val_batches=0,
     )
     dm = ICLDataModule(LinearRegression(input_dim=10), batch_size=256, num_context=10)
-    trainer.fit(_NoSyncLSAModule(10, 10), datamodule=dm)
+    trainer.fit(_NoSyncModule(LSA(10)), datamodule=dm)
     assert trainer.global_step == 5

@@ -7,7 +7,8 @@ import torch
 
 from icl_lightning.callbacks import ContextLengthProbe
 from icl_lightning.data import ICLDataModule, LinearRegression
-from icl_lightning.modules import LSAModule
+from icl_lightning.models import LSA
+from icl_lightning.modules import ICLRegressionModule
 
 
 class _RecordingStrategy:
@@ -30,7 +31,7 @@ def _trainer(rank, world, strategy):
 @pytest.mark.parametrize(("num_tasks", "world"), [(11, 2), (10, 3), (1, 2), (5, 8)])
 def test_shares_summed_over_ranks_equal_one_process(num_tasks, world):
     torch.manual_seed(0)
-    module = LSAModule(3, 5)
+    module = ICLRegressionModule(LSA(3))
     probe = ContextLengthProbe(num_tasks=num_tasks, batch_size=4)
     single = _RecordingStrategy()
     probe.measure(_trainer(0, 1, single), module)
@@ -43,7 +44,7 @@ def test_shares_summed_over_ranks_equal_one_process(num_tasks, world):
 
 
 def test_measure_restores_train_mode_and_grad_and_keeps_weights_dtype():
-    module = LSAModule(3, 5).train()
+    module = ICLRegressionModule(LSA(3)).train()
     probe = ContextLengthProbe(num_tasks=8, dtype="float64")
     results = probe.measure(_trainer(0, 1, _RecordingStrategy()), module)
     assert results["loss"].dtype == torch.float64 and results["loss"].shape == (5,)
@@ -54,7 +55,7 @@ def test_measure_restores_train_mode_and_grad_and_keeps_weights_dtype():
 
 
 def test_context_length_loss_is_the_mean_half_squared_error_per_prefix():
-    module = LSAModule(3, 5)
+    module = ICLRegressionModule(LSA(3))
     probe = ContextLengthProbe(num_tasks=16, batch_size=5)
     trainer = _trainer(0, 1, _RecordingStrategy())
     results = probe.measure(trainer, module)
@@ -84,4 +85,4 @@ def test_probe_without_task_source_says_so():
         global_rank=0, world_size=1, strategy=_RecordingStrategy(), datamodule=None
     )
     with pytest.raises(ValueError, match="ContextLengthProbe.task/num_context"):
-        probe.measure(trainer, LSAModule(3, 5))
+        probe.measure(trainer, ICLRegressionModule(LSA(3)))

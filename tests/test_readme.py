@@ -15,16 +15,27 @@ def _block_starting_with(first_line: str, language: str = "python") -> str:
     return block
 
 
-def test_readme_model_subclass_trains_through_the_cli(tmp_path, monkeypatch):
+def test_readme_model_trains_through_the_cli(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(_block_starting_with("# my_models.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", "--model", "my_models.RidgeModule"]
-    cli = run_cli([*args, *tiny_args(tmp_path)])
-    assert type(cli.model).__name__ == "RidgeModule"
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", "--model.model", "my_models.RidgeReadout"]
+    cli = run_cli([*args, "--model.model.init_log_lam=-2", *tiny_args(tmp_path)])
+    assert type(cli.model.model).__name__ == "RidgeReadout"
+    assert abs(cli.model.model.log_lam.item() + 2) < 0.1  # the model's own option, applied
     metrics = cli.trainer.callback_metrics
     # no context-free predictor beats the zero predictor on these tasks; ridge does
     assert metrics["val/loss"] < 0.75 * metrics["val/zero_loss"]
     sys.modules.pop("my_models", None)
+
+
+def test_readme_module_subclass_trains_the_configured_model(tmp_path, monkeypatch):
+    (tmp_path / "my_modules.py").write_text(_block_starting_with("# my_modules.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", "--model", "my_modules.AbsoluteErrorModule"]
+    cli = run_cli([*args, *tiny_args(tmp_path)])
+    assert type(cli.model).__name__ == "AbsoluteErrorModule"
+    assert type(cli.model.model).__name__ == "LSA" and cli.model.model.recurrent
+    sys.modules.pop("my_modules", None)
 
 
 def test_readme_task_subclass_and_its_yaml_train(tmp_path, monkeypatch):
@@ -34,6 +45,5 @@ def test_readme_task_subclass_and_its_yaml_train(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     cli = run_cli(["fit", f"--config={config}", *tiny_args(tmp_path)])
     assert type(cli.datamodule.task).__name__ == "Quadratic"
-    assert cli.model.input_dim == 1
     assert any(name.startswith("deep/") for name in cli.trainer.callback_metrics)
     sys.modules.pop("my_tasks", None)

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from references import naive_gd_plus_plus, naive_gd_predict
 
 from icl_lightning.data import LinearRegression, seeded_generator
+from icl_lightning.models import LSA
 from icl_lightning.theory import (
-    constructed_lsa,
+    best_eta,
     gd_lsa_layer,
     gd_lsa_layers,
     gd_plus_plus_lsa_layer,
@@ -13,9 +15,12 @@ from icl_lightning.theory import (
     gd_predict,
     gd_weights,
     interpolate_lsa_layer,
-    one_step_eta,
+    linear_kernel,
+    one_step_gd,
+    one_step_sums,
     optimal_eta,
     optimal_eta_gamma,
+    prediction_loss,
     sensitivities,
     spectral_form,
     spectral_predict,
@@ -32,7 +37,7 @@ def tasks(num=64, N=10, d=10, seed=0, **task_args):
 
 
 def mean_loss(pred, target):
-    return float((0.5 * (target - pred) ** 2).mean())
+    return float(prediction_loss(pred, target).mean())
 
 
 def test_gd_weights_follow_the_gradient_of_the_context_loss():
@@ -52,7 +57,8 @@ def test_one_lsa_layer_is_one_gd_step():
     eta = 3.7
     one_step = (eta / 10) * torch.einsum("bn,bnd,bd->b", cy, cx, qx)  # paper A's formula
     torch.testing.assert_close(gd_predict(cx, cy, qx, eta), one_step, **TOL)
-    lsa = constructed_lsa(10, [gd_lsa_layer(10, 10, eta)])
+    torch.testing.assert_close(one_step_gd(linear_kernel(cx, qx), cy, eta), one_step, **TOL)
+    lsa = LSA.from_weights([gd_lsa_layer(10, 10, eta)])
     torch.testing.assert_close(lsa(cx, cy, qx), one_step, **TOL)
 
 
@@ -62,19 +68,22 @@ def test_L_lsa_layers_are_L_gd_steps(L, recurrent):
     cx, cy, qx, _ = tasks(d=6, N=12, seed=L)
     eta = 5.3
     layers = gd_lsa_layers(6, 12, eta, 1 if recurrent else L)
-    lsa = constructed_lsa(6, layers, num_layers=L, recurrent=recurrent)
-    torch.testing.assert_close(lsa(cx, cy, qx), gd_predict(cx, cy, qx, eta, L), **TOL)
+    lsa = LSA.from_weights(layers, num_layers=L, recurrent=recurrent)
+    expected = naive_gd_predict(cx, cy, qx, eta, L)
+    torch.testing.assert_close(gd_predict(cx, cy, qx, eta, L), expected, **TOL)
+    torch.testing.assert_close(lsa(cx, cy, qx), expected, **TOL)
 
 
 @pytest.mark.parametrize("L", [1, 2, 4])
-def test_gd_plus_plus_construction_is_gd_plus_plus(L):
-    cx, cy, qx, _ = tasks(d=5, N=9, seed=10 + L)
+def test_gd_plus_plus_and_its_construction_follow_the_papers_token_update(L):
+    cx, cy, qx, _ = tasks(num=16, d=5, N=9, seed=10 + L)
     eta, gamma = 4.1, 0.09
-    lsa = constructed_lsa(5, [gd_plus_plus_lsa_layer(5, 9, eta, gamma) for _ in range(L)])
-    expected = gd_plus_plus_predict(cx, cy, qx, eta, gamma, L)
+    expected = naive_gd_plus_plus(cx, cy, qx, eta, gamma, L)
+    torch.testing.assert_close(gd_plus_plus_predict(cx, cy, qx, eta, gamma, L), expected, **TOL)
+    lsa = LSA.from_weights([gd_plus_plus_lsa_layer(5, 9, eta, gamma) for _ in range(L)])
     torch.testing.assert_close(lsa(cx, cy, qx), expected, **TOL)
     # the input transformation really acts from the second step on
-    assert L == 1 or (expected - gd_predict(cx, cy, qx, eta, L)).abs().max() > 1e-4
+    assert L == 1 or (expected - naive_gd_predict(cx, cy, qx, eta, L)).abs().max() > 1e-4
 
 
 def test_gd_plus_plus_without_transformation_is_gd():
@@ -95,14 +104,18 @@ def test_spectral_form_predicts_like_gd_plus_plus():
 
 def test_closed_form_eta_minimises_the_one_step_loss():
     cx, cy, qx, qy = tasks(num=2000, seed=5)
-    eta = float(one_step_eta(cx, cy, qx, qy))
-    best = mean_loss(gd_predict(cx, cy, qx, eta), qy)
-    grid = torch.linspace(0.5 * eta, 1.5 * eta, 20001, dtype=F64)
+    p = one_step_gd(linear_kernel(cx, qx), cy)  # the prediction at eta = 1
+    eta, loss = best_eta(one_step_sums(p, qy), len(qy))
+    assert float(loss) == pytest.approx(
+        mean_loss(gd_predict(cx, cy, qx, float(eta)), qy), rel=1e-12
+    )
+    grid = torch.linspace(0.5 * float(eta), 1.5 * float(eta), 20001, dtype=F64)
+    grid_losses = [mean_loss(naive_gd_predict(cx, cy, qx, float(e), 1), qy) for e in grid[::1000]]
+    assert float(loss) <= min(grid_losses) + 1e-14
     g = torch.einsum("bnd,bd,bn->b", cx, qx, cy) / 10
-    grid_losses = (0.5 * (qy - grid[:, None] * g) ** 2).mean(-1)
-    assert best <= float(grid_losses.min()) + 1e-14
-    assert float(grid[grid_losses.argmin()]) == pytest.approx(eta, abs=1e-4 * eta)
-    assert optimal_eta(cx, cy, qx, qy, num_steps=1) == pytest.approx(eta, rel=1e-12)
+    fine = (0.5 * (qy - grid[:, None] * g) ** 2).mean(-1)  # the loss written out, on a fine grid
+    assert float(grid[fine.argmin()]) == pytest.approx(float(eta), abs=1e-4 * float(eta))
+    assert optimal_eta(cx, cy, qx, qy, num_steps=1) == pytest.approx(float(eta), rel=1e-12)
 
 
 @pytest.mark.parametrize("L", [2, 4])
@@ -133,24 +146,21 @@ def test_gd_plus_plus_search_beats_gd_and_a_finer_grid():
 
 def test_sensitivities_of_the_construction_are_the_gd_weights():
     cx, cy, qx, _ = tasks(d=4, seed=11)
-    lsa = constructed_lsa(4, gd_lsa_layers(4, 10, 2.5, 3))
+    lsa = LSA.from_weights(gd_lsa_layers(4, 10, 2.5, 3))
     torch.testing.assert_close(sensitivities(lsa, cx, cy, qx), gd_weights(cx, cy, 2.5, 3), **TOL)
 
 
-def test_interpolation_normalises_the_trained_weights():
-    cx, cy, qx, _ = tasks(d=4, seed=12)
-    gd = gd_lsa_layer(4, 10, 3.0)
-    torch.manual_seed(0)
-    other = {k: torch.randn_like(v) for k, v in gd.items()}
-    # a GD layer rescaled (W_Q * 5, P / 5) and sign-flipped is the same function: halfway is GD
-    disguised = dict(gd, W_Q=-5 * gd["W_Q"], P=-gd["P"] / 5)
-    mid = interpolate_lsa_layer(disguised, gd, 4)
-    expected = gd_predict(cx, cy, qx, 3.0)
-    torch.testing.assert_close(constructed_lsa(4, [mid])(cx, cy, qx), expected, **TOL)
-    # halfway between a random layer and GD averages the normalised products M_QK and M_PV
-    mid = interpolate_lsa_layer(other, gd, 4)
-    QK, PV = other["W_Q"][0].T @ other["W_K"][0], other["P"][0] @ other["W_V"][0]
-    c = QK.diagonal()[:4].mean()
-    QK_gd, PV_gd = gd["W_Q"][0].T @ gd["W_K"][0], gd["P"][0] @ gd["W_V"][0]
-    torch.testing.assert_close(mid["W_Q"][0].T @ mid["W_K"][0], (QK / c + QK_gd) / 2, **TOL)
-    torch.testing.assert_close(mid["P"][0] @ mid["W_V"][0], (c * PV + PV_gd) / 2, **TOL)
+@pytest.mark.parametrize("scale", [5.0, -0.5])
+@pytest.mark.parametrize("gamma", [0.0, 0.04])
+@pytest.mark.parametrize("L", [1, 3])
+def test_interpolation_of_a_rescaled_construction_is_the_construction_halfway(scale, gamma, L):
+    """A GD++ layer (eta 2, gamma) disguised as ``W_Q -> s W_Q``, ``P -> P / s`` computes the
+    same function; halfway between it and the GD layer with eta 4 is the GD++ layer with eta 3
+    and gamma / 2 (both products are linear in eta and gamma), applied L times."""
+    cx, cy, qx, _ = tasks(num=16, d=4, seed=12)
+    trained = gd_plus_plus_lsa_layer(4, 10, 2.0, gamma)
+    disguised = dict(trained, W_Q=scale * trained["W_Q"], P=trained["P"] / scale)
+    mid = interpolate_lsa_layer(disguised, gd_lsa_layer(4, 10, 4.0), 4)
+    lsa = LSA.from_weights([mid], num_layers=L, recurrent=True)
+    expected = naive_gd_plus_plus(cx, cy, qx, 3.0, gamma / 2, L)
+    torch.testing.assert_close(lsa(cx, cy, qx), expected, **TOL)

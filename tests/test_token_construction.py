@@ -9,7 +9,6 @@ from conftest import CONFIGS, image_tags, read_scalars, run_cli, run_cli_subproc
 from icl_lightning.callbacks import CopyScore, DeepFeatureGD
 from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.models import TokenTransformer
-from icl_lightning.models.mlp_transformer import one_step_gd
 from icl_lightning.models.token_transformer import sinusoidal_encoding
 
 TOKENS = str(CONFIGS / "token_construction.yaml")
@@ -21,6 +20,11 @@ d, N, P = 3, 6, 16
 def measure(probe, model, batch):
     """What the probe reports for ``model`` on ``batch`` (one process)."""
     return probe.finalize(probe.compute(model, batch), len(batch))
+
+
+def one_step_gd(batch, eta=1.0):
+    """Paper A's one GD step from w0 = 0 written out: ``(eta / N) sum_i y_i <x_i, x_q>``."""
+    return eta / N * torch.einsum("bn,bnd,bd->b", batch.context_y, batch.context_x, batch.query_x)
 
 
 def prompts(batch_size=32, seed=0):
@@ -64,6 +68,20 @@ def test_positions_matter_but_swapping_whole_pairs_only_moves_encodings():
     assert not no_softmax.layers[0].softmax
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        (dict(num_layers=1), "num_layers"),
+        (dict(pe_size=3), "pe_size"),
+        (dict(num_heads=0), "num_heads"),
+        (dict(init_scale=0.0), "init_scale"),
+    ],
+)
+def test_bad_model_options_name_themselves(kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        TokenTransformer(d, **kwargs)
+
+
 def copying_construction(eta: float, sharpness: float = 200.0) -> TokenTransformer:
     """Hand-set weights: layer 1 makes every token t attend to token t + 1 and copies its y slot
     (``W_Q`` = sharpness * the rotation taking p_t to p_{t+1}, ``W_K`` = id on the encoding);
@@ -103,7 +121,7 @@ def test_copy_score_is_one_for_the_copying_construction_and_low_at_init():
     # layer 2 then does one GD step with eta = 0.7, read at the query; the query token itself
     # also picked up some y_j in layer 1 (its right neighbour is not a key), which shifts pred
     pred = model(batch.context_x, batch.context_y, batch.query_x)
-    gd = one_step_gd(batch.context_x, batch.context_y, batch.query_x, 0.7)
+    gd = one_step_gd(batch, 0.7)
     _, attention = model.first_layer(batch.context_x, batch.context_y, batch.query_x)
     picked_up = (attention[:, 0, -1, 1::2] * batch.context_y).sum(-1)
     torch.testing.assert_close(pred + picked_up, gd, rtol=1e-6, atol=1e-8)
@@ -121,7 +139,7 @@ def test_gd_loss_of_the_copy_probe_is_the_best_one_step_gd():
     batch = prompts(batch_size=256, seed=3)
     probe = CopyScore()
     results = measure(probe, copying_construction(eta=1.0), batch)
-    gd = one_step_gd(batch.context_x, batch.context_y, batch.query_x)
+    gd = one_step_gd(batch)
     etas = torch.linspace(0, 20, 20_001, dtype=torch.float64)
     losses = (0.5 * (batch.query_y - etas[:, None] * gd) ** 2).mean(1)
     assert float(results["gd_loss"]) == pytest.approx(float(losses.min()), rel=1e-6)

@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from icl_lightning.checks import require
-from icl_lightning.models.init import variance_scaling_
+from icl_lightning.models.init import attention_weights, variance_scaling_
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "identity": lambda u: u}
 
@@ -63,13 +63,9 @@ class ContextualLayer(nn.Module):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        k = key_size or token_dim
-        shape = (num_heads, k, token_dim)
-        self.W_Q = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        self.W_K = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        self.W_V = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        P = torch.empty(num_heads, token_dim, k)
-        self.P = nn.Parameter(variance_scaling_(P, init_scale, num_heads * k))
+        self.W_Q, self.W_K, self.W_V, self.P = attention_weights(
+            token_dim, num_heads, key_size or token_dim, init_scale
+        )
         self.attention = attention
         self.residual = residual
         self.norm_in = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()

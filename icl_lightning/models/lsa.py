@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icl_lightning.checks import require
-from icl_lightning.models.init import variance_scaling_
+from icl_lightning.models.init import attention_weights
 
 
 class LSALayer(nn.Module):
@@ -45,15 +45,37 @@ class LSALayer(nn.Module):
         init_scale: float = 0.002,
     ) -> None:
         super().__init__()
+        require(num_heads >= 1, "num_heads", num_heads, "an integer >= 1")
+        require(key_size is None or key_size >= 1, "key_size", key_size, "None or an integer >= 1")
+        require(init_scale > 0, "init_scale", init_scale, "a number > 0")
         key_size = key_size or token_dim
-        shape = (num_heads, key_size, token_dim)
-        self.W_Q = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        self.W_K = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        self.W_V = nn.Parameter(variance_scaling_(torch.empty(shape), init_scale, token_dim))
-        P = torch.empty(num_heads, token_dim, key_size)
-        self.P = nn.Parameter(variance_scaling_(P, init_scale, num_heads * key_size))
+        self.W_Q, self.W_K, self.W_V, self.P = attention_weights(
+            token_dim, num_heads, key_size, init_scale
+        )
         self.softmax = softmax
         self.norm = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()
+
+    @property
+    def is_plain_linear(self) -> bool:
+        """One head of linear attention without LayerNorm: the kind of layer paper A's GD
+        constructions (:mod:`icl_lightning.theory.gd`) are written in."""
+        return self.W_Q.shape[0] == 1 and not self.softmax and isinstance(self.norm, nn.Identity)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights by their names in paper A, ``{"W_Q", "W_K", "W_V", "P"}``."""
+        return {name: getattr(self, name) for name in ("W_Q", "W_K", "W_V", "P")}
+
+    def attention_weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``(B, H, T, N)`` attention of the tokens ``queries`` ``(B, T, D)`` on ``keys``
+        ``(B, N, D)``: ``softmax_i(q_t . k_i / sqrt(key_size))`` for softmax attention, the raw
+        scores ``q_t . k_i`` for linear attention (``q = W_Q z_t``, ``k = W_K z_i``, z the
+        tokens after the layer's LayerNorm, if any)."""
+        q = torch.einsum("hkD,btD->bhtk", self.W_Q, self.norm(queries))
+        k = torch.einsum("hkD,btD->bhtk", self.W_K, self.norm(keys))
+        scores = q @ k.transpose(-1, -2)
+        if self.softmax:
+            return torch.softmax(scores / math.sqrt(self.W_Q.shape[1]), dim=-1)
+        return scores
 
     def forward(self, h: torch.Tensor, num_context: int, queries: slice = slice(None)):
         """The attention update ``h_attn`` (no residual) of the tokens ``h[:, queries]``.
@@ -133,8 +155,6 @@ class LSA(nn.Module):
     ) -> None:
         super().__init__()
         require(num_layers >= 1, "num_layers", num_layers, "an integer >= 1")
-        require(num_heads >= 1, "num_heads", num_heads, "an integer >= 1")
-        require(key_size is None or key_size >= 1, "key_size", key_size, "None or >= 1")
         flags = [softmax] * num_layers if isinstance(softmax, bool) else list(softmax)
         require(
             len(flags) == num_layers,
@@ -160,6 +180,42 @@ class LSA(nn.Module):
         )
         count = 1 if recurrent else num_layers
         self.layers = nn.ModuleList(LSALayer(softmax=flags[i], **layer_args) for i in range(count))
+
+    @classmethod
+    def from_weights(
+        cls,
+        layers: list[dict[str, torch.Tensor]],
+        num_layers: int | None = None,
+        recurrent: bool = False,
+    ) -> "LSA":
+        """A linear-attention LSA holding ``layers``, one dict ``{"W_Q", "W_K", "W_V", "P"}``
+        per layer (e.g. the constructions of :mod:`icl_lightning.theory.gd`).
+
+        ``recurrent=True`` takes one dict, applied ``num_layers`` times. Sizes, dtype and device
+        follow the weights; the global RNG is left as it was (the random initialisation is
+        overwritten at once).
+        """
+        num_heads, key_size, token_dim = layers[0]["W_Q"].shape
+        like = layers[0]["W_Q"]
+        with torch.random.fork_rng(devices=[]):
+            model = cls(
+                token_dim - 1,
+                num_layers=num_layers if recurrent else len(layers),
+                recurrent=recurrent,
+                num_heads=num_heads,
+                key_size=key_size,
+            )
+        model = model.to(dtype=like.dtype, device=like.device)
+        model.load_state_dict(
+            {f"layers.{i}.{name}": w for i, layer in enumerate(layers) for name, w in layer.items()}
+        )
+        return model
+
+    @property
+    def shared_layer(self) -> LSALayer | None:
+        """The one layer applied at every depth (recurrent, or L = 1); None when the L layers
+        are distinct."""
+        return self.layers[0] if self.recurrent or self.num_layers == 1 else None
 
     def layer(self, index: int) -> LSALayer:
         """The layer applied at depth ``index`` (the shared one when recurrent)."""

@@ -7,46 +7,21 @@ step on these features from ``w0 = 0`` predicts
 
     pred = (eta / N) sum_i y_i <phi(x_i), phi(x_q)>                      (kernel regression view)
 
-which :class:`FeatureGD` computes with fixed (GD-construction) attention, and which a trained
+(:func:`~icl_lightning.theory.gd.one_step_gd` with the kernel ``<phi(x_i), phi(x_q)>``), which
+:class:`FeatureGD` computes with fixed (GD-construction) attention, and which a trained
 :class:`MLPTransformer` can implement with its attention.
 """
 
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
 from icl_lightning.models.lsa import LSA, LSALayer
-
-
-def one_step_gd(context_phi, context_y, query_phi, eta=1.0) -> torch.Tensor:
-    """One GD step from ``w0 = 0`` on ``L(w) = 1/(2N) sum_i (<w, phi_i> - y_i)^2``, then predict.
-
-    ``pred = (eta / N) sum_i y_i <phi_i, phi_q>`` for ``(B, N, F)`` context features, ``(B, N)``
-    targets and ``(B, F)`` query features; returns ``(B,)``. Linear in ``eta``.
-    """
-    N = context_phi.shape[1]
-    return eta / N * torch.einsum("bn,bnf,bf->b", context_y, context_phi, query_phi)
-
-
-def gd_layer(feature_dim: int, eta: float, num_context: int, dtype=torch.float32) -> LSALayer:
-    """The LSA layer of paper A's construction that performs :func:`one_step_gd` on tokens
-    ``[phi, y]``: ``W_K = W_Q = [[I_F, 0], [0, 0]]``, ``W_V = [[0, 0], [0, -1]]`` (w0 = 0),
-    ``P = (eta / N) I``. Then ``-h[query, -1]`` after the layer is the GD prediction."""
-    D = feature_dim + 1
-    layer = LSALayer(D, num_heads=1, key_size=D).to(dtype)
-    with torch.no_grad():
-        selector = torch.eye(D)
-        selector[-1, -1] = 0
-        value = torch.zeros(D, D)
-        value[-1, -1] = -1
-        layer.W_Q.copy_(selector[None])
-        layer.W_K.copy_(selector[None])
-        layer.W_V.copy_(value[None])
-        layer.P.copy_(eta / num_context * torch.eye(D, dtype=dtype)[None])
-    return layer
+from icl_lightning.theory.gd import linear_kernel, one_step_gd
 
 
 class FeatureMap(nn.Module):
@@ -58,10 +33,18 @@ class FeatureMap(nn.Module):
         feature_dim: F, the size of ``phi(x)``.
         mlp_width: hidden width of the input MLP (paper A: 40).
         mlp_layers: number of ``Linear -> GELU`` blocks (0: ``phi`` is linear).
+
+    :class:`MLPTransformer` and :class:`FeatureGD` take these options (but ``input_dim``) as
+    keyword arguments, ``**features``.
     """
 
-    def __init__(self, input_dim: int, feature_dim: int, mlp_width: int, mlp_layers: int) -> None:
+    def __init__(
+        self, input_dim: int, feature_dim: int = 40, mlp_width: int = 40, mlp_layers: int = 1
+    ) -> None:
         super().__init__()
+        require(feature_dim >= 1, "feature_dim", feature_dim, "an integer >= 1")
+        require(mlp_width >= 1, "mlp_width", mlp_width, "an integer >= 1")
+        require(mlp_layers >= 0, "mlp_layers", mlp_layers, "an integer >= 0")
         sizes = [input_dim] + [mlp_width] * mlp_layers
         blocks = [
             nn.Sequential(nn.Linear(a, b), nn.GELU())
@@ -103,9 +86,6 @@ class MLPTransformer(nn.Module):
 
     Args:
         input_dim: d.
-        feature_dim: F, size of the learned features ``phi(x)`` (tokens have size F + 1).
-        mlp_width: hidden width of the input MLP.
-        mlp_layers: ``Linear -> GELU`` blocks in the input MLP (0: linear features).
         num_layers: L attention layers.
         softmax: softmax instead of linear attention, one flag or one per layer.
         mlp_blocks: add a residual token-wise MLP after each attention layer.
@@ -113,14 +93,13 @@ class MLPTransformer(nn.Module):
         num_heads: attention heads per layer.
         key_size: key size per head (default F + 1).
         init_scale: variance scaling of attention (and MLP-block output) weights, divided by L.
+        **features: the feature map's options (:class:`FeatureMap`: ``feature_dim`` F, the
+            size of ``phi(x)``, so tokens have size F + 1; ``mlp_width``; ``mlp_layers``).
     """
 
     def __init__(
         self,
         input_dim: int,
-        feature_dim: int = 40,
-        mlp_width: int = 40,
-        mlp_layers: int = 1,
         num_layers: int = 1,
         softmax: bool | Sequence[bool] = False,
         mlp_blocks: bool = False,
@@ -128,12 +107,15 @@ class MLPTransformer(nn.Module):
         num_heads: int = 1,
         key_size: int | None = None,
         init_scale: float = 0.002,
+        **features,
     ) -> None:
         super().__init__()
+        require(num_layers >= 1, "num_layers", num_layers, "an integer >= 1")
+        require(widening_factor >= 1, "widening_factor", widening_factor, "an integer >= 1")
         flags = [softmax] * num_layers if isinstance(softmax, bool) else list(softmax)
         require(len(flags) == num_layers, "softmax", softmax, f"a bool or {num_layers} bools")
-        self.features = FeatureMap(input_dim, feature_dim, mlp_width, mlp_layers)
-        D, scale = feature_dim + 1, init_scale / num_layers
+        self.features = FeatureMap(input_dim, **features)
+        D, scale = self.features.embedding.out_features + 1, init_scale / num_layers
         self.layers = nn.ModuleList(
             LSALayer(D, num_heads, key_size, softmax=flag, init_scale=scale) for flag in flags
         )
@@ -143,6 +125,17 @@ class MLPTransformer(nn.Module):
     def tokens(self, context_x, context_y, query_x) -> torch.Tensor:
         """``(B, N+1, F+1)`` tokens ``[phi(x_i), y_i]`` and ``[phi(x_q), 0]``."""
         return LSA.tokens(self.features(context_x), context_y, self.features(query_x))
+
+    def attention_kernel(self, context_x, query_x) -> torch.Tensor | None:
+        """``(B, N)`` kernel ``k_i = sum_h <W_Q^h [phi(x_q); 0], W_K^h [phi(x_i); 0]>`` of the
+        model's one linear attention layer: the bilinear form ``phi_i^T W_K^T W_Q phi_q`` (a
+        learned metric) that replaces ``<phi_i, phi_q>`` when that layer is read as one GD step.
+        None unless the model has exactly one attention layer and it is linear."""
+        if len(self.layers) != 1 or self.layers[0].softmax:
+            return None
+        query = F.pad(self.features(query_x), (0, 1)).unsqueeze(1)
+        context = F.pad(self.features(context_x), (0, 1))
+        return self.layers[0].attention_weights(query, context).sum(1)[:, 0]
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """Predictions ``-h_L[query, -1]`` of shape ``(B,)``."""
@@ -161,41 +154,33 @@ class MLPTransformer(nn.Module):
 class FeatureGD(nn.Module):
     """Paper A's "GD on learned deep features": attention fixed to the one-step GD construction.
 
-    ``pred = (eta / N) sum_i y_i <phi(x_i), phi(x_q)>`` (:func:`one_step_gd`); only the feature map
-    ``phi`` (input MLP and embedding) is trained, and ``eta`` when ``learn_eta``. Paper A fixes
-    ``eta = 0.1``; since ``phi`` can absorb any scale, a learnable ``eta`` changes only the
-    parametrisation. :meth:`gd_layer` gives the same attention as explicit LSA weights.
+    ``pred = (eta / N) sum_i y_i <phi(x_i), phi(x_q)>``
+    (:func:`~icl_lightning.theory.gd.one_step_gd`); only the feature map ``phi`` (input MLP and
+    embedding) is trained, and ``eta`` when ``learn_eta``. Paper A fixes ``eta = 0.1``; since
+    ``phi`` can absorb any scale, a learnable ``eta`` changes only the parametrisation.
 
     Args:
         input_dim: d.
-        feature_dim: F.
-        mlp_width: hidden width of the input MLP.
-        mlp_layers: ``Linear -> GELU`` blocks of the input MLP (0: linear features).
         eta: the GD step size of the fixed attention (paper A: 0.1).
         learn_eta: train ``eta`` as well.
+        **features: the feature map's options (:class:`FeatureMap`: ``feature_dim``,
+            ``mlp_width``, ``mlp_layers``).
     """
 
     def __init__(
         self,
         input_dim: int,
-        feature_dim: int = 40,
-        mlp_width: int = 40,
-        mlp_layers: int = 1,
         eta: float = 0.1,
         learn_eta: bool = False,
+        **features,
     ) -> None:
         super().__init__()
-        self.features = FeatureMap(input_dim, feature_dim, mlp_width, mlp_layers)
+        require(eta > 0, "eta", eta, "a number > 0")
+        self.features = FeatureMap(input_dim, **features)
         # a plain float when fixed, so a float64 model uses eta exactly (no float32 rounding)
         self.eta = nn.Parameter(torch.tensor(float(eta))) if learn_eta else float(eta)
 
-    def gd_layer(self, num_context: int) -> LSALayer:
-        """The fixed attention as an :class:`LSALayer` (see :func:`gd_layer`)."""
-        F = self.features.embedding.out_features
-        weight = self.features.embedding.weight
-        return gd_layer(F, float(self.eta), num_context, weight.dtype).to(weight.device)
-
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """``(eta / N) sum_i y_i <phi(x_i), phi(x_q)>`` of shape ``(B,)``."""
-        phi = self.features
-        return one_step_gd(phi(context_x), context_y, phi(query_x), self.eta)
+        kernel = linear_kernel(self.features(context_x), self.features(query_x))
+        return one_step_gd(kernel, context_y, self.eta)

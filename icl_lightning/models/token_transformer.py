@@ -14,8 +14,6 @@ and values always come from the context tokens only, and the readout is LSA's
 ``pred = -h[query, -1]``.
 """
 
-import math
-
 import torch
 from torch import nn
 
@@ -66,7 +64,6 @@ class TokenTransformer(nn.Module):
         require(pe_size >= 2 and pe_size % 2 == 0, "pe_size", pe_size, "an even integer >= 2")
         self.input_dim, self.pe_size = input_dim, pe_size
         D = pe_size + input_dim + 1
-        self.key_size = key_size or D
         kw = dict(num_heads=num_heads, key_size=key_size, init_scale=init_scale / num_layers)
         flags = [first_layer_softmax] + [False] * (num_layers - 1)
         self.layers = nn.ModuleList(LSALayer(D, softmax=flag, **kw) for flag in flags)
@@ -88,12 +85,7 @@ class TokenTransformer(nn.Module):
         layer, the raw scores ``q_t . k_s``)."""
         h = self.tokens(context_x, context_y, query_x)
         layer, M = self.layers[0], 2 * context_x.shape[1]
-        q = torch.einsum("hkD,btD->bhtk", layer.W_Q, layer.norm(h))
-        k = torch.einsum("hkD,btD->bhtk", layer.W_K, layer.norm(h[:, :M]))
-        scores = q @ k.transpose(-1, -2)
-        if layer.softmax:
-            scores = torch.softmax(scores / math.sqrt(self.key_size), dim=-1)
-        return h + layer(h, M), scores
+        return h + layer(h, M), layer.attention_weights(h, h[:, :M])
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """Predictions ``-h_L[query, -1]`` of shape ``(B,)``."""

@@ -7,38 +7,42 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.theory.loss import prediction_loss
 
 
 class ICLRegressionModule(L.LightningModule):
-    """Trains ``self.model(context_x, context_y, query_x) -> (B,)`` predictions on prompts.
+    """Trains ``model(context_x, context_y, query_x) -> (B,)`` predictions on prompts.
 
-    Loss (paper A): ``0.5 * mean_b (y_q - pred)^2``. Logs ``train/loss`` every
+    Loss (paper A): ``0.5 * mean_b (y_q - pred)^2``
+    (:func:`~icl_lightning.theory.loss.prediction_loss`). Logs ``train/loss`` every
     ``trainer.log_every_n_steps`` steps (kept on the device: no host sync in the training
     step), ``val/loss`` and ``test/loss`` over the fixed sets (reduced across DDP ranks by
     torchmetrics), and ``val/zero_loss``, the loss of the
     predictor that always says 0, as the reference to beat.
 
-    Subclasses build ``self.model`` in ``__init__``. The CLI links ``input_dim`` and
-    ``num_context`` from the data, so a subclass takes both as its first arguments.
-
     Args:
-        input_dim: d, the task's input dimension (linked from ``data``).
-        num_context: N, context points per prompt (linked from ``data``).
+        model: the network, any ``nn.Module`` mapping ``context_x (B, N, d)``,
+            ``context_y (B, N)`` and ``query_x (B, d)`` to predictions ``(B,)``, e.g. an
+            :class:`~icl_lightning.models.LSA`. In a config it is named by ``class_path``, and
+            the CLI links its ``input_dim`` from the data. Its weights are in the state dict,
+            its options in the run's ``config.yaml``; a subclass with options of its own saves
+            them with ``self.save_hyperparameters(ignore=["model"])``.
 
-    Example::
+    Example (YAML)::
 
-        class MyModule(ICLRegressionModule):
-            def __init__(self, input_dim: int, num_context: int, width: int = 64):
-                super().__init__(input_dim, num_context)
-                self.model = MyModel(input_dim, width)
+        model:
+          model:
+            class_path: icl_lightning.models.LSA
+            init_args: {num_layers: 1, recurrent: true}
+
+    Example (Python)::
+
+        module = ICLRegressionModule(LSA(input_dim=5))
     """
 
-    model: nn.Module
-
-    def __init__(self, input_dim: int, num_context: int) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.input_dim = input_dim
-        self.num_context = num_context
+        self.model = model
         self.val_loss = MeanMetric()
         self.val_zero_loss = MeanMetric()
         self.test_loss = MeanMetric()
@@ -48,14 +52,9 @@ class ICLRegressionModule(L.LightningModule):
         """Query predictions of shape ``(B,)``."""
         return self.model(batch.context_x, batch.context_y, batch.query_x)
 
-    @staticmethod
-    def squared_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-prompt loss ``0.5 * (y_q - pred)^2``."""
-        return 0.5 * (target - pred) ** 2
-
     @override
     def training_step(self, batch: ICLBatch, batch_idx: int) -> torch.Tensor:
-        loss = self.squared_errors(self(batch), batch.query_y).mean()
+        loss = prediction_loss(self(batch), batch.query_y).mean()
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # only on the steps the logger writes (Lightning's cadence): self.log costs about
             # as much as this model's forward pass, so calling it every step slows training
@@ -76,15 +75,15 @@ class ICLRegressionModule(L.LightningModule):
 
     @override
     def validation_step(self, batch: ICLBatch, batch_idx: int) -> None:
-        self.val_loss.update(self.squared_errors(self(batch), batch.query_y))
+        self.val_loss.update(prediction_loss(self(batch), batch.query_y))
         zero = torch.zeros_like(batch.query_y)
-        self.val_zero_loss.update(self.squared_errors(zero, batch.query_y))
+        self.val_zero_loss.update(prediction_loss(zero, batch.query_y))
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/zero_loss", self.val_zero_loss)
 
     @override
     def test_step(self, batch: ICLBatch, batch_idx: int) -> None:
-        self.test_loss.update(self.squared_errors(self(batch), batch.query_y))
+        self.test_loss.update(prediction_loss(self(batch), batch.query_y))
         self.log("test/loss", self.test_loss)
 
     @override

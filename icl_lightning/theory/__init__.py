@@ -1,4 +1,10 @@
-"""The mathematics, once: pure functions over batched tensors (no loops over tasks or positions)."""
+"""The mathematics, once: pure functions over batched tensors (no loops over tasks or positions).
+
+``loss`` the prediction loss; ``gd`` paper A's GD and GD++ learners, their LSA constructions and
+step-size searches; ``step_sizes`` those step sizes tuned for a task; ``alignment`` paper A's
+alignment metrics and weight interpolation; ``readout`` the R^2 of a least-squares read-out;
+``delta_w`` paper B's implicit weight updates. ``docs/theory.md`` states the mathematics.
+"""
 
 from icl_lightning.theory.alignment import (
     alignment_sums,
@@ -15,7 +21,7 @@ from icl_lightning.theory.delta_w import (
     implicit_prediction,
 )
 from icl_lightning.theory.gd import (
-    constructed_lsa,
+    best_eta,
     gd_lsa_layer,
     gd_lsa_layers,
     gd_plus_plus_lsa_layer,
@@ -23,16 +29,22 @@ from icl_lightning.theory.gd import (
     gd_predict,
     gd_weights,
     grid_search,
-    one_step_eta,
+    linear_kernel,
+    one_step_gd,
+    one_step_sums,
     optimal_eta,
     optimal_eta_gamma,
     spectral_form,
     spectral_predict,
 )
+from icl_lightning.theory.loss import prediction_loss
+from icl_lightning.theory.readout import readout_r2, readout_sums
+from icl_lightning.theory.step_sizes import StepSizes
 
 __all__ = [
+    "StepSizes",
     "alignment_sums",
-    "constructed_lsa",
+    "best_eta",
     "cosine",
     "gd_lsa_layer",
     "gd_lsa_layers",
@@ -42,9 +54,14 @@ __all__ = [
     "gd_weights",
     "grid_search",
     "interpolate_lsa_layer",
-    "one_step_eta",
+    "linear_kernel",
+    "one_step_gd",
+    "one_step_sums",
     "optimal_eta",
     "optimal_eta_gamma",
+    "prediction_loss",
+    "readout_r2",
+    "readout_sums",
     "sensitivities",
     "spectral_form",
     "spectral_predict",

@@ -30,7 +30,7 @@ def check_block(model: object) -> ContextualBlock:
         isinstance(model, ContextualBlock),
         "model",
         type(model).__name__,
-        "a ContextualBlock (icl_lightning.modules.ContextualBlockModule); the Delta-W theory "
+        "a ContextualBlock (icl_lightning.models.ContextualBlock); the Delta-W theory "
         "needs its A(C, x), A(x) and W",
     )
     return model

@@ -6,15 +6,16 @@ the context loss ``L(w) = 1/(2N) sum_i (<w, x_i> - y_i)^2``, whose gradient is
 ``(1/N) X^T (X w - y)``. Loops run over GD steps (L <= a few), never over prompts.
 
 The constructions return per-layer weight dicts ``{"W_Q", "W_K", "W_V", "P"}`` with one head
-and key size ``D = d + 1``, laid out as :class:`~icl_lightning.models.LSALayer` expects; with
-them an LSA computes ``h_j <- h_j + P sum_i (W_Q h_j . W_K h_i) W_V h_i``.
+and key size ``D = d + 1``, laid out as :class:`~icl_lightning.models.LSALayer` expects
+(:meth:`~icl_lightning.models.LSA.from_weights` builds the model); with them an LSA computes
+``h_j <- h_j + P sum_i (W_Q h_j . W_K h_i) W_V h_i``.
 """
 
 from collections.abc import Callable
 
 import torch
 
-from icl_lightning.models.lsa import LSA
+from icl_lightning.theory.loss import prediction_loss
 
 Weights = dict[str, torch.Tensor]
 
@@ -40,6 +41,24 @@ def gd_predict(context_x, context_y, query_x, eta, num_steps: int = 1, w0=None) 
     """``(B,)`` predictions ``<w_k, x_q>`` of the linear model after k = ``num_steps`` GD steps."""
     w = gd_weights(context_x, context_y, eta, num_steps, w0)
     return torch.einsum("...d,...d->...", w, query_x)
+
+
+def linear_kernel(context_phi, query_phi) -> torch.Tensor:
+    """``(B, N)`` kernel values ``k_i = <phi_i, phi_q>`` of context and query features (the raw
+    inputs x, or learned features ``phi(x)``)."""
+    return torch.einsum("...nf,...f->...n", context_phi, query_phi)
+
+
+def one_step_gd(kernel, context_y, eta=1.0) -> torch.Tensor:
+    """``(B,)`` predictions of one GD step from ``w0 = 0`` with the kernel ``k_i = k(x_i, x_q)``:
+    ``pred = (eta / N) sum_i y_i k_i``.
+
+    With :func:`linear_kernel` of features ``phi`` this is ``<w_1, phi(x_q)>`` for
+    ``w_1 = -eta grad L(0)``, ``L(w) = 1/(2N) sum_i (<w, phi_i> - y_i)^2``; another bilinear form
+    ``k_i = phi_i^T M phi_q`` is the step preconditioned by M. ``kernel`` is ``(B, N)``; the
+    prediction is linear in ``eta``.
+    """
+    return eta / context_y.shape[-1] * (context_y * kernel).sum(-1)
 
 
 def gd_plus_plus_predict(
@@ -124,34 +143,26 @@ def gd_lsa_layers(
     ]
 
 
-def constructed_lsa(
-    input_dim: int, layers: list[Weights], num_layers: int | None = None, recurrent: bool = False
-) -> LSA:
-    """An :class:`~icl_lightning.models.LSA` holding ``layers`` (one weight dict per layer).
-
-    ``recurrent=True`` takes one dict, applied ``num_layers`` times. The global RNG is left as
-    it was (the LSA's random initialisation is immediately overwritten).
-    """
-    num_layers = num_layers if recurrent else len(layers)
-    like = layers[0]["W_Q"]
-    with torch.random.fork_rng(devices=[]):
-        model = LSA(input_dim, num_layers=num_layers, recurrent=recurrent)
-    model = model.to(dtype=like.dtype, device=like.device)
-    state = {f"layers.{i}.{name}": w for i, layer in enumerate(layers) for name, w in layer.items()}
-    model.load_state_dict(state)
-    return model
-
-
 # ------------------------------------------------------------------------------ eta search
-def one_step_eta(context_x, context_y, query_x, query_y) -> torch.Tensor:
-    """Closed-form eta minimising ``0.5 mean_b (y_q - pred_b)^2`` for one GD step from 0.
+def one_step_sums(p: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over prompts from which the best step size of one GD step follows.
 
-    The prediction is linear in eta, ``pred_b = eta g_b`` with
-    ``g_b = (1/N) sum_i y_i <x_i, x_q>``, so ``eta* = sum_b y_q g_b / sum_b g_b^2``.
+    One step is linear in eta, ``pred = eta p`` with ``p`` the prediction at ``eta = 1``
+    (:func:`one_step_gd`); :func:`best_eta` needs only ``{"py": sum p y, "pp": sum p^2,
+    "yy": sum y^2}``. Sums add up over chunks and processes.
     """
-    N = context_x.shape[-2]
-    g = torch.einsum("bnd,bd,bn->b", context_x, query_x, context_y) / N
-    return (query_y * g).sum() / (g * g).sum()
+    return {"py": (p * target).sum(), "pp": (p * p).sum(), "yy": (target * target).sum()}
+
+
+def best_eta(sums: dict[str, torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eta*, loss)`` of one GD step with the loss-minimising step size, from
+    :func:`one_step_sums` over ``count`` prompts.
+
+    The mean loss ``0.5/n sum_b (y_b - eta p_b)^2`` is a parabola in eta, minimised by
+    ``eta* = sum p y / sum p^2``, where it equals ``0.5/n (sum y^2 - (sum p y)^2 / sum p^2)``.
+    """
+    pp = sums["pp"].clamp_min(torch.finfo(sums["pp"].dtype).tiny)
+    return sums["py"] / pp, 0.5 * (sums["yy"] - sums["py"] ** 2 / pp) / count
 
 
 def spectral_form(context_x, context_y, query_x) -> tuple[torch.Tensor, ...]:
@@ -216,11 +227,13 @@ def grid_search(
 def optimal_eta(context_x, context_y, query_x, query_y, num_steps: int = 1) -> float:
     """The GD step size minimising the mean query loss of ``num_steps`` GD steps on these tasks.
 
-    One step: :func:`one_step_eta` (closed form). More steps: the loss is a polynomial of
+    One step: :func:`best_eta` (closed form). More steps: the loss is a polynomial of
     degree 2L in eta; :func:`grid_search` over ``eta in [0, 6N / mean_b lam_max]``.
     """
     if num_steps == 1:
-        return float(one_step_eta(context_x, context_y, query_x, query_y))
+        p = one_step_gd(linear_kernel(context_x, query_x), context_y)
+        eta, _ = best_eta(one_step_sums(p, query_y), len(query_y))
+        return float(eta)
     (eta,), _ = _search(context_x, context_y, query_x, query_y, num_steps, plus_plus=False)
     return eta
 
@@ -251,7 +264,7 @@ def _search(context_x, context_y, query_x, query_y, num_steps, plus_plus):
         eta = eta.to(lam.device)
         gamma = torch.zeros_like(eta) if gamma is None else gamma.to(lam.device)
         pred = spectral_predict(lam, q, s, eta, gamma, num_steps, N)
-        return 0.5 * ((target - pred) ** 2).mean(-1)
+        return prediction_loss(pred, target).mean(-1)
 
     if plus_plus:
         return grid_search(loss, [0.0, 0.0], [6 * N / scale, 1 / scale], num=10, rounds=6)

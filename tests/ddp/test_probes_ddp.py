@@ -28,7 +28,7 @@ def _probe_configs() -> list[Path]:
     for path in sorted(CONFIGS.glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         callbacks = cfg.get("trainer", {}).get("callbacks") or []
-        model = cfg["model"]["class_path"]
+        model = cfg["model"]["model"]["class_path"]
         probes = {(c["class_path"], model) for c in callbacks if ".callbacks." in c["class_path"]}
         if probes - covered:
             covered |= probes

@@ -1,0 +1,76 @@
+"""GDBaselineProbe: the base of the probes that compare the model with tuned GD learners."""
+
+from functools import partial
+
+import lightning as L
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from torch import nn
+from typing_extensions import override
+
+from icl_lightning.callbacks.probe import Probe
+from icl_lightning.checks import require
+from icl_lightning.theory.alignment import Learner
+from icl_lightning.theory.gd import gd_predict
+from icl_lightning.theory.step_sizes import StepSizes
+
+
+class GDBaselineProbe(Probe):
+    """A probe that compares the model with L steps of GD whose step sizes are tuned for the
+    evaluation task (:class:`~icl_lightning.theory.step_sizes.StepSizes`), once per task, N
+    and L, before each measurement.
+
+    L is ``num_steps``, or the model's ``num_layers``. Subclasses read :attr:`step_sizes` and
+    :attr:`learner_steps`, or take GD itself from :meth:`gd_learner`; ``plus_plus = False``
+    skips tuning GD++.
+
+    Args:
+        num_steps: GD steps of the baselines (default: the model's ``num_layers``).
+        tuning_tasks: prompts used to tune the baselines' step sizes.
+        tuning_seed: seed of the tuning prompts (the same default for every GD-baseline probe,
+            so that they compare with the same GD).
+        **kwargs: the options of :class:`~icl_lightning.callbacks.Probe`.
+
+    Raises:
+        ValueError: for an impossible option; the message names it.
+    """
+
+    #: whether the baselines include GD++ (its search costs more than GD's)
+    plus_plus: bool = True
+
+    def __init__(
+        self,
+        num_steps: PositiveInt | None = None,
+        tuning_tasks: PositiveInt = 10_000,
+        tuning_seed: NonNegativeInt = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        require(num_steps is None or num_steps >= 1, "num_steps", num_steps, "None or >= 1")
+        require(tuning_tasks >= 2, "tuning_tasks", tuning_tasks, "an integer >= 2")
+        self.num_steps = None if num_steps is None else int(num_steps)
+        self.step_sizes = StepSizes(int(tuning_tasks), int(tuning_seed), self.plus_plus)
+        #: L, the baselines' number of GD steps at the current measurement
+        self.learner_steps = 0
+
+    @override
+    def measure(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict:
+        tasks = self.evaluation_set(trainer, pl_module.device)  # the base's clear error if no task
+        task = self.task or trainer.datamodule.task
+        self.learner_steps = self._steps_of(pl_module.model)
+        self.step_sizes.tune(task, tasks.num_context, self.learner_steps, pl_module.device)
+        return super().measure(trainer, pl_module)
+
+    def _steps_of(self, model: nn.Module) -> int:
+        steps = self.num_steps or getattr(model, "num_layers", None)
+        require(
+            steps is not None,
+            "num_steps",
+            self.num_steps,
+            "an integer >= 1 (the model has no num_layers to match)",
+        )
+        return int(steps)
+
+    def gd_learner(self) -> Learner:
+        """L steps of GD with the tuned ``eta``, as a learner
+        ``fn(context_x, context_y, query_x) -> (B,)``."""
+        return partial(gd_predict, eta=self.step_sizes.eta, num_steps=self.learner_steps)
