@@ -61,13 +61,18 @@ class CopyScore(Probe):
     namespace = "copy"
 
     @override
-    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+    def check_model(self, model: nn.Module) -> None:
+        """Needs the first layer's tokens and attention: ``model.first_layer``."""
         require(
             callable(getattr(model, "first_layer", None)),
             f"{type(model).__name__}.first_layer",
             None,
             "a method returning layer 1's tokens and attention (a TokenTransformer)",
         )
+
+    @override
+    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+        self.check_model(model)
         x, y, xq, yq = batch.context_x, batch.context_y, batch.query_x, batch.query_y
         h1, attention = model.first_layer(x, y, xq)
         attention = attention.mean(dim=1)  # (B, 2N+1, 2N), mean over heads

@@ -43,7 +43,8 @@ class DeepFeatureGD(Probe):
     namespace = "deep"
 
     @override
-    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+    def check_model(self, model: nn.Module) -> None:
+        """Needs the model's feature map ``model.features``."""
         phi = getattr(model, "features", None)
         require(
             isinstance(phi, nn.Module),
@@ -51,6 +52,11 @@ class DeepFeatureGD(Probe):
             type(phi).__name__,
             "a feature map x -> phi(x) (an MLPTransformer or FeatureGD) for DeepFeatureGD",
         )
+
+    @override
+    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+        self.check_model(model)
+        phi = model.features
         x, y, xq, yq = batch.context_x, batch.context_y, batch.query_x, batch.query_y
         kernels = {"feature": linear_kernel(phi(x), phi(xq)), "linear": linear_kernel(x, xq)}
         attention_kernel = getattr(model, "attention_kernel", None)

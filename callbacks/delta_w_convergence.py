@@ -34,6 +34,11 @@ class DeltaWConvergence(Probe):
 
     namespace = "dw"
 
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The Delta-W theory needs a :class:`ContextualBlock`."""
+        check_block(model)
+
     def __init__(self, batch_size: PositiveInt = 128, **kwargs) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
 

@@ -8,7 +8,7 @@ from typing_extensions import override
 from icl_lightning.callbacks.probe import Probe, predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
-from icl_lightning.theory.delta_w import implicit_prediction
+from icl_lightning.theory.delta_w import check_block, implicit_prediction
 from icl_lightning.theory.loss import prediction_loss
 
 
@@ -37,6 +37,11 @@ class DeltaWEquivalence(Probe):
 
     namespace = "dw"
     maxima = ("max_abs_diff",)
+
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The Delta-W theory needs a :class:`ContextualBlock`."""
+        check_block(model)
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:

@@ -51,6 +51,11 @@ class FinetuneComparison(Probe):
 
     namespace = "ft"
 
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The Delta-W theory needs a :class:`ContextualBlock`."""
+        check_block(model)
+
     def __init__(
         self,
         lr: PositiveFloat = 0.01,

@@ -60,6 +60,11 @@ class GDBaselineProbe(Probe):
         self.step_sizes.tune(task, tasks.num_context, self.learner_steps, pl_module.device)
         return super().measure(trainer, pl_module)
 
+    @override
+    def check_model(self, model: nn.Module) -> None:
+        """The GD baselines take ``num_steps`` steps, or as many as the model has layers."""
+        self._steps_of(model)
+
     def _steps_of(self, model: nn.Module) -> int:
         steps = self.num_steps or getattr(model, "num_layers", None)
         require(

@@ -10,8 +10,10 @@ A probe evaluates the training model on a fixed set of prompts (its own seed) ev
   the model;
 - one all-reduce of all sums (``trainer.strategy.reduce``), so the numbers do not depend on the
   number of processes;
-- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``,
-  figures to TensorBoard, both from global rank zero only;
+- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``
+  at every measurement, figures to TensorBoard once at the end of training (drawing them costs
+  several measurements) and at the end of ``validate`` / ``test``, both from global rank zero
+  only;
 - the history of its scalars over training steps (for curve figures) and ``state_dict`` for
   resume.
 
@@ -99,6 +101,7 @@ class Probe(Callback):
         #: every measurement so far, ``{step: {name: value}}`` (no namespace), for curves
         self.history: dict[int, dict[str, float]] = {}
         self._evaluation_set: ICLBatch | None = None
+        self._results: dict[str, torch.Tensor] | None = None  # the latest, for the figures
 
     # ----------------------------------------------------------------- what subclasses write
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
@@ -120,6 +123,36 @@ class Probe(Callback):
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
         """Figures to log, by tag (namespace added by the base); default: none."""
         return {}
+
+    def check(self, pl_module: "L.LightningModule", datamodule: object) -> None:
+        """Raise ``ValueError`` naming the option when this probe cannot measure ``pl_module``
+        on ``datamodule``'s prompts; the CLI calls it before training. The base requires a
+        ``model`` (an ``nn.Module``) that :meth:`check_model` accepts, and a probe task of the
+        data's input dimension."""
+        model = getattr(pl_module, "model", None)
+        require(
+            isinstance(model, nn.Module),
+            f"{type(self).__name__}: {type(pl_module).__name__}.model",
+            type(model).__name__,
+            "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
+        )
+        try:
+            self.check_model(model)
+        except ValueError as error:
+            name, kind = type(self).__name__, type(model).__name__
+            raise ValueError(f"{name} cannot measure a {kind}: {error}") from error
+        data_dim = getattr(datamodule, "input_dim", None)
+        if self.task is not None and data_dim is not None:
+            require(
+                self.task.input_dim == data_dim,
+                f"{type(self).__name__}.task.input_dim",
+                self.task.input_dim,
+                f"the data's input_dim, {data_dim} (the model reads inputs of that size)",
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``ValueError`` when this probe cannot measure ``model``. The base needs only
+        ``model(context_x, context_y, query_x)``; a probe that needs more declares it here."""
 
     # ----------------------------------------------------------------------- the machinery
     def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:
@@ -188,10 +221,13 @@ class Probe(Callback):
         """One rank's chunks combined: summed, or the maximum for names in :attr:`maxima`."""
         return torch.stack(parts).amax(0) if name in self.maxima else sum(parts)
 
-    def run(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        """Measure once at the current global step and log the results."""
+    def run(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", figures: bool = True
+    ) -> None:
+        """Measure once at the current global step and log the scalars, and the figures too
+        when ``figures``."""
         step = trainer.global_step
-        results = self.measure(trainer, pl_module)
+        results = self._results = self.measure(trainer, pl_module)
         self.history[step] = self.scalars(results)
         scalars = {f"{self.namespace}/{k}": v for k, v in self.history[step].items()}
         self.last_step, self.last_results = step, scalars
@@ -200,7 +236,7 @@ class Probe(Callback):
             return
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-        if self.log_figures:
+        if self.log_figures and figures:
             self._log_figures(trainer, results, step)
 
     def _log_figures(self, trainer: "L.Trainer", results: dict, step: int) -> None:
@@ -221,17 +257,20 @@ class Probe(Callback):
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if trainer.global_step != self.last_step:
-            self.run(trainer, pl_module)
+            self.run(trainer, pl_module, figures=False)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due(trainer):
-            self.run(trainer, pl_module)
+            self.run(trainer, pl_module, figures=False)
 
     @override
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """The last measurement (unless the last step already had one), then the figures."""
         if trainer.global_step != self.last_step:
             self.run(trainer, pl_module)
+        elif self.log_figures and trainer.is_global_zero and self._results is not None:
+            self._log_figures(trainer, self._results, trainer.global_step)
 
     @override
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

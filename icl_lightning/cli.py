@@ -4,25 +4,79 @@
 checkpoint (``--ckpt_path``). Model and data are chosen by ``class_path`` (any subclass of
 :class:`ICLRegressionModule` and of ``LightningDataModule``); the module's network is named by
 ``model.model.class_path`` and the data's ``input_dim`` is linked into it. Defaults: a
-TensorBoardLogger under ``logs/``, a rich progress bar, a ModelCheckpoint (``--checkpoint.*``)
-and the resolved config saved in the run's directory. The optimizer and LR scheduler come from
-``--optimizer`` / ``--lr_scheduler``.
+TensorBoardLogger under ``logs/``, a rich progress bar counting steps, a
+:class:`~icl_lightning.checkpointing.RunCheckpoint` (``--checkpoint.*``: ``last.ckpt`` every
+100 steps, at the end, and on SIGTERM/Ctrl+C) and the resolved config saved in the run's
+directory. The optimizer and LR scheduler come from ``--optimizer`` / ``--lr_scheduler``.
+
+Runs and their directories:
+
+- ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues that run: the logger writes into
+  ``<run>`` again, so its TensorBoard curves stay one run.
+- ``--trainer.logger false``: the run's files (``config.yaml``, ``checkpoints/``) go to a new
+  ``<trainer.default_root_dir>/version_<k>`` (default root ``logs/unlogged``), never the cwd.
+- Before anything is written, the checkpoint is checked (a readable checkpoint of the same
+  network, with the same parameter shapes) and every probe checks that it can measure this
+  model on this data; a failure is a usage error (exit 2) naming the option or file.
 """
 
 import re
+import sys
+from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from icl_lightning.callbacks.probe import Probe
+from icl_lightning.checkpointing import RunCheckpoint
 from icl_lightning.data.datamodule import ICLDataModule
+from icl_lightning.hparams import FinalMetrics
 from icl_lightning.modules.base import ICLRegressionModule
+from icl_lightning.progress import StepProgressBar
+from icl_lightning.run_checks import (
+    LIGHTNING_CKPT_NAMES,
+    check_checkpoint_module,
+    check_checkpoint_network,
+    check_linked_unset,
+    check_memory,
+    check_validation_schedule,
+    free_memory,
+    load_checkpoint,
+    prompt_bytes,
+)
+
+_TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+#: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
+_LINKS = {"model.init_args.model.init_args.input_dim": "data.input_dim"}
 
 
 def _natural_key(name: str) -> list:
     """Sort key that puts ``loss_n2`` before ``loss_n10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _next_version(root: Path) -> Path:
+    """``root/version_<k>`` with ``k`` one more than the largest there (0 if none)."""
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    return root / f"version_{max(taken, default=-1) + 1}"
+
+
+def _check_yaml(parser, path: str) -> None:
+    """A usage error naming ``path`` when that file exists but is not YAML."""
+    if not Path(path).is_file():
+        return  # the parser names a missing file itself
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        parser.error(
+            f"--config={path} is not valid YAML ({problem}): expected a YAML mapping of "
+            "options, as in configs/."
+        )
 
 
 class ICLLightningCLI(LightningCLI):
@@ -37,31 +91,149 @@ class ICLLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments(
-            "data.input_dim", "model.init_args.model.init_args.input_dim", apply_on="instantiate"
-        )
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        for target, source in _LINKS.items():
+            parser.link_arguments(source, target, apply_on="instantiate")
+        parser.add_lightning_class_args(StepProgressBar, "progress_bar")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "model": {"class_path": "icl_lightning.modules.ICLRegressionModule"},
                 "data": {"class_path": "icl_lightning.data.ICLDataModule"},
                 "checkpoint.save_last": True,
+                "checkpoint.every_n_train_steps": 100,
+                "trainer.default_root_dir": "logs/unlogged",
                 "trainer.logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "class_path": _TENSORBOARD,
                     "init_args": {"save_dir": "logs", "name": "icl"},
                 },
             }
         )
 
-    def instantiate_classes(self) -> None:
-        """Build model, data, trainer; an impossible option becomes a usage error (exit 2)
-        naming the option, before any training or logging starts."""
+    # ------------------------------------------------------------- before anything is built
+    def parse_arguments(self, parser, args) -> None:
+        """As LightningCLI's, after checking that every ``--config`` file is YAML (the parser's
+        own message would not name the file)."""
+        given = sys.argv[1:] if args is None else args
+        given = [str(a) for a in given] if isinstance(given, list | tuple) else []
+        for i, arg in enumerate(given):
+            if arg.startswith("--config="):
+                _check_yaml(parser, arg.split("=", 1)[1])
+            elif arg in ("-c", "--config") and i + 1 < len(given):
+                _check_yaml(parser, given[i + 1])
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check the parsed options before Lightning reads the checkpoint's into them: no option
+        the CLI links from the data, and a complete checkpoint of the configured module
+        (Lightning would otherwise swap the configured model for the checkpoint's)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
         try:
-            super().instantiate_classes()
+            check_linked_unset(config, _LINKS)
+            if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CKPT_NAMES:
+                checkpoint = load_checkpoint(config.ckpt_path)
+                check_checkpoint_module(checkpoint, config.ckpt_path, config.model.class_path)
         except ValueError as error:
             self.parser.error(str(error))
+        super()._parse_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        """Refuse options that cannot work; choose the run directory (a resumed run's own, or a
+        new one when there is no logger)."""
+        config = self.config[self.subcommand]
+        trainer = config.trainer
+        if str(trainer.precision) == "16-true":
+            self.parser.error(
+                "--trainer.precision=16-true is not supported: AdamW's float16 state under- and "
+                "overflows within a few steps here. Expected 64-true, 32-true, bf16-true, "
+                "16-mixed or bf16-mixed."
+            )
+        if not trainer.logger:
+            trainer.default_root_dir = str(_next_version(Path(trainer.default_root_dir)))
+            return
+        if getattr(trainer.logger, "class_path", None) == _TENSORBOARD:
+            # the final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
+            trainer.logger.init_args.default_hp_metric = False
+            if self.subcommand == "fit" and config.get("ckpt_path"):
+                self._continue_run(trainer.logger.init_args, Path(config.ckpt_path))
+
+    @staticmethod
+    def _continue_run(logger_args, ckpt_path: Path) -> None:
+        """Point TensorBoardLogger options at the run holding ``<run>/checkpoints/<x>.ckpt``."""
+        run = ckpt_path.resolve().parent.parent
+        if ckpt_path.resolve().parent.name != "checkpoints" or not any(run.glob("events.*")):
+            return
+        logger_args.save_dir = str(run.parent.parent)
+        logger_args.name = run.parent.name
+        logger_args.version = (
+            int(run.name[8:]) if re.fullmatch(r"version_\d+", run.name) else run.name
+        )
+
+    # ------------------------------------------------------------------- building the run
+    def instantiate_classes(self) -> None:
+        """Build model, data, trainer and check they fit together; an impossible option becomes
+        a usage error (exit 2) naming the option, before any training or logging starts."""
+        try:
+            super().instantiate_classes()
+            self._check_run()
+        except (ValueError, MisconfigurationException) as error:
+            self.parser.error(str(error))
+        options = self.config[self.subcommand].as_dict()
+        params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
+        self.trainer.callbacks.append(FinalMetrics(params))
+
+    def _check_run(self) -> None:
+        """ValueError unless checkpoint, probes, data and trainer fit together."""
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            check_checkpoint_network(load_checkpoint(ckpt_path), ckpt_path, self.model)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Probe):
+                callback.check(self.model, self.datamodule)
+        batches = getattr(self.datamodule, "batches_per_epoch", None)
+        check_memory(self._prompt_bytes(), free_memory(self.trainer.strategy.root_device))
+        trainer = config.trainer
+        check_validation_schedule(
+            trainer.val_check_interval, trainer.check_val_every_n_epoch, batches
+        )
+
+    def _prompt_bytes(self) -> dict[str, int]:
+        """Bytes of the prompt sets the run draws, by the option that sizes each."""
+        data = self.datamodule
+        if not all(hasattr(data, a) for a in ("batch_size", "num_val_tasks", "num_context")):
+            return {}
+        d, N = data.input_dim, data.num_context
+        needs = {
+            f"data.init_args.batch_size={data.batch_size}": prompt_bytes(data.batch_size, N, d),
+            f"data.init_args.num_val_tasks={data.num_val_tasks}": prompt_bytes(
+                data.num_val_tasks, N, d
+            ),
+        }
+        for probe in self.trainer.callbacks:
+            if isinstance(probe, Probe):
+                option = f"trainer.callbacks.{type(probe).__name__}.num_tasks={probe.num_tasks}"
+                dim = probe.task.input_dim if probe.task is not None else d
+                size = probe.dtype.itemsize
+                needs[option] = prompt_bytes(probe.num_tasks, probe.num_context or N, dim, size)
+        return needs
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """As LightningCLI's (which builds the optimizer once), naming the options on failure."""
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except ValueError as error:
+            raise ValueError(f"--optimizer / --lr_scheduler: {error}") from error
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
+        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false."""
+        if config.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return super()._instantiate_trainer(config, callbacks)
+
+    # ----------------------------------------------------------------------- after the run
     @rank_zero_only
     def _summary(self, subcommand: str) -> None:
         trainer = self.trainer
@@ -89,8 +261,12 @@ class ICLLightningCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``icl-lightning`` console script."""
-    ICLLightningCLI(args=args)
+    """Entry point of the ``icl-lightning`` console script (exit 1 when stopped by SIGTERM or
+    Ctrl+C, after ``last.ckpt`` was written)."""
+    try:
+        ICLLightningCLI(args=args)
+    except SIGTERMException as stopped:
+        raise SystemExit(1) from stopped
 
 
 if __name__ == "__main__":

@@ -14,22 +14,25 @@ medians are printed):
 - ``jax`` (``--jax-python PATH --jax-ref DIR``): the official JAX code's training step,
   ``PATH DIR/bench_ref.py STEPS train-only``.
 
-Steps/s are counted from step ``--warmup`` on, probes run at their cadence inside that window.
+Steps/s are counted from the draw of batch ``--warmup`` to the draw of the last batch (a clock
+wrapped around the datamodule's ``train_batch``, the same for every loop; no extra callback), with
+the probes and validation at their cadence inside that window.
 Peak memory is printed beside each figure: max RSS on CPU (reset before each measurement),
 ``torch.cuda.max_memory_allocated`` on GPU. Extra ``--model...``/``--data...``/``--trainer...``
 arguments go to the CLI of every run.
 
 ``--scaling`` instead times short fits (probes at start and end) over N, d and L for the LSA and
-contextual-block configs and writes ``reports/scaling.md`` and ``reports/scaling.json``.
+contextual-block configs and writes ``reports/speed/scaling.md`` and ``reports/speed/scaling.json``.
 
     python scripts/benchmark.py --steps 1000 --repeats 3
-    python scripts/benchmark.py --cli --jax-python ../.venv-jax/bin/python --jax-ref ../jaxref
+    python scripts/benchmark.py --cli --jax-python PATH --jax-ref DIR
     python scripts/benchmark.py --scaling
 """
 
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -38,14 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from icl_lightning.callbacks import Probe
 from icl_lightning.cli import ICLLightningCLI
 from icl_lightning.theory.loss import prediction_loss
 
-REPORTS = Path("reports")
+REPORTS = Path("reports/speed")
 
 
 # --------------------------------------------------------------------------------- memory
@@ -72,18 +74,26 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # ------------------------------------------------------------------------------- timing
-class _StepTimer(L.Callback):
-    """Wall time from the start of step ``warmup`` to the end of the last training batch."""
+class _BatchClock:
+    """Wall time from the draw of training batch ``warmup`` to the draw of the last one: the
+    steps in between, whatever runs them. It wraps the datamodule's ``train_batch`` (no
+    callback: the clock adds nothing to Lightning's loop), the same way for ``fit`` and bare."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, data, warmup: int) -> None:
         self.warmup, self.start, self.stop, self.steps = warmup, 0.0, 0.0, 0
+        draw = data.train_batch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and not self.start:
-            self.start = time.perf_counter()
+        def clocked(step: int, *args, **kwargs):
+            if torch.cuda.is_initialized():  # the steps before have finished
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if step == warmup:
+                self.start = now
+            elif step > warmup:
+                self.stop, self.steps = now, step - warmup
+            return draw(step, *args, **kwargs)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.stop, self.steps = time.perf_counter(), trainer.global_step - self.warmup
+        data.train_batch = clocked
 
     @property
     def seconds(self) -> float:
@@ -92,25 +102,50 @@ class _StepTimer(L.Callback):
 
 @contextlib.contextmanager
 def probe_clock():
-    """Records ``(probe name, start, end)`` of every ``Probe.run`` (one measurement)."""
-    spans: list[tuple[str, float, float]] = []
-    run = Probe.run
+    """Records ``(probe name, method, start, end, nested)`` of every ``Probe.run`` (one
+    measurement, and its figures where it draws them), ``Probe.measure`` and
+    ``Probe._log_figures`` (also called on its own at the end of training); ``nested`` marks a
+    call made inside another of them."""
+    spans: list[tuple[str, str, float, float, bool]] = []
+    originals = {name: getattr(Probe, name) for name in ("run", "measure", "_log_figures")}
+    depth = [0]
 
-    def timed(self, trainer, pl_module):
-        start = time.perf_counter()
-        run(self, trainer, pl_module)
-        spans.append((type(self).__name__, start, time.perf_counter()))
+    def clocked(name, method):
+        def timed(self, *args, **kwargs):
+            nested = depth[0] > 0
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+                spans.append((type(self).__name__, name, start, time.perf_counter(), nested))
 
-    Probe.run = timed
+        return timed
+
+    for name, method in originals.items():
+        setattr(Probe, name, clocked(name, method))
     try:
         yield spans
     finally:
-        Probe.run = run
+        for name, method in originals.items():
+            setattr(Probe, name, method)
 
 
-def inside(spans: list[tuple[str, float, float]], start: float, stop: float) -> float:
-    """Seconds of the probe measurements that lie within ``[start, stop]``."""
-    return sum(b - a for _, a, b in spans if a >= start and b <= stop)
+def inside(spans: list[tuple], start: float = -math.inf, stop: float = math.inf) -> float:
+    """Seconds spent in the probes (measurements and figures) within ``[start, stop]``."""
+    return sum(b - a for _, _, a, b, nested in spans if not nested and a >= start and b <= stop)
+
+
+def seconds_per_measurement(spans: list[tuple]) -> dict[str, float]:
+    """Median seconds of one ``measure`` (figures excluded), by probe, leaving out the first
+    one where there are more (it also draws the evaluation set and, for GDAlignment, tunes
+    the GD step sizes: one-off costs)."""
+    times: dict[str, list[float]] = {}
+    for probe, method, a, b, _ in spans:
+        if method == "measure":
+            times.setdefault(probe, []).append(b - a)
+    return {name: statistics.median(t[1:] or t) for name, t in times.items()}
 
 
 def _cli(config: str, steps: int, log_dir: str, extra: list[str]) -> ICLLightningCLI:
@@ -126,8 +161,7 @@ def time_fit(config, steps, warmup, probes, log_dir, extra) -> dict:
     cli = _cli(config, steps, log_dir, extra)
     if not probes:
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Probe)]
-    timer = _StepTimer(warmup)
-    cli.trainer.callbacks.append(timer)
+    timer = _BatchClock(cli.datamodule, warmup)
     device = cli.trainer.strategy.root_device
     reset_peak_memory(device)
     with probe_clock() as spans:
@@ -136,10 +170,7 @@ def time_fit(config, steps, warmup, probes, log_dir, extra) -> dict:
         "steps_per_s": timer.steps / timer.seconds,
         "probe_share": inside(spans, timer.start, timer.stop) / timer.seconds,
         "peak_mb": peak_memory_mb(device),
-        "probe_seconds": {
-            name: statistics.median(b - a for n, a, b in spans if n == name)
-            for name in dict.fromkeys(n for n, _, _ in spans)
-        },
+        "probe_seconds": seconds_per_measurement(spans),
     }
 
 
@@ -152,10 +183,9 @@ def time_bare(config, steps, warmup, log_dir, extra) -> dict:
     optimizer = cli.model.configure_optimizers()
     optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
     clip = trainer.gradient_clip_val
+    timer = _BatchClock(data, warmup)
     reset_peak_memory(device)
     for step in range(steps):
-        if step == warmup:
-            start = time.perf_counter()
         batch = data.train_batch(step, device=device)
         pred = model(batch.context_x, batch.context_y, batch.query_x)
         loss = prediction_loss(pred, batch.query_y).mean()
@@ -164,16 +194,13 @@ def time_bare(config, steps, warmup, log_dir, extra) -> dict:
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"steps_per_s": (steps - warmup) / seconds, "peak_mb": peak_memory_mb(device)}
+    return {"steps_per_s": timer.steps / timer.seconds, "peak_mb": peak_memory_mb(device)}
 
 
-def _run_child(cmd: list[str], cwd: str | None = None) -> tuple[str, float, float]:
+def _run_child(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
     """Run a command; its stdout, wall seconds and peak RSS in MB (``os.wait4``)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -183,10 +210,15 @@ def _run_child(cmd: list[str], cwd: str | None = None) -> tuple[str, float, floa
     return out.decode(), seconds, usage.ru_maxrss / 1024
 
 
-def time_jax(python: str, ref: str, steps: int) -> dict:
+def time_jax(python: str, ref: str, steps: int, threads: int | None) -> dict:
     """Steps/s of the official JAX code's training step (its ``bench_ref.py``, compile
-    excluded by its own warm-up step)."""
-    out, _, peak = _run_child([python, str(Path(ref) / "bench_ref.py"), str(steps), "train-only"])
+    excluded by its own warm-up step); ``threads = 1`` runs XLA's CPU client on one thread."""
+    env = None
+    if threads == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+    cmd = [python, str(Path(ref) / "bench_ref.py"), str(steps), "train-only"]
+    out, _, peak = _run_child(cmd, env=env)
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if not lines:
         sys.exit(f"{ref}/bench_ref.py printed no 'RESULT {{...}}' line:\n{out[-2000:]}")
@@ -205,7 +237,7 @@ def time_cli(config: str, short: int, long: int, extra: list[str]) -> dict:
             start = time.perf_counter()
             with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
                 ICLLightningCLI(args=args)
-            runs[steps] = (time.perf_counter() - start, sum(b - a for _, a, b in spans))
+            runs[steps] = (time.perf_counter() - start, inside(spans))
     (t_short, p_short), (t_long, p_long) = runs[short], runs[long]
     return {
         "steps_per_s": (long - short) / (t_long - t_short),
@@ -231,27 +263,34 @@ def side_by_side(args, extra: list[str]) -> dict:
             if args.cli:
                 runs["cli"].append(time_cli(c, args.cli_steps[0], args.cli_steps[1], extra))
             if args.jax_python:
-                runs["jax"].append(time_jax(args.jax_python, args.jax_ref, args.jax_steps))
+                jax = time_jax(args.jax_python, args.jax_ref, args.jax_steps, args.threads)
+                runs["jax"].append(jax)
 
-    def ratio(a: str, b: str) -> float:  # median of the per-round ratios
+    def ratio(a: str, b: str) -> list[float]:  # one per round
         pairs = zip(runs[a], runs[b], strict=True)
-        return statistics.median(x["steps_per_s"] / y["steps_per_s"] for x, y in pairs)
+        return [x["steps_per_s"] / y["steps_per_s"] for x, y in pairs]
 
     ratios = {"fit / bare": ratio("fit", "bare"), "fit+probes / fit": ratio("fit+probes", "fit")}
     if args.cli and args.jax_python:
         ratios["cli / jax"] = ratio("cli", "jax")
     if args.jax_python:
+        ratios["fit / jax"] = ratio("fit", "jax")
         ratios["fit+probes / jax"] = ratio("fit+probes", "jax")
     if args.reference_steps_per_s:
-        ratios["fit+probes / reference"] = (
-            _median(runs["fit+probes"], "steps_per_s") / args.reference_steps_per_s
-        )
-    print(
-        f"\nconfig {args.config} {' '.join(extra)}: {args.repeats} rounds, "
-        f"torch threads {torch.get_num_threads()}, {torch.__version__}"
-    )
-    for name, value in ratios.items():
-        print(f"  {name:<24s} {value:6.3f}   (median of per-round ratios)")
+        for name in ("fit", "fit+probes"):
+            ratios[f"{name} / reference"] = [
+                r["steps_per_s"] / args.reference_steps_per_s for r in runs[name]
+            ]
+    lines = [
+        f"config {args.config} {' '.join(extra)}: {args.repeats} rounds, "
+        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}",
+        "",
+        "ratio (median of the per-round ratios; min - max):",
+    ]
+    for name, values in ratios.items():
+        spread = f"{min(values):.3f} - {max(values):.3f}"
+        lines.append(f"  {name:<24s} {statistics.median(values):6.3f}   ({spread})")
+    lines.append("steps/s (median; every round), peak memory, probes' share of the time:")
     for name, values in runs.items():
         shown = ", ".join(f"{v['steps_per_s']:.1f}" for v in values)
         line = f"  {name:<11s} {_median(values, 'steps_per_s'):8.1f} steps/s ({shown})"
@@ -260,8 +299,9 @@ def side_by_side(args, extra: list[str]) -> dict:
             line += f"   probes {100 * _median(values, 'probe_share'):4.1f}% of the time"
         if "probe_share_whole_run" in values[0]:
             line += f" ({100 * _median(values, 'probe_share_whole_run'):.1f}% of the whole run)"
-        print(line)
-    return {"config": args.config, "extra": extra, "ratios": ratios, "runs": runs}
+        lines.append(line)
+    print("\n" + "\n".join(lines))
+    return {"config": args.config, "extra": extra, "ratios": ratios, "runs": runs, "lines": lines}
 
 
 # ------------------------------------------------------------------------------ scaling
@@ -272,7 +312,7 @@ SCALING = {  # family: (config, base overrides, {axis: (option, values)})
         {
             "N": ("--data.init_args.num_context", [10, 100, 400, 1024]),
             "d": ("--data.init_args.task.init_args.input_dim", [2, 10, 32]),
-            "L": ("--model.init_args.num_layers", list(range(1, 9))),
+            "L": ("--model.model.init_args.num_layers", list(range(1, 9))),
         },
     ),
     "contextual_block": (  # paper B's public replication: d = 2, 8 heads of 4, width 128
@@ -281,9 +321,9 @@ SCALING = {  # family: (config, base overrides, {axis: (option, values)})
             "--data.init_args.task.init_args.input_dim=2",
             "--data.init_args.num_context=100",
             "--data.init_args.batch_size=64",
-            "--model.init_args.num_heads=8",
-            "--model.init_args.key_size=4",
-            "--model.init_args.mlp_width=128",
+            "--model.model.init_args.num_heads=8",
+            "--model.model.init_args.key_size=4",
+            "--model.model.init_args.mlp_width=128",
         ],
         {
             "N": ("--data.init_args.num_context", [10, 100, 400, 1024]),
@@ -314,8 +354,23 @@ def scaling(args, extra: list[str]) -> list[dict]:
     return rows
 
 
+def _growth(rows: list[dict], family: str, probes: list[str]) -> list[str]:
+    """How each probe's time per measurement grows from the smallest to the largest N > 10,
+    against linear growth."""
+    by_n = {r["value"]: r for r in rows if r["family"] == family and r["axis"] == "N"}
+    sizes = sorted(n for n in by_n if n > 10)
+    if len(sizes) < 2:
+        return []
+    small, large = by_n[sizes[0]], by_n[sizes[-1]]
+    lines = [f"From N = {sizes[0]} to {sizes[-1]} (x{sizes[-1] / sizes[0]:.2f}; linear growth):"]
+    for p in probes:
+        factor = large["probe_seconds"][p] / small["probe_seconds"][p]
+        lines.append(f"- {p}: time per measurement x{factor:.2f}")
+    return lines
+
+
 def write_scaling(rows: list[dict], meta: dict) -> None:
-    REPORTS.mkdir(exist_ok=True)
+    REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Scaling ({meta['machine']}, torch threads {meta['threads']})", ""]
     for family in SCALING:
@@ -330,7 +385,7 @@ def write_scaling(rows: list[dict], meta: dict) -> None:
             ]
             cells += [f"{r['probe_seconds'][p]:.3f}" for p in probes]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_growth(rows, family, probes), ""]
     (REPORTS / "scaling.md").write_text("\n".join(lines))
     print(f"wrote {REPORTS / 'scaling.md'} and {REPORTS / 'scaling.json'}")
 
@@ -347,8 +402,12 @@ def main() -> None:
     parser.add_argument("--jax-ref", help="folder with the official code and bench_ref.py")
     parser.add_argument("--jax-steps", type=int, default=1000)
     parser.add_argument("--reference-steps-per-s", type=float, help="a figure measured elsewhere")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1: XLA on one thread too); default: torch's"
+    )
+    parser.add_argument("--name", help="report name (default: the config's): reports/speed/...")
     parser.add_argument("--scaling", action="store_true", help="the N, d, L tables instead")
-    parser.add_argument("--scaling-steps", type=int, default=12, help="fit steps per point")
+    parser.add_argument("--scaling-steps", type=int, default=30, help="fit steps per point")
     args, extra = parser.parse_known_args()
     bad = [a for a in extra if not a.startswith(("--model", "--data", "--trainer"))]
     if bad:
@@ -361,6 +420,10 @@ def main() -> None:
         parser.error(f"--jax-python {args.jax_python}: no such file")
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: expected an integer >= 1")
+        torch.set_num_threads(args.threads)
     meta = {
         "machine": f"{os.cpu_count()} CPUs" if not torch.cuda.is_available() else "CUDA",
         "threads": torch.get_num_threads(),
@@ -372,10 +435,15 @@ def main() -> None:
         write_scaling(scaling(args, extra), meta)
         return
     result = side_by_side(args, extra)
-    REPORTS.mkdir(exist_ok=True)
-    name = Path(args.config).stem
-    (REPORTS / f"benchmark_{name}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
-    print(f"wrote {REPORTS / f'benchmark_{name}.json'}")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    name = REPORTS / f"benchmark_{args.name or Path(args.config).stem}"
+    name.with_suffix(".json").write_text(json.dumps({"meta": meta, **result}, indent=1))
+    local = {args.jax_python: "JAX_PYTHON", args.jax_ref: "JAX_REF"}  # this machine's paths
+    command = " ".join(["python", *(local.get(a, a) for a in sys.argv)])
+    head = f"# Side by side ({meta['machine']}, {meta['date']}, load {meta['load_average'][0]:.1f})"
+    text = [head, "", f"    {command}", "", "```", *result["lines"], "```", ""]
+    name.with_suffix(".md").write_text("\n".join(text))
+    print(f"wrote {name}.md and {name}.json")
 
 
 if __name__ == "__main__":

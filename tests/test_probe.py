@@ -4,6 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONFIGS, read_scalars, run_cli, tiny_args
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from icl_lightning.callbacks import ContextLengthProbe
 from icl_lightning.data import ICLDataModule, LinearRegression
@@ -86,3 +88,23 @@ def test_probe_without_task_source_says_so():
     )
     with pytest.raises(ValueError, match="ContextLengthProbe.task/num_context"):
         probe.measure(trainer, ICLRegressionModule(LSA(3)))
+
+
+def _image_steps(log_dir) -> dict[str, set[int]]:
+    """Steps at which each image tag was written to the TensorBoard event files."""
+    steps: dict[str, set[int]] = {}
+    for events in log_dir.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["images"]:
+            steps.setdefault(tag, set()).update(e.step for e in accumulator.Images(tag))
+    return steps
+
+
+def test_fit_logs_scalars_at_every_measurement_and_figures_once_at_the_end(tmp_path):
+    """Drawing figures costs several measurements: during fit they are drawn only at its end
+    (they show the whole run's curves), the scalars at every measurement."""
+    run_cli(["fit", f"--config={CONFIGS / 'lsa_linear.yaml'}", *tiny_args(tmp_path, steps=4)])
+    assert set(read_scalars(tmp_path)["gd/loss_model"]) == {0, 4}  # at the start and the end
+    images = _image_steps(tmp_path)
+    assert images["gd/loss_vs_step"] == {4} and images["ood/loss_vs_alpha"] == {4}

@@ -160,9 +160,13 @@ class ICLDataModule(L.LightningDataModule):
             micro_step = batch.micro_step % trainer.accumulate_grad_batches
             if self.curriculum is not None and micro_step == 0:
                 self._log_curriculum(trainer.global_step)
-            return self.train_batch(trainer.global_step, trainer.global_rank, micro_step, device)
-        stage = _TEST if trainer.testing else _VAL
-        return self.eval_set(stage, device)[batch.start : batch.stop]
+            prompts = self.train_batch(trainer.global_step, trainer.global_rank, micro_step, device)
+        else:
+            stage = _TEST if trainer.testing else _VAL
+            prompts = self.eval_set(stage, device)[batch.start : batch.stop]
+        # in the module's dtype: float64 under precision 64-true, float16 under 16-true
+        dtype = trainer.lightning_module.dtype
+        return prompts if prompts.query_y.dtype == dtype else prompts.to(dtype)
 
     def _log_curriculum(self, step: int) -> None:
         """Log ``curriculum/dims`` and ``curriculum/points`` at step 0 and where they change."""

@@ -102,14 +102,14 @@ class ContextualLayer(nn.Module):
         ``keep`` selects S: ``None`` (all of C), a bool ``(B, N)`` mask, or ``(B, S, N)`` masks
         for S subsets at once (output ``(B, S, D)``); the query token is always attended to.
         Only the query's row of the attention is computed: O((N + 1) H D) per prompt and
-        subset, elementwise (no batched small matrix products).
+        subset.
         """
         tokens = self.norm_in(torch.cat([context, query.unsqueeze(1)], dim=1))  # query last
         scores = self._scores(tokens, tokens[:, -1])  # (B, T, H)
         if keep is None:
             if self.attention == "softmax":
                 scores = torch.softmax(scores, dim=1)
-            mixed = (scores.unsqueeze(-1) * tokens.unsqueeze(2)).sum(1)  # (B, H, D)
+            mixed = scores.transpose(1, 2) @ tokens  # (B, H, D): one (H, T) @ (T, D) per prompt
             return self._output(mixed, query)
         masks = keep if keep.ndim == 3 else keep.unsqueeze(1)  # (B, S, N)
         masks = F.pad(masks, (0, 1), value=True).unsqueeze(-1)  # (B, S, T, 1): + the query

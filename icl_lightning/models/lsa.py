@@ -111,16 +111,15 @@ class LSALayer(nn.Module):
 
         ``(B, len(coords))``. With ``q'_h = W_K,h^T W_Q,h z_q`` the scores are ``s_hi = z_i .
         q'_h`` (softmax: ``softmax_i(s_hi / sqrt(k))``) and the update is ``sum_h sum_i s_hi
-        (P_h W_V,h)[coords] z_i``: elementwise products of size O(N H D) per prompt, no
-        batched matrix products (the last layer needs nothing else, and only
-        ``coords = -1`` for the prediction).
+        (P_h W_V,h)[coords] z_i``: O(N H D) per prompt (the last layer needs nothing else, and
+        only ``coords = -1`` for the prediction).
         """
         z = self.norm(h)
         context, query = z[:, :num_context], z[:, -1]
         H, key_size, D = self.W_Q.shape
         KQ = torch.einsum("hkE,hkF->FhE", self.W_K, self.W_Q).reshape(D, H * D)
         q = (query @ KQ).unflatten(-1, (H, D))  # q'_h, (B, H, D)
-        scores = (context.unsqueeze(2) * q.unsqueeze(1)).sum(-1)  # (B, N, H)
+        scores = context @ q.transpose(1, 2)  # (B, N, H): one (N, D) @ (D, H) per prompt
         if self.softmax:
             scores = torch.softmax(scores / math.sqrt(key_size), dim=1)
         PV = torch.einsum("hRk,hkE->hRE", self.P[:, coords], self.W_V)  # (H, R, D)

@@ -52,7 +52,7 @@ def _shrunk_config(config: Path, tmp_path: Path) -> Path:
     return path
 
 
-NOT_PROBES = ("train/", "val/", "test/", "epoch", "hp_metric")
+NOT_PROBES = ("train/", "val/", "test/", "epoch", "hp_metric", "hp/")
 
 
 def _probe_scalars(run_dir: Path, step: int | None = None) -> dict[str, float]:

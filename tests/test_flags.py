@@ -1,0 +1,89 @@
+"""Standard Lightning flags through the ``icl-lightning`` command: each works or is refused."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, read_scalars, run_cli, tiny_args
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+DEMO = str(CONFIGS / "demo.yaml")
+
+
+def _files(root: Path) -> set[Path]:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+
+
+def test_progress_bar_off_trains_and_bar_on_counts_steps(tmp_path, capsys):
+    run_cli(
+        ["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.enable_progress_bar=false"]
+    )
+    bar = re.compile(r"Epoch 1 \| step 3/6")  # the label of the second epoch's bar
+    assert not bar.search(capsys.readouterr().out)
+    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert bar.search(out) and "/-" not in out  # not Lightning's "Epoch 1/-2"
+
+
+@pytest.mark.parametrize("precision", ["64-true", "32-true", "bf16-true", "16-mixed", "bf16-mixed"])
+def test_precision_trains(tmp_path, precision):
+    cli = run_cli(
+        ["fit", f"--config={DEMO}", *tiny_args(tmp_path), f"--trainer.precision={precision}"]
+    )
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    wanted = {"64-true": torch.float64, "bf16-true": torch.bfloat16}.get(precision, torch.float32)
+    assert next(cli.model.parameters()).dtype == wanted
+
+
+def test_without_logger_files_go_to_a_new_run_directory_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.logger=false"]
+    run_cli(args)
+    first = _files(tmp_path)
+    saved = {p: (tmp_path / p).read_bytes() for p in first}
+    run_cli(args)
+    runs = Path("logs/unlogged")
+    assert first == {runs / "version_0" / "config.yaml", runs / "version_0/checkpoints/last.ckpt"}
+    assert _files(tmp_path) == first | {
+        runs / "version_1" / p.relative_to(runs / "version_0") for p in first
+    }
+    assert all((tmp_path / p).read_bytes() == data for p, data in saved.items())  # untouched
+
+
+def test_fast_dev_run_saves_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.fast_dev_run=true"])
+    assert _files(tmp_path) == set()
+
+
+def test_max_epochs_accumulation_and_val_check_interval(tmp_path):
+    args = ["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.max_steps=-1"]
+    cli = run_cli([*args, "--trainer.max_epochs=2"])
+    assert cli.trainer.global_step == 2 * 3  # 3 batches per epoch
+    cli = run_cli([*args, "--trainer.max_epochs=2", "--trainer.accumulate_grad_batches=3"])
+    assert cli.trainer.global_step == 2
+    interval = ["--trainer.max_epochs=1", "--trainer.val_check_interval=1"]
+    cli = run_cli([*args, *interval])
+    validated = read_scalars(Path(cli.trainer.logger.log_dir))["val/loss"]
+    assert len(validated) == 3  # after each of the epoch's 3 steps
+
+
+def test_hparams_tab_holds_the_final_metrics(tmp_path):
+    cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
+    run = Path(cli.trainer.logger.log_dir)
+    scalars = read_scalars(run)
+    final = cli.trainer.callback_metrics
+    for name in ("val/loss", "context/loss_n20", "gd/loss_ratio"):
+        assert scalars[f"hp/{name}"] == {6: pytest.approx(float(final[name]))}
+    plugins = [
+        value
+        for path in run.glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+        if value.metadata.plugin_data.plugin_name == "hparams"
+    ]
+    content = b"".join(v.metadata.plugin_data.content for v in plugins)
+    assert b"hp/val/loss" in content and b"hp_metric" not in content
+    assert os.path.getsize(run / "hparams.yaml") > 0
