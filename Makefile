@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint benchmark setup clean
+.PHONY: demo test test-all lint benchmark reproduce reproduce-quick setup clean
 
 setup: $(STAMP)
 
@@ -29,5 +29,11 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py
 
+reproduce: $(STAMP)
+	$(BIN)/python scripts/reproduce.py
+
+reproduce-quick: $(STAMP)
+	$(BIN)/python scripts/reproduce.py --quick
+
 clean:
-	rm -rf $(VENV) logs reports *.egg-info
+	rm -rf $(VENV) logs reports/quick reports/full *.egg-info

@@ -24,8 +24,11 @@ class DeltaWConvergence(Probe):
     context grows), ``norm_first``, ``norm_last``, and the figure ``dw/convergence`` of both
     curves against i.
 
-    Args: as :class:`~icl_lightning.callbacks.Probe` (prompts need N >= 2 context points);
-    ``batch_size`` defaults to 128 tasks, whose running sums stay in cache.
+    Args:
+        per_token: also log every point of both curves, ``norm_i<i>`` and ``update_i<i>``
+            (for reports that plot the curves over training or over seeds).
+        **kwargs: as :class:`~icl_lightning.callbacks.Probe` (prompts need N >= 2 context
+            points); ``batch_size`` defaults to 128 tasks, whose running sums stay in cache.
 
     Example::
 
@@ -39,8 +42,9 @@ class DeltaWConvergence(Probe):
         """The Delta-W theory needs a :class:`ContextualBlock`."""
         check_block(model)
 
-    def __init__(self, batch_size: PositiveInt = 128, **kwargs) -> None:
+    def __init__(self, per_token: bool = False, batch_size: PositiveInt = 128, **kwargs) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
+        self.per_token = per_token
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
@@ -53,13 +57,17 @@ class DeltaWConvergence(Probe):
     @override
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:
         norm, update = results["norm"], results["update"]
-        return {
+        scalars = {
             "update_first": float(update[0]),
             "update_last": float(update[-1]),
             "update_ratio": float(update[-1] / update[0]),
             "norm_first": float(norm[0]),
             "norm_last": float(norm[-1]),
         }
+        if self.per_token:
+            scalars.update({f"norm_i{i}": float(v) for i, v in enumerate(norm, start=1)})
+            scalars.update({f"update_i{i}": float(v) for i, v in enumerate(update, start=1)})
+        return scalars
 
     @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:

@@ -38,7 +38,8 @@ class GDAlignment(GDBaselineProbe):
     - ``loss_interp`` when T is a one-head linear LSA with one (possibly recurrent) layer: the
       loss of the layer halfway between T's (normalised) weights and the GD construction,
       applied L times;
-    - ``eta``, ``eta_pp``, ``gamma_pp``: the baselines' step sizes.
+    - ``eta``, ``eta_pp``, ``gamma_pp``: the baselines' step sizes (per-layer GD++ with L > 1:
+      ``eta_pp_l<l>``, ``gamma_pp_l<l>`` for each step l).
 
     Figures: ``gd/loss_vs_step`` and ``gd/alignment_vs_step`` over the run so far.
 
@@ -101,7 +102,16 @@ class GDAlignment(GDBaselineProbe):
         results["loss_ratio"] = results["loss_model"] / results["loss_gd"]
         sizes = self.step_sizes
         for name in ("eta", "eta_pp", "gamma_pp"):
-            results[name] = torch.tensor(getattr(sizes, name), dtype=torch.float64)
+            value = getattr(sizes, name)
+            if isinstance(value, list):  # per-layer GD++: one scalar per step l
+                results.update(
+                    {
+                        f"{name}_l{step}": torch.tensor(v, dtype=torch.float64)
+                        for step, v in enumerate(value, 1)
+                    }
+                )
+            else:
+                results[name] = torch.tensor(value, dtype=torch.float64)
         return results
 
     @override

@@ -1,6 +1,7 @@
 """GDBaselineProbe: the base of the probes that compare the model with tuned GD learners."""
 
 from functools import partial
+from typing import Literal
 
 import lightning as L
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -28,6 +29,9 @@ class GDBaselineProbe(Probe):
         tuning_tasks: prompts used to tune the baselines' step sizes.
         tuning_seed: seed of the tuning prompts (the same default for every GD-baseline probe,
             so that they compare with the same GD).
+        gd_plus_plus: GD++'s step sizes: ``"per_layer"`` (one ``(eta_l, gamma_l)`` per step,
+            trained by gradient descent on the loss, as paper A's official code) or
+            ``"shared"`` (one pair for all steps, grid search). Equal for L = 1.
         **kwargs: the options of :class:`~icl_lightning.callbacks.Probe`.
 
     Raises:
@@ -42,13 +46,22 @@ class GDBaselineProbe(Probe):
         num_steps: PositiveInt | None = None,
         tuning_tasks: PositiveInt = 10_000,
         tuning_seed: NonNegativeInt = 0,
+        gd_plus_plus: Literal["per_layer", "shared"] = "per_layer",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        require(
+            gd_plus_plus in ("per_layer", "shared"),
+            "gd_plus_plus",
+            gd_plus_plus,
+            "'per_layer' or 'shared'",
+        )
         require(num_steps is None or num_steps >= 1, "num_steps", num_steps, "None or >= 1")
         require(tuning_tasks >= 2, "tuning_tasks", tuning_tasks, "an integer >= 2")
         self.num_steps = None if num_steps is None else int(num_steps)
-        self.step_sizes = StepSizes(int(tuning_tasks), int(tuning_seed), self.plus_plus)
+        self.step_sizes = StepSizes(
+            int(tuning_tasks), int(tuning_seed), self.plus_plus, gd_plus_plus
+        )
         #: L, the baselines' number of GD steps at the current measurement
         self.learner_steps = 0
 

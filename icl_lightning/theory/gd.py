@@ -11,10 +11,11 @@ and key size ``D = d + 1``, laid out as :class:`~icl_lightning.models.LSALayer` 
 ``h_j <- h_j + P sum_i (W_Q h_j . W_K h_i) W_V h_i``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
+from icl_lightning.checks import require
 from icl_lightning.theory.loss import prediction_loss
 
 Weights = dict[str, torch.Tensor]
@@ -61,6 +62,13 @@ def one_step_gd(kernel, context_y, eta=1.0) -> torch.Tensor:
     return eta / context_y.shape[-1] * (context_y * kernel).sum(-1)
 
 
+def per_step(value: float | Sequence[float], num_steps: int) -> list[float]:
+    """``value`` for each of ``num_steps`` steps: a number repeated, or a sequence of them."""
+    values = [float(value)] * num_steps if isinstance(value, int | float) else list(value)
+    require(len(values) == num_steps, "step sizes", values, f"one number or {num_steps} numbers")
+    return values
+
+
 def gd_plus_plus_predict(
     context_x, context_y, query_x, eta, gamma, num_steps: int = 1
 ) -> torch.Tensor:
@@ -74,19 +82,22 @@ def gd_plus_plus_predict(
         x    <- x - gamma A x          (every input: context and query)
 
     ``gamma = 0`` is plain GD from ``w0 = 0``; the transformation is a curvature correction
-    (it shrinks large eigenvalues of ``A``), so L steps of GD++ beat L steps of GD.
-    Computed in O(N d^2) per prompt: ``sum_j r_j <x_j, x_i> = <X^T r, x_i>``, no N x N Gram.
+    (it shrinks large eigenvalues of ``A``), so L steps of GD++ beat L steps of GD. ``eta`` and
+    ``gamma`` are one number shared by the steps, or one per step (``eta_l``, ``gamma_l``, as
+    paper A's official code trains them). Computed in O(N d^2) per prompt:
+    ``sum_j r_j <x_j, x_i> = <X^T r, x_i>``, no N x N Gram.
     """
     N = context_x.shape[-2]
     x, xq, r = context_x, query_x, context_y
     pred = torch.zeros_like(query_x[..., 0])
-    for _ in range(num_steps):
+    etas, gammas = per_step(eta, num_steps), per_step(gamma, num_steps)
+    for eta_l, gamma_l in zip(etas, gammas, strict=True):
         kq = torch.einsum("...nd,...d->...n", x, xq)  # <x_i, x_q>
         Xr = torch.einsum("...nd,...n->...d", x, r)  # X^T r = sum_j r_j x_j
         A = x.transpose(-1, -2) @ x
-        pred = pred + eta / N * (r * kq).sum(-1)
-        r = r - eta / N * torch.einsum("...nd,...d->...n", x, Xr)
-        x, xq = x - gamma * x @ A, xq - gamma * torch.einsum("...de,...e->...d", A, xq)
+        pred = pred + eta_l / N * (r * kq).sum(-1)
+        r = r - eta_l / N * torch.einsum("...nd,...d->...n", x, Xr)
+        x, xq = x - gamma_l * x @ A, xq - gamma_l * torch.einsum("...de,...e->...d", A, xq)
     return pred
 
 
@@ -185,15 +196,19 @@ def spectral_predict(lam, q, s, eta, gamma, num_steps: int, num_context: int) ->
     ``eta`` and ``gamma`` have shape ``(M,)``; the result is ``(M, B)``. Per direction k, with
     ``a = eta/N``: ``pred += a q_k s_k``, ``s_k *= (1 - gamma lam_k)(1 - a lam_k)``,
     ``q_k *= 1 - gamma lam_k``, ``lam_k *= (1 - gamma lam_k)^2``.
+    With ``(M, L)`` tensors, step l uses ``eta[:, l]`` and ``gamma[:, l]`` (per-step sizes).
     """
-    a = (eta / num_context)[:, None, None]
-    gamma = gamma[:, None, None]
+    if eta.ndim == 1:
+        eta, gamma = eta[:, None].expand(-1, num_steps), gamma[:, None].expand(-1, num_steps)
+    a = (eta / num_context)[:, None, None, :]
+    gamma = gamma[:, None, None, :]
     lam, q, s = lam.unsqueeze(0), q.unsqueeze(0), s.unsqueeze(0)
     pred = torch.zeros(a.shape[0], lam.shape[1], dtype=lam.dtype, device=lam.device)
-    for _ in range(num_steps):
-        pred = pred + (a * q * s).sum(-1)
-        shrink = 1 - gamma * lam
-        s, q, lam = shrink * (1 - a * lam) * s, shrink * q, lam * shrink**2
+    for step in range(num_steps):
+        a_l, gamma_l = a[..., step], gamma[..., step]
+        pred = pred + (a_l * q * s).sum(-1)
+        shrink = 1 - gamma_l * lam
+        s, q, lam = shrink * (1 - a_l * lam) * s, shrink * q, lam * shrink**2
     return pred
 
 

@@ -1,10 +1,13 @@
 """The step sizes of the GD baselines for a task distribution, tuned once and cached."""
 
+from typing import Literal
+
 import torch
 
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.tasks import TaskSampler
 from icl_lightning.theory.gd import optimal_eta, optimal_eta_gamma
+from icl_lightning.theory.gd_plus_plus_training import per_layer_eta_gamma
 
 
 class StepSizes:
@@ -19,10 +22,22 @@ class StepSizes:
         num_tasks: tuning prompts.
         seed: seed of the tuning prompts.
         plus_plus: tune GD++ as well (otherwise ``eta_pp = gamma_pp = 0``).
+        gd_plus_plus: ``"per_layer"``: one ``(eta_l, gamma_l)`` per step, trained by gradient
+            descent on the loss as paper A's official code does
+            (:func:`~icl_lightning.theory.gd_plus_plus_training.per_layer_eta_gamma`; then
+            ``eta_pp`` and ``gamma_pp`` are lists of L numbers); ``"shared"``: one pair for all
+            steps, by grid search.
     """
 
-    def __init__(self, num_tasks: int, seed: int, plus_plus: bool = True) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        seed: int,
+        plus_plus: bool = True,
+        gd_plus_plus: Literal["per_layer", "shared"] = "per_layer",
+    ) -> None:
         self.num_tasks, self.seed, self.plus_plus = num_tasks, seed, plus_plus
+        self.gd_plus_plus = gd_plus_plus
         self._key: tuple | None = None
         self.eta = self.eta_pp = self.gamma_pp = 0.0
 
@@ -34,7 +49,9 @@ class StepSizes:
             tuning = task.sample(self.num_tasks, num_context, generator, dtype=torch.float64)
             args = (tuning.context_x, tuning.context_y, tuning.query_x, tuning.query_y)
             self.eta = optimal_eta(*args, num_steps=num_steps)
-            if self.plus_plus:
+            if self.plus_plus and self.gd_plus_plus == "per_layer" and num_steps > 1:
+                self.eta_pp, self.gamma_pp = per_layer_eta_gamma(*args, num_steps=num_steps)
+            elif self.plus_plus:
                 self.eta_pp, self.gamma_pp = optimal_eta_gamma(*args, num_steps=num_steps)
             self._key = key
         return self

@@ -1,0 +1,480 @@
+"""Reproduce both papers with the shipped configs, several seeds, into one report.
+
+    python scripts/reproduce.py --quick                 # every experiment, reduced size
+    python scripts/reproduce.py             # the papers' own scale (prints its estimate first)
+    python scripts/reproduce.py --only lsa_one_layer contextual_block --seeds 5
+
+Every run is ``icl-lightning fit --config <derived config>``: the shipped config with the
+experiment's changes (steps, seed, sizes) written to ``<run dir>/reproduce.yaml``, in a fresh
+process. Runs live in ``logs/reproduce/<quick|full>/<experiment>/<variant>/seed<k>/``; a run with
+a ``done.json`` there is not run again, and an interrupted one resumes from its ``last.ckpt``.
+The report goes to ``reports/<quick|full>/``: ``report.md``, ``results.json`` and one PNG per
+figure, every number a mean +- std over the seeds, next to the paper's.
+"""
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from icl_lightning.report import (
+    Check,
+    Scalars,
+    aggregate,
+    band_figure,
+    markdown_table,
+    read_scalars,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Experiment:
+    """One paper experiment: a shipped config, its variants, checks and figures.
+
+    ``changes`` (and each variant's) map dotted config paths to values; ``callbacks.<Class>.<arg>``
+    sets a probe's argument. ``quick`` holds the extra changes of ``--quick``. ``full_steps`` is
+    the paper's step count where it states one (paper A: 5,000 for one layer, 50,000 deep,
+    10,000 for the token construction), else this project's full scale. ``seconds`` is the
+    measured cost per 1,000 steps on a 2-core CPU (for the time estimate).
+    """
+
+    name: str
+    title: str
+    config: str
+    full_steps: int
+    quick_steps: int
+    seconds: float
+    variants: dict[str, dict] = field(default_factory=lambda: {"default": {}})
+    changes: dict = field(default_factory=dict)
+    quick: dict = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    figures: list[dict] = field(default_factory=list)
+
+
+def _deep(L: int, recurrent: bool = False) -> dict:
+    """Paper A's settings for L layers: lr 5e-4 when L > 3, clipping 10 when L > 2, init 0.002/L."""
+    return {
+        "model.model.init_args.num_layers": L,
+        "model.model.init_args.recurrent": recurrent,
+        "model.model.init_args.init_scale": 0.002 / L,
+        "optimizer.init_args.lr": 5e-4 if L > 3 else 1e-3,
+        "trainer.gradient_clip_val": 10.0 if L > 2 else 1e-3,
+    }
+
+
+PAPER_A = "von Oswald et al. 2023"
+PAPER_B = "Dherin et al. 2025"
+LOSS_TAGS = {"trained LSA": "gd/loss_model", "GD": "gd/loss_gd", "interpolation": "gd/loss_interp"}
+DEEP_CHECKS = [
+    Check(
+        "trained / L-step GD loss",
+        "gd/loss_model",
+        f"{PAPER_A}: below 1 (the trained model beats L steps of GD)",
+        lambda v: v < 1,
+        "< 1",
+        over="gd/loss_gd",
+    ),
+    Check(
+        "trained / GD++ loss",
+        "gd/loss_model",
+        f"{PAPER_A}: close to 1 (the model is close to GD++)",
+        lambda v: 0.8 <= v <= 1.25,
+        "within 0.8-1.25",
+        over="gd/loss_gd_pp",
+    ),
+    Check(
+        "model cos (GD++)", "gd/model_cos_pp", f"{PAPER_A}: near 1", lambda v: v >= 0.99, ">= 0.99"
+    ),
+]
+
+EXPERIMENTS = [
+    Experiment(
+        "lsa_one_layer",
+        "Paper A, Figure 2: one LSA layer learns one step of GD (d = 10, N = 10)",
+        "configs/lsa_linear.yaml",
+        full_steps=5000,
+        quick_steps=1000,
+        seconds=20,
+        changes={"callbacks.GDAlignment.every_n_steps": 250},
+        quick={"callbacks.GDAlignment.every_n_steps": 100, "callbacks.OODProbe.every_n_steps": 500},
+        checks=[
+            Check("model cos", "gd/model_cos", f"{PAPER_A}: ~1", lambda v: v >= 0.999, ">= 0.999"),
+            Check(
+                "loss ratio trained / GD",
+                "gd/loss_ratio",
+                f"{PAPER_A}: ~1 (official code 1.000-1.003)",
+                lambda v: v <= 1.003,
+                "<= 1.003",
+            ),
+            Check("preds diff", "gd/preds_diff", f"{PAPER_A}: -> 0", lambda v: v < 0.05, "< 0.05"),
+            Check("model diff", "gd/model_diff", f"{PAPER_A}: -> 0", lambda v: v < 0.1, "< 0.1"),
+        ],
+        figures=[
+            {"file": "fig2_loss", "tags": LOSS_TAGS, "ylabel": "loss", "logy": True},
+            {
+                "file": "fig2_alignment",
+                "tags": {
+                    "model cos": "gd/model_cos",
+                    "model diff": "gd/model_diff",
+                    "preds diff": "gd/preds_diff",
+                },
+                "ylabel": "alignment",
+            },
+            {
+                "file": "ood_inputs",
+                "alpha": "ood",
+                "shift": "inputs",
+                "ylabel": "loss",
+                "logy": True,
+            },
+            {
+                "file": "ood_weights",
+                "alpha": "ood",
+                "shift": "weights",
+                "ylabel": "loss",
+                "logy": True,
+            },
+        ],
+    ),
+    Experiment(
+        "lsa_deep",
+        "Paper A, deep LSA: L layers against L-step GD and GD++ (d = 10, N = 10)",
+        "configs/lsa_deep.yaml",
+        full_steps=50000,
+        quick_steps=300,
+        seconds=150,
+        variants={
+            **{f"L{L}": _deep(L) for L in (2, 3, 4, 5)},
+            "L4_recurrent": _deep(4, recurrent=True),
+        },
+        changes={"callbacks.GDAlignment.every_n_steps": 1000},
+        quick={
+            "data.init_args.batch_size": 512,
+            "callbacks.GDAlignment.every_n_steps": 300,
+            "callbacks.GDAlignment.num_tasks": 2048,
+            "callbacks.OODProbe.every_n_steps": 300,
+            "callbacks.OODProbe.num_tasks": 1024,
+        },
+        checks=DEEP_CHECKS,
+        figures=[
+            {
+                "file": "deep_loss",
+                "tags": {
+                    "trained": "gd/loss_model",
+                    "L-step GD": "gd/loss_gd",
+                    "GD++": "gd/loss_gd_pp",
+                },
+                "ylabel": "loss",
+                "logy": True,
+            }
+        ],
+    ),
+    Experiment(
+        "sine",
+        "Paper A, beyond linear: MLP transformer on sine tasks against GD on its learned features",
+        "configs/mlp_sine.yaml",
+        full_steps=3000,
+        quick_steps=600,
+        seconds=25,
+        checks=[
+            Check(
+                "trained / GD-on-learned-features loss",
+                "deep/model_loss",
+                f"{PAPER_A}: close to 1 (the model does GD on its learned features)",
+                lambda v: 0.8 <= v <= 1.25,
+                "within 0.8-1.25",
+                over="deep/feature_gd_loss",
+            ),
+            Check(
+                "GD on learned features / GD on x loss",
+                "deep/feature_gd_loss",
+                f"{PAPER_A}: below 1 (features beat the raw inputs)",
+                lambda v: v < 1,
+                "< 1",
+                over="deep/linear_gd_loss",
+            ),
+        ],
+        figures=[
+            {
+                "file": "sine_loss",
+                "tags": {
+                    "model": "deep/model_loss",
+                    "GD on features": "deep/feature_gd_loss",
+                    "GD on x": "deep/linear_gd_loss",
+                },
+                "ylabel": "loss",
+                "logy": True,
+            }
+        ],
+    ),
+    Experiment(
+        "token_construction",
+        "Paper A, normal tokens: layer 1 copies y_i next to x_i",
+        "configs/token_construction.yaml",
+        full_steps=10000,
+        quick_steps=600,
+        seconds=25,
+        checks=[
+            Check(
+                "attention mass on own y",
+                "copy/attention_mass",
+                f"{PAPER_A}: the first layer copies (mass -> 1)",
+                lambda v: v >= 0.5,
+                ">= 0.5",
+            ),
+            Check(
+                "copy R^2", "copy/r2", f"{PAPER_A}: y_i recoverable", lambda v: v >= 0.9, ">= 0.9"
+            ),
+        ],
+        figures=[
+            {
+                "file": "copy",
+                "tags": {"attention mass": "copy/attention_mass", "copy R^2": "copy/r2"},
+                "ylabel": "score",
+            }
+        ],
+    ),
+    Experiment(
+        "contextual_block",
+        "Paper B, Figures 1-3: one contextual block, N = 100 (d = 2, 8 heads of size 4, MLP 128)",
+        "configs/contextual_block.yaml",
+        full_steps=5000,
+        quick_steps=600,
+        seconds=45,
+        changes={
+            "data.init_args.num_context": 100,
+            "data.init_args.task.init_args.input_dim": 2,
+            "data.init_args.batch_size": 64,
+            "model.model.init_args.num_heads": 8,
+            "model.model.init_args.key_size": 4,
+            "model.model.init_args.mlp_width": 128,
+            "callbacks.DeltaWConvergence.per_token": True,
+            "callbacks.DeltaWEquivalence.every_n_steps": 250,
+        },
+        quick={
+            "data.init_args.num_context": 40,
+            "callbacks.DeltaWEquivalence.every_n_steps": 100,
+            "callbacks.DeltaWConvergence.every_n_steps": 300,
+            "callbacks.FinetuneComparison.every_n_steps": 300,
+        },
+        checks=[
+            Check(
+                "max |T_W(C,x) - T_{W+dW}(x)| (float32)",
+                "dw/max_abs_diff",
+                f"{PAPER_B}, Theorem 2.2: equal (exact)",
+                lambda v: v <= 1e-5,
+                "<= 1e-5",
+            ),
+            Check(
+                "||dW_N - dW_{N-1}|| / ||dW_2 - dW_1||",
+                "dw/update_ratio",
+                f"{PAPER_B}, Fig. 2: updates shrink to 0",
+                lambda v: v <= 0.1,
+                "<= 0.1 (10x fall)",
+            ),
+        ],
+        figures=[
+            {
+                "file": "fig1_equivalence",
+                "tags": {"T_W(C, x)": "dw/loss_context", "T_{W+dW}(x)": "dw/loss_delta_w"},
+                "ylabel": "loss",
+                "logy": True,
+            },
+            {
+                "file": "fig2_convergence",
+                "per_i": {"||dW_{i+1} - dW_i||": "dw/update_i"},
+                "ylabel": "norm",
+                "logy": True,
+            },
+            {
+                "file": "fig3_finetune",
+                "per_i": {"SGD finetuning": "ft/sgd_loss_i", "Delta W_i": "ft/dw_loss_i"},
+                "ylabel": "test loss",
+            },
+        ],
+    ),
+]
+
+
+def set_path(config: dict, path: str, value) -> None:
+    """Set ``config[a][b][c] = value`` for ``path = "a.b.c"``; ``callbacks.<Class>.<arg>`` sets
+    the init arg of the trainer callback whose class_path ends in ``Class``."""
+    keys = path.split(".")
+    if keys[0] == "callbacks":
+        callbacks = config["trainer"]["callbacks"]
+        match = [c for c in callbacks if c["class_path"].endswith("." + keys[1])]
+        if not match:
+            raise KeyError(f"{path}: no callback {keys[1]} in the config")
+        match[0].setdefault("init_args", {})[keys[2]] = value
+        return
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def derived_config(experiment: Experiment, variant: str, seed: int, quick: bool) -> dict:
+    """The shipped config with the experiment's, the variant's and the seed's changes."""
+    config = yaml.safe_load((ROOT / experiment.config).read_text())
+    changes = {
+        **experiment.changes,
+        **experiment.variants[variant],
+        **(experiment.quick if quick else {}),
+        "trainer.max_steps": experiment.quick_steps if quick else experiment.full_steps,
+        "seed_everything": seed,
+        "data.init_args.seed": seed,
+        "trainer.enable_progress_bar": False,  # one line per run here instead
+    }
+    config = copy.deepcopy(config)
+    for path, value in changes.items():
+        set_path(config, path, value)
+    return config
+
+
+def run_dir(root: Path, experiment: Experiment, variant: str, seed: int) -> Path:
+    return root / experiment.name / variant / f"seed{seed}"
+
+
+def train(experiment: Experiment, variant: str, seed: int, quick: bool, root: Path) -> str:
+    """Run one training (or skip it when done); return a status line."""
+    directory = run_dir(root, experiment, variant, seed)
+    if (directory / "done.json").exists():
+        return "done earlier, skipped"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = derived_config(experiment, variant, seed, quick)
+    logger = config["trainer"]["logger"]["init_args"]
+    logger.update(save_dir=str(directory.parents[1]), name=variant, version=f"seed{seed}")
+    config_path = directory / "reproduce.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "icl_lightning", "fit", f"--config={config_path}"]
+    checkpoint = directory / "checkpoints" / "last.ckpt"
+    if checkpoint.exists():
+        command.append(f"--ckpt_path={checkpoint}")
+    start = time.perf_counter()
+    with open(directory / "fit.log", "a") as log:
+        proc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (rc {proc.returncode}); see {log.name}")
+    (directory / "done.json").write_text(json.dumps({"seconds": seconds, "command": command}))
+    return f"trained in {seconds:.0f} s"
+
+
+def estimate_seconds(experiments: list[Experiment], seeds: int, quick: bool) -> float:
+    """Time estimate on a 2-core CPU from each experiment's measured seconds per 1,000 steps."""
+    total = 0.0
+    for e in experiments:
+        steps = e.quick_steps if quick else e.full_steps
+        total += len(e.variants) * seeds * (10 + e.seconds * steps / 1000)
+    return total
+
+
+def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, list | None, str]:
+    """The curves of one figure spec: over steps (``tags``), over context index i
+    (``per_i``: tags ``<prefix><i>`` at the last step) or over alpha (``alpha``)."""
+    if "tags" in spec:
+        curves = {label: aggregate(runs, tag) for label, tag in spec["tags"].items()}
+        return {k: v for k, v in curves.items() if v is not None}, None, "step"
+    if "per_i" in spec:
+        curves, x = {}, None
+        for label, prefix in spec["per_i"].items():
+            indices = sorted(
+                {int(t[len(prefix) :]) for r in runs for t in r if t.startswith(prefix)}
+            )
+            final = [aggregate(runs, f"{prefix}{i}") for i in indices]
+            if final and all(final):
+                x = indices
+                curves[label] = type(final[0])(
+                    indices,
+                    [c.final[0] for c in final],
+                    [c.final[1] for c in final],
+                    final[0].seeds,
+                )
+        return curves, x, "context index i"
+    curves, alphas = {}, None
+    for who in ("model", "gd"):
+        prefix = f"{spec['alpha']}/loss_{who}_{spec['shift']}_a"
+        tags = sorted({t for r in runs for t in r if t.startswith(prefix)})
+        final = [aggregate(runs, t) for t in tags]
+        if final and all(final):
+            alphas = [float(t[len(prefix) :]) for t in tags]
+            curves[who] = type(final[0])(
+                alphas, [c.final[0] for c in final], [c.final[1] for c in final], final[0].seeds
+            )
+    return curves, alphas, "alpha"
+
+
+def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, quick: bool) -> dict:
+    """Write ``report.md``, ``results.json`` and the PNGs under ``out``; return the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    results, sections = {}, [f"# Reproduction report ({'quick' if quick else 'full'} scale)\n"]
+    sections.append(
+        "Every value is the mean ± std over seeds of the last logged value, at the step given. "
+        f"Regenerate with `python scripts/reproduce.py{' --quick' if quick else ''} "
+        f"--seeds {seeds}`.\n"
+    )
+    for e in experiments:
+        steps = e.quick_steps if quick else e.full_steps
+        scale = f"reduced from the full {e.full_steps}" if quick else "the full scale"
+        sections.append(f"## {e.title}\n\n`{e.config}`, {steps} steps ({scale}).\n")
+        results[e.name] = {}
+        for variant in e.variants:
+            runs = [read_scalars(run_dir(root, e, variant, s)) for s in range(seeds)]
+            runs = [r for r in runs if r]
+            rows = [check.row(runs) for check in e.checks]
+            results[e.name][variant] = rows
+            if len(e.variants) > 1:
+                sections.append(f"### {variant}\n")
+            sections.append(markdown_table(rows) + "\n")
+            for spec in e.figures:
+                curves, x, xlabel = figure_curves(spec, runs)
+                if not curves:
+                    continue
+                name = f"{e.name}_{variant}_{spec['file']}.png"
+                title = f"{e.name}{'' if variant == 'default' else ' ' + variant}: {spec['file']}"
+                figure = band_figure(curves, xlabel, spec["ylabel"], title, spec.get("logy", False))
+                figure.savefig(out / name, dpi=110)
+                sections.append(f"![{spec['file']}]({name})\n")
+    (out / "report.md").write_text("\n".join(sections))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    names = [e.name for e in EXPERIMENTS]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced size, <= 15 min on 2 cores")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=str(names))
+    parser.add_argument("--report-only", action="store_true", help="no training, only the report")
+    parser.add_argument("--logs", type=Path, default=ROOT / "logs" / "reproduce")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds={args.seeds} is invalid: expected an integer >= 1")
+    scale = "quick" if args.quick else "full"
+    experiments = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
+    root, out = args.logs / scale, args.out / scale
+    runs = [(e, v, s) for e in experiments for v in e.variants for s in range(args.seeds)]
+    estimate = estimate_seconds(experiments, args.seeds, args.quick)
+    print(f"{len(runs)} runs; estimated {estimate / 60:.0f} min on a 2-core CPU (less on a GPU)")
+    if not args.report_only:
+        start = time.perf_counter()
+        for k, (e, variant, seed) in enumerate(runs, start=1):
+            print(f"[{k}/{len(runs)}] {e.name}/{variant} seed {seed}: ", end="", flush=True)
+            print(train(e, variant, seed, args.quick, root), flush=True)
+        print(f"all runs finished in {(time.perf_counter() - start) / 60:.1f} min")
+    report(experiments, args.seeds, root, out, args.quick)
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

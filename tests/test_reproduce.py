@@ -1,0 +1,119 @@
+"""The reproduction script and its report: configs it derives, aggregation, the written report."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import yaml
+from conftest import ROOT
+from torch.utils.tensorboard import SummaryWriter
+
+from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.report import Check, aggregate, read_scalars
+
+spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
+
+RUNS = [
+    (e, variant, quick) for e in reproduce.EXPERIMENTS for variant in e.variants for quick in (0, 1)
+]
+
+
+@pytest.mark.parametrize("experiment,variant,quick", RUNS, ids=lambda v: getattr(v, "name", str(v)))
+def test_every_derived_config_parses_with_its_changes(experiment, variant, quick, tmp_path, capsys):
+    """Each run's config goes through the real CLI parser, and holds the experiment's changes."""
+    config = reproduce.derived_config(experiment, variant, seed=2, quick=bool(quick))
+    path = tmp_path / "reproduce.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_info:
+        ICLLightningCLI(args=["fit", f"--config={path}", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed_everything"] == 2 and printed["data"]["init_args"]["seed"] == 2
+    steps = experiment.quick_steps if quick else experiment.full_steps
+    assert printed["trainer"]["max_steps"] == steps
+    for key, value in experiment.variants[variant].items():
+        node = printed
+        for part in key.split("."):  # the printed config spells out every init_args
+            node = node[part] if part in node else node["init_args"][part]
+        assert node == value, key
+
+
+def write_run(directory, values: dict[str, list[tuple[int, float]]]) -> None:
+    writer = SummaryWriter(str(directory))
+    for tag, points in values.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+def test_aggregate_is_mean_and_std_over_seeds_at_shared_steps(tmp_path):
+    write_run(tmp_path / "s0", {"a": [(0, 1.0), (10, 2.0), (20, 4.0)]})
+    write_run(tmp_path / "s1", {"a": [(0, 3.0), (10, 6.0)]})
+    runs = [read_scalars(tmp_path / "s0"), read_scalars(tmp_path / "s1")]
+    curve = aggregate(runs, "a")
+    assert curve.steps == [0, 10] and curve.seeds == 2
+    assert curve.mean == [2.0, 4.0] and curve.std == [1.0, 2.0]
+    assert aggregate(runs, "missing") is None
+
+
+def test_check_rows_give_ratio_and_verdict(tmp_path):
+    write_run(tmp_path / "s0", {"m": [(5, 1.0)], "g": [(5, 2.0)]})
+    write_run(tmp_path / "s1", {"m": [(5, 3.0)], "g": [(5, 2.0)]})
+    runs = [read_scalars(tmp_path / "s0"), read_scalars(tmp_path / "s1")]
+    row = Check("ratio", "m", "paper", lambda v: v < 1, "< 1", over="g").row(runs)
+    assert row["value"] == 1.0 and row["std"] == 0.5 and row["step"] == 5
+    assert row["verdict"] == "differs (needs < 1)"
+    assert Check("m", "m", "p", lambda v: v >= 2, ">= 2").row(runs)["verdict"] == "reproduced"
+
+
+def test_report_writes_tables_figures_and_results(tmp_path):
+    """The report of two fake seeds of paper A's one-layer run: table rows, PNGs, JSON."""
+    experiment = next(e for e in reproduce.EXPERIMENTS if e.name == "lsa_one_layer")
+    for seed, cos in enumerate([0.9995, 0.9991]):
+        tags = {"gd/model_cos": [(0, 0.5), (100, cos)], "gd/loss_ratio": [(0, 2.0), (100, 1.001)]}
+        tags.update({t: [(0, 1.0), (100, 0.2)] for t in reproduce.LOSS_TAGS.values()})
+        tags.update(
+            {
+                f"ood/loss_{w}_inputs_a{a:.2f}": [(100, a)]
+                for w in ("model", "gd")
+                for a in (0.5, 2.0)
+            }
+        )
+        write_run(reproduce.run_dir(tmp_path / "logs", experiment, "default", seed), tags)
+    out = tmp_path / "report"
+    results = reproduce.report([experiment], 2, tmp_path / "logs", out, quick=True)
+    rows = {r["label"]: r for r in results["lsa_one_layer"]["default"]}
+    assert math.isclose(rows["model cos"]["value"], 0.9993, abs_tol=1e-6)
+    assert rows["model cos"]["verdict"] == "reproduced" and rows["model cos"]["seeds"] == 2
+    assert rows["preds diff"]["value"] is None  # not logged: the report says so
+    text = (out / "report.md").read_text()
+    assert "| model cos |" in text and "not logged (`gd/preds_diff`)" in text
+    assert (out / "lsa_one_layer_default_fig2_loss.png").stat().st_size > 1000
+    assert (out / "lsa_one_layer_default_ood_inputs.png").exists()
+    assert not (out / "lsa_one_layer_default_ood_weights.png").exists()
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_bad_seeds_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--seeds", "0", "--report-only"])
+    assert exit_info.value.code == 2
+    assert "--seeds=0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_reproduction_end_to_end_and_resumable(tmp_path):
+    """``--quick`` of paper A's one-layer experiment reproduces it, and a rerun skips it."""
+    args = ["--quick", "--only", "lsa_one_layer", "--seeds", "1"]
+    args += ["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "reports")]
+    reproduce.main(args)
+    results = json.loads((tmp_path / "reports" / "quick" / "results.json").read_text())
+    rows = {r["label"]: r for r in results["lsa_one_layer"]["default"]}
+    assert rows["model cos"]["value"] >= 0.99
+    done = next((tmp_path / "logs").rglob("done.json"))
+    stamp = done.stat().st_mtime
+    reproduce.main(args)
+    assert done.stat().st_mtime == stamp
