@@ -244,7 +244,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "contextual_block",
-        "Paper B, Figures 1-3: one contextual block, N = 100 (--quick: 40), d = 2, 8 heads of size 4, MLP 128",
+        "Paper B, Figures 1-3: one contextual block, d = 2, N = 100 (--quick: 40), 8 heads of 4",
         "configs/contextual_block.yaml",
         full_steps=5000,
         quick_steps=600,
