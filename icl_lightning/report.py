@@ -48,11 +48,13 @@ class Curve:
 
 def aggregate(runs: Sequence[Scalars], tag: str) -> Curve | None:
     """:class:`Curve` of ``tag`` over ``runs`` (population std, 0 for one seed); ``None`` if
-    no run logged it."""
+    no run logged it or the runs share no step."""
     series = [run[tag] for run in runs if tag in run]
     if not series:
         return None
     steps = sorted(set.intersection(*(set(s) for s in series)))
+    if not steps:
+        return None
     values = torch.tensor([[s[t] for t in steps] for s in series], dtype=torch.float64)
     std = values.std(0, correction=0)
     return Curve(steps, values.mean(0).tolist(), std.tolist(), len(series))
