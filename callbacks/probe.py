@@ -129,13 +129,7 @@ class Probe(Callback):
         on ``datamodule``'s prompts; the CLI calls it before training. The base requires a
         ``model`` (an ``nn.Module``) that :meth:`check_model` accepts, and a probe task of the
         data's input dimension."""
-        model = getattr(pl_module, "model", None)
-        require(
-            isinstance(model, nn.Module),
-            f"{type(self).__name__}: {type(pl_module).__name__}.model",
-            type(model).__name__,
-            "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
-        )
+        model = self._network(pl_module)
         try:
             self.check_model(model)
         except ValueError as error:
@@ -171,14 +165,19 @@ class Probe(Callback):
             self._evaluation_set = task.sample(self.num_tasks, num_context, generator)
         return self._evaluation_set
 
-    def _model(self, pl_module: "L.LightningModule") -> nn.Module:
+    def _network(self, pl_module: "L.LightningModule") -> nn.Module:
+        """``pl_module.model``, or a ValueError naming it when it is not an ``nn.Module``."""
         model = getattr(pl_module, "model", None)
         require(
             isinstance(model, nn.Module),
-            f"{type(pl_module).__name__}.model",
+            f"{type(self).__name__}: {type(pl_module).__name__}.model",
             type(model).__name__,
             "an nn.Module taking (context_x, context_y, query_x); probes evaluate it",
         )
+        return model
+
+    def _model(self, pl_module: "L.LightningModule") -> nn.Module:
+        model = self._network(pl_module)
         if next(model.parameters()).dtype != self.dtype:
             model = copy.deepcopy(model).to(self.dtype)
         return model

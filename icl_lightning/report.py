@@ -48,11 +48,13 @@ class Curve:
 
 def aggregate(runs: Sequence[Scalars], tag: str) -> Curve | None:
     """:class:`Curve` of ``tag`` over ``runs`` (population std, 0 for one seed); ``None`` if
-    no run logged it."""
+    no run logged it or the runs share no step."""
     series = [run[tag] for run in runs if tag in run]
     if not series:
         return None
     steps = sorted(set.intersection(*(set(s) for s in series)))
+    if not steps:
+        return None
     values = torch.tensor([[s[t] for t in steps] for s in series], dtype=torch.float64)
     std = values.std(0, correction=0)
     return Curve(steps, values.mean(0).tolist(), std.tolist(), len(series))
@@ -64,16 +66,18 @@ def band_figure(
     ylabel: str,
     title: str = "",
     logy: bool = False,
-    x: Sequence[float] | None = None,
+    marks: Sequence[float] = (),
 ) -> Figure:
-    """Mean lines with shaded +-1 std bands; ``x`` replaces the curves' steps (e.g. alpha)."""
+    """Mean lines with shaded +-1 std bands over the curves' x values (``Curve.steps``), and a
+    dashed vertical line at each of ``marks`` (e.g. where a curriculum stage starts)."""
     figure = Figure(figsize=(5.5, 3.8), layout="constrained")
     axes = figure.add_subplot()
     for label, curve in curves.items():
-        xs = list(x) if x is not None else curve.steps
         mean, std = torch.tensor(curve.mean), torch.tensor(curve.std)
-        axes.plot(xs, mean, marker="o", markersize=2.5, label=f"{label} (n={curve.seeds})")
-        axes.fill_between(xs, mean - std, mean + std, alpha=0.25)
+        axes.plot(curve.steps, mean, marker="o", markersize=2.5, label=f"{label} (n={curve.seeds})")
+        axes.fill_between(curve.steps, mean - std, mean + std, alpha=0.25)
+    for mark in marks:
+        axes.axvline(mark, color="grey", linestyle="--", linewidth=0.8)
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if logy:
         axes.set_yscale("log")

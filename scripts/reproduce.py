@@ -244,7 +244,7 @@ EXPERIMENTS = [
     ),
     Experiment(
         "contextual_block",
-        "Paper B, Figures 1-3: one contextual block, N = 100 (d = 2, 8 heads of size 4, MLP 128)",
+        "Paper B, Figures 1-3: one contextual block, d = 2, N = 100 (--quick: 40), 8 heads of 4",
         "configs/contextual_block.yaml",
         full_steps=5000,
         quick_steps=600,
@@ -302,6 +302,39 @@ EXPERIMENTS = [
         ],
     ),
 ]
+
+
+EXPERIMENTS.append(
+    Experiment(
+        "curriculum",
+        "Beyond the papers: Garg et al.'s curriculum on one LSA layer (d = 20, N = 40)",
+        "configs/lsa_curriculum.yaml",
+        full_steps=3000,
+        quick_steps=750,
+        seconds=60,
+        variants={"with": {}, "without": {"data.init_args.curriculum": None}},
+        quick={"data.init_args.batch_size": 512, "callbacks.GDAlignment.every_n_steps": 250},
+        checks=[
+            Check(
+                "trained / 1-step GD loss",
+                "gd/loss_model",
+                "Garg et al. 2022: with or without, the model reaches the same loss",
+                lambda v: v <= 1.01,
+                "<= 1.01",
+                over="gd/loss_gd",
+            ),
+        ],
+        figures=[
+            {
+                "file": "loss_with_and_without",
+                "across": "val/loss",
+                "marks": "curriculum/dims",
+                "ylabel": "val/loss",
+                "logy": True,
+            }
+        ],
+    )
+)
 
 
 def set_path(config: dict, path: str, value) -> None:
@@ -377,29 +410,28 @@ def estimate_seconds(experiments: list[Experiment], seeds: int, quick: bool) -> 
     return total
 
 
-def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, list | None, str]:
+def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, str]:
     """The curves of one figure spec: over steps (``tags``), over context index i
     (``per_i``: tags ``<prefix><i>`` at the last step) or over alpha (``alpha``)."""
     if "tags" in spec:
         curves = {label: aggregate(runs, tag) for label, tag in spec["tags"].items()}
-        return {k: v for k, v in curves.items() if v is not None}, None, "step"
+        return {k: v for k, v in curves.items() if v is not None}, "step"
     if "per_i" in spec:
-        curves, x = {}, None
+        curves = {}
         for label, prefix in spec["per_i"].items():
             indices = sorted(
                 {int(t[len(prefix) :]) for r in runs for t in r if t.startswith(prefix)}
             )
             final = [aggregate(runs, f"{prefix}{i}") for i in indices]
             if final and all(final):
-                x = indices
                 curves[label] = type(final[0])(
                     indices,
                     [c.final[0] for c in final],
                     [c.final[1] for c in final],
                     final[0].seeds,
                 )
-        return curves, x, "context index i"
-    curves, alphas = {}, None
+        return curves, "context index i"
+    curves = {}
     for who in ("model", "gd"):
         prefix = f"{spec['alpha']}/loss_{who}_{spec['shift']}_a"
         tags = sorted({t for r in runs for t in r if t.startswith(prefix)})
@@ -409,7 +441,28 @@ def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, list | None, s
             curves[who] = type(final[0])(
                 alphas, [c.final[0] for c in final], [c.final[1] for c in final], final[0].seeds
             )
-    return curves, alphas, "alpha"
+    return curves, "alpha"
+
+
+def across_variants(e: Experiment, spec: dict, seeds: int, root: Path, out: Path) -> str:
+    """One figure of ``spec["across"]`` for every variant of ``e``, with a dashed line wherever
+    the tag ``spec["marks"]`` was logged (curriculum stages); returns its markdown."""
+    curves, marks = {}, set()
+    for variant in e.variants:
+        runs = [r for r in (read_scalars(run_dir(root, e, variant, s)) for s in range(seeds)) if r]
+        curve = aggregate(runs, spec["across"])
+        if curve is not None:
+            curves[variant] = curve
+        marks.update(t for r in runs for t in r.get(spec["marks"], {}) if t > 0)
+    if not curves:
+        return f"(no `{spec['across']}` logged)"
+    name = f"{e.name}_{spec['file']}.png"
+    title = f"{e.name}: {spec['across']} (dashed: {spec['marks']} changes)"
+    figure = band_figure(
+        curves, "step", spec["ylabel"], title, spec.get("logy", False), sorted(marks)
+    )
+    figure.savefig(out / name, dpi=110)
+    return f"![{spec['file']}]({name})"
 
 
 def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, quick: bool) -> dict:
@@ -434,8 +487,8 @@ def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, qui
             if len(e.variants) > 1:
                 sections.append(f"### {variant}\n")
             sections.append(markdown_table(rows) + "\n")
-            for spec in e.figures:
-                curves, x, xlabel = figure_curves(spec, runs)
+            for spec in (f for f in e.figures if "across" not in f):
+                curves, xlabel = figure_curves(spec, runs)
                 if not curves:
                     continue
                 name = f"{e.name}_{variant}_{spec['file']}.png"
@@ -443,6 +496,8 @@ def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, qui
                 figure = band_figure(curves, xlabel, spec["ylabel"], title, spec.get("logy", False))
                 figure.savefig(out / name, dpi=110)
                 sections.append(f"![{spec['file']}]({name})\n")
+        for spec in (f for f in e.figures if "across" in f):
+            sections.append(across_variants(e, spec, seeds, root, out) + "\n")
     (out / "report.md").write_text("\n".join(sections))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -10,6 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.report import read_scalars  # noqa: F401  (tests import it from here)
 
 # One thread: the models are tiny, and CI's 2 cores are shared with DDP test processes.
 torch.set_num_threads(1)
@@ -55,18 +56,6 @@ def run_cli_subprocess(args: list[str], cwd: Path, timeout: float = 300) -> str:
     if proc.returncode != 0:
         pytest.fail(f"icl-lightning {' '.join(args)} failed ({proc.returncode}):\n{output[-6000:]}")
     return output
-
-
-def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
-    """All scalars in the TensorBoard event files under ``log_dir``: tag -> {step: value}."""
-    scalars: dict[str, dict[int, float]] = {}
-    for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                scalars.setdefault(tag, {})[event.step] = event.value
-    return scalars
 
 
 def image_tags(log_dir: Path) -> set[str]:

@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.curriculum import Curriculum
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
@@ -56,6 +57,9 @@ class ICLDataModule(L.LightningDataModule):
         num_val_tasks: size of the fixed validation set (and of the test set).
         batches_per_epoch: training steps per epoch (validation runs at each epoch's end unless
             the trainer's ``val_check_interval`` says otherwise).
+        curriculum: grow the input dimension and context length of the training prompts with
+            the step (Garg et al. 2022; see :class:`~icl_lightning.data.curriculum.Curriculum`).
+            Validation and test prompts stay at the full size.
 
     Raises:
         ValueError: for an impossible option; the message names it.
@@ -75,6 +79,7 @@ class ICLDataModule(L.LightningDataModule):
         val_seed: NonNegativeInt = 12345,
         num_val_tasks: PositiveInt = 10_000,
         batches_per_epoch: PositiveInt = 100,
+        curriculum: Curriculum | None = None,
     ) -> None:
         super().__init__()
         for option, value in [
@@ -85,6 +90,9 @@ class ICLDataModule(L.LightningDataModule):
         ]:
             require(isinstance(value, int) and value >= 1, option, value, "an integer >= 1")
         self.task = task if task is not None else LinearRegression()
+        if curriculum is not None:
+            curriculum.check(self.task.input_dim, int(num_context))
+        self.curriculum = curriculum
         # plain ints: jsonargparse's PositiveInt would not unpickle from a weights-only checkpoint
         self.batch_size = int(batch_size)
         self.num_context = int(num_context)
@@ -104,7 +112,10 @@ class ICLDataModule(L.LightningDataModule):
     ) -> ICLBatch:
         """The training batch of optimizer step ``step`` on DDP rank ``rank``."""
         generator = seeded_generator(device, self.seed, _TRAIN, step, micro_step, rank)
-        return self.task.sample(self.batch_size, self.num_context, generator)
+        if self.curriculum is None:
+            return self.task.sample(self.batch_size, self.num_context, generator)
+        d, n = self.curriculum.size(step, self.input_dim, self.num_context)
+        return self.task.sample_in_subspace(self.batch_size, n, d, generator)
 
     def eval_set(self, stage: int, device) -> ICLBatch:
         """The whole fixed validation (``stage=1``) or test (``stage=2``) set, cached per device."""
@@ -147,6 +158,8 @@ class ICLDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device
         if isinstance(batch, _TrainKey):
             micro_step = batch.micro_step % trainer.accumulate_grad_batches
+            if self.curriculum is not None and micro_step == 0:
+                self._log_curriculum(trainer.global_step)
             prompts = self.train_batch(trainer.global_step, trainer.global_rank, micro_step, device)
         else:
             stage = _TEST if trainer.testing else _VAL
@@ -154,6 +167,15 @@ class ICLDataModule(L.LightningDataModule):
         # in the module's dtype: float64 under precision 64-true, float16 under 16-true
         dtype = trainer.lightning_module.dtype
         return prompts if prompts.query_y.dtype == dtype else prompts.to(dtype)
+
+    def _log_curriculum(self, step: int) -> None:
+        """Log ``curriculum/dims`` and ``curriculum/points`` at step 0 and where they change."""
+        size = self.curriculum.size(step, self.input_dim, self.num_context)
+        if step > 0 and size == self.curriculum.size(step - 1, self.input_dim, self.num_context):
+            return
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"curriculum/dims": size[0], "curriculum/points": size[1]}, step)
 
     @override
     def state_dict(self) -> dict:

@@ -4,10 +4,12 @@ A new task is a small subclass of :class:`TaskSampler` that implements :meth:`sa
 by ``class_path`` in a config's ``data.init_args.task``.
 """
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from icl_lightning.checks import require
@@ -38,6 +40,30 @@ class TaskSampler(ABC):
         All tensors are created on ``generator.device`` from ``generator`` alone, so the batch is
         a pure function of the generator's state.
         """
+
+    def sample_in_subspace(
+        self,
+        batch_size: int,
+        num_context: int,
+        active_dim: int,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float32,
+    ) -> ICLBatch:
+        """Prompts whose inputs live in the first ``active_dim`` coordinates (curriculum).
+
+        The task is drawn at dimension ``active_dim`` and its inputs are padded with zeros to
+        ``input_dim``: ``x = (x_1..x_k, 0..0)``, as Garg et al. (2022) truncate the dimension.
+        For ``active_dim == input_dim`` this is :meth:`sample`.
+        """
+        if active_dim == self.input_dim:
+            return self.sample(batch_size, num_context, generator, dtype)
+        task = copy.copy(self)
+        task.input_dim = active_dim
+        batch = task.sample(batch_size, num_context, generator, dtype)
+        pad = (0, self.input_dim - active_dim)
+        return ICLBatch(
+            F.pad(batch.context_x, pad), batch.context_y, F.pad(batch.query_x, pad), batch.query_y
+        )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

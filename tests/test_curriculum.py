@@ -1,0 +1,120 @@
+"""The curriculum (Garg et al. 2022): its schedule, the prompts it draws, errors, resume."""
+
+import pytest
+import torch
+from conftest import CONFIGS, read_scalars, run_cli, tiny_args
+
+from icl_lightning.data import ICLDataModule, LinearRegression, ReLUNetwork, seeded_generator
+from icl_lightning.data.curriculum import Curriculum, Schedule
+
+DEMO = CONFIGS / "demo.yaml"
+
+
+def garg_sizes(start, end, increment, interval, num_steps):
+    """Garg et al.'s stateful update, step by step: after each step the count goes up by one, and
+    every ``interval`` counts the size grows by ``increment``, capped at ``end``."""
+    size, sizes = start, []
+    for count in range(1, num_steps + 1):
+        sizes.append(size)
+        if count % interval == 0:
+            size = min(size + increment, end)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "start,end,increment,interval", [(5, 20, 1, 7), (11, 41, 2, 3), (4, 4, 1, 5)]
+)
+def test_schedule_matches_the_stateful_update(start, end, increment, interval):
+    schedule = Schedule(start, end, increment, interval)
+    expected = garg_sizes(start, end, increment, interval, 200)
+    assert [schedule.at(t) for t in range(200)] == expected
+    changes = [t for t in range(1, 200) if expected[t] != expected[t - 1]]
+    assert schedule.stage_starts(200) == [0, *changes]
+
+
+@pytest.mark.parametrize("task", [LinearRegression(input_dim=6), ReLUNetwork(input_dim=6)])
+def test_subspace_prompts_use_only_the_active_coordinates(task):
+    """Inputs beyond the active dimension are 0, and the targets are a function of the active
+    coordinates alone: for linear tasks, least squares on the context predicts the query."""
+    generator = seeded_generator("cpu", 0)
+    batch = task.sample_in_subspace(32, 12, 3, generator, dtype=torch.float64)
+    assert batch.context_x.shape == (32, 12, 6) and batch.query_x.shape == (32, 6)
+    assert batch.context_x[..., 3:].abs().max() == 0 and batch.query_x[:, 3:].abs().max() == 0
+    assert batch.context_x[..., :3].abs().min() > 0
+    if isinstance(task, LinearRegression):
+        w = torch.linalg.lstsq(batch.context_x[..., :3], batch.context_y[..., None]).solution
+        pred = (batch.query_x[:, None, :3] @ w).reshape(-1)
+        torch.testing.assert_close(pred, batch.query_y, rtol=0, atol=1e-10)
+
+
+def test_training_prompts_grow_and_evaluation_stays_full_size():
+    curriculum = Curriculum(dims=Schedule(2, 6, 2, 10), points=Schedule(3, 9, 3, 10))
+    task = LinearRegression(input_dim=6)
+    dm = ICLDataModule(task, batch_size=8, num_context=9, num_val_tasks=8, curriculum=curriculum)
+    for step, (d, n) in [(0, (2, 3)), (9, (2, 3)), (10, (4, 6)), (25, (6, 9)), (1000, (6, 9))]:
+        batch = dm.train_batch(step)
+        assert batch.num_context == n and batch.input_dim == 6
+        assert torch.count_nonzero(batch.context_x[..., d:]) == 0
+        assert batch.context_x[..., d - 1].abs().min() > 0
+    assert dm.eval_set(1, "cpu").num_context == 9
+    assert dm.eval_set(1, "cpu").context_x[..., -1].abs().min() > 0
+
+
+@pytest.mark.parametrize(
+    "curriculum,named",
+    [
+        (Curriculum(dims=Schedule(2, 7)), "curriculum.dims.end=7"),
+        (Curriculum(points=Schedule(12, 10)), "curriculum.points.end=10"),
+        (Curriculum(points=Schedule(0, 10)), "curriculum.points.start=0"),
+        (Curriculum(dims=Schedule(2, 6, 0)), "curriculum.dims.increment=0"),
+        (Curriculum(dims=Schedule(2, 6, 1, 0)), "curriculum.dims.interval=0"),
+    ],
+)
+def test_impossible_curriculum_is_a_clear_error(curriculum, named):
+    with pytest.raises(ValueError, match=named):
+        ICLDataModule(LinearRegression(input_dim=6), num_context=10, curriculum=curriculum)
+
+
+def test_cli_rejects_a_curriculum_past_input_dim(tmp_path, capsys):
+    curriculum = "{dims: {start: 2, end: 9, increment: 1, interval: 5}}"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            [
+                "fit",
+                f"--config={DEMO}",
+                *tiny_args(tmp_path),
+                f"--data.init_args.curriculum={curriculum}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "curriculum.dims.end=9" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resumed_curriculum_run_matches_an_uninterrupted_one(tmp_path):
+    """The sizes are a function of the step: 12 steps straight == 6 steps + resume to 12, and
+    the curriculum's stages are logged once each."""
+    curriculum = (
+        "{dims: {start: 2, end: 5, increment: 1, interval: 4},"
+        " points: {start: 5, end: 20, increment: 5, interval: 3}}"
+    )
+    extra = [f"--data.init_args.curriculum={curriculum}", "--trainer.callbacks=[]"]
+    straight = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path / "a", steps=12), *extra])
+    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path / "b", steps=6), *extra])
+    ckpt = next((tmp_path / "b").rglob("last.ckpt"))
+    resumed = run_cli(
+        [
+            "fit",
+            f"--config={DEMO}",
+            *tiny_args(tmp_path / "b", steps=12),
+            *extra,
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    resumed_state = resumed.model.state_dict()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed_state[name]), name
+    scalars = read_scalars(tmp_path / "a")
+    stages = [0, 3, 4, 6, 8, 9]  # where either size changes: dims every 4, points every 3 steps
+    assert scalars["curriculum/dims"] == {t: min(2 + t // 4, 5) for t in stages}
+    assert scalars["curriculum/points"] == {t: min(5 + 5 * (t // 3), 20) for t in stages}
