@@ -59,6 +59,9 @@ class ICLLightningCLI(LightningCLI):
         naming the option, before any training or logging starts."""
         try:
             super().instantiate_classes()
+            for callback in self.trainer.callbacks:  # options that depend on the model
+                if hasattr(callback, "check_model"):
+                    callback.check_model(getattr(self.model, "model", self.model))
         except ValueError as error:
             self.parser.error(str(error))
 
