@@ -70,16 +70,16 @@ class DeltaWConvergence(Probe):
         blocks = block_indices(self.block, model)
         if not blocks:
             block = check_block(model)
-            return self._sums(block.W, A_sequence(block, *prompt), "")
+            return self._sums(block.W, A_sequence(block, *prompt), prefix="")
         sums = {}
         for k in blocks:
-            sums |= self._sums(model.layers(k)[1].W, block_A_sequence(model, k, *prompt), k)
+            A_seq = block_A_sequence(model, k, *prompt)
+            sums |= self._sums(model.layers(k)[1].W, A_seq, prefix=f"block{k}/")
         return sums
 
     @staticmethod
-    def _sums(W: torch.Tensor, A_seq: torch.Tensor, k: int | str) -> dict[str, torch.Tensor]:
-        """Sums over tasks of both norms, i = 1..N and 1..N-1, named ``[block<k>/]norm|update``."""
-        prefix = f"block{k}/" if k else ""
+    def _sums(W: torch.Tensor, A_seq: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+        """Sums over tasks of both norms, i = 1..N and 1..N-1, named ``<prefix>norm|update``."""
         norm, update = delta_W_sequence_norms(W, A_seq)
         return {f"{prefix}norm": norm.sum(0), f"{prefix}update": update.sum(0)}
 
