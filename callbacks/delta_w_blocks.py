@@ -22,13 +22,15 @@ def validate_block_option(block: BlockOption) -> None:
     )
 
 
-def block_indices(block: BlockOption, model: nn.Module) -> list[int]:
-    """The 1-based block indices ``block`` names in ``model`` (``[]`` for None); a clear error
-    naming ``block`` when it is past K = ``model.num_blocks``."""
+def block_prefixes(block: BlockOption, model: nn.Module) -> dict[int, str]:
+    """The 1-based blocks ``block`` names in ``model``, each with its tag prefix: ``{}`` for
+    None on a single block (the single-block path), ``{K: ""}`` for None on a stack of K,
+    ``{k: "block<k>/"}`` otherwise; a clear error naming ``block`` when it is past K."""
     if block is None:
-        return []
+        K = getattr(model, "num_blocks", 1)
+        return {} if K == 1 else {K: ""}
     K = check_block(model).num_blocks
     if block == "all":
-        return list(range(1, K + 1))
+        return {k: f"block{k}/" for k in range(1, K + 1)}
     model.layers(block)  # the check, naming the option and 1..K
-    return [block]
+    return {block: f"block{block}/"}

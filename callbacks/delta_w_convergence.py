@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from icl_lightning.callbacks.delta_w_blocks import (
     BlockOption,
-    block_indices,
+    block_prefixes,
     validate_block_option,
 )
 from icl_lightning.callbacks.probe import Probe
@@ -61,20 +61,20 @@ class DeltaWConvergence(Probe):
 
     def check_model(self, model: nn.Module) -> None:
         """A clear error when ``block`` is past the model's number of blocks."""
-        block_indices(self.block, model)
+        block_prefixes(self.block, model)
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         require(batch.num_context >= 2, "num_context", batch.num_context, ">= 2 for updates")
         prompt = (batch.context_x, batch.context_y, batch.query_x)
-        blocks = block_indices(self.block, model)
+        blocks = block_prefixes(self.block, model)
         if not blocks:
             block = check_block(model)
             return self._sums(block.W, A_sequence(block, *prompt), prefix="")
         sums = {}
-        for k in blocks:
+        for k, prefix in blocks.items():
             A_seq = block_A_sequence(model, k, *prompt)
-            sums |= self._sums(model.layers(k)[1].W, A_seq, prefix=f"block{k}/")
+            sums |= self._sums(model.layers(k)[1].W, A_seq, prefix)
         return sums
 
     @staticmethod

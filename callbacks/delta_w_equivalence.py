@@ -7,7 +7,7 @@ from typing_extensions import override
 
 from icl_lightning.callbacks.delta_w_blocks import (
     BlockOption,
-    block_indices,
+    block_prefixes,
     validate_block_option,
 )
 from icl_lightning.callbacks.probe import Probe, predict
@@ -40,7 +40,7 @@ class DeltaWEquivalence(Probe):
     ``max_rel_diff`` relative to the RMS output entry, and the losses of the final prediction
     with block k's query output taken from either side (the context tokens never see the
     query, so both equal ``T(C, x)``); one figure ``dw/block<k>/equivalence`` per block.
-    ``None`` (default): the last block with the tags above.
+    ``None`` (default): the tags above; on a stack, those of block K's whole output token.
 
     Args:
         block: ``None`` (the last block, tags ``dw/<name>``), ``"all"`` or a block index k
@@ -62,16 +62,16 @@ class DeltaWEquivalence(Probe):
 
     def check_model(self, model: nn.Module) -> None:
         """A clear error when ``block`` is past the model's number of blocks."""
-        block_indices(self.block, model)
+        block_prefixes(self.block, model)
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
-        blocks = block_indices(self.block, model)
+        blocks = block_prefixes(self.block, model)
         if blocks:
-            self.maxima = tuple(f"block{k}/max_abs_diff" for k in blocks)
+            self.maxima = tuple(f"{prefix}max_abs_diff" for prefix in blocks.values())
             return {
-                f"block{k}/{name}": value
-                for k in blocks
+                f"{prefix}{name}": value
+                for k, prefix in blocks.items()
                 for name, value in self._block_sums(model, batch, k).items()
             }
         context = predict(model, batch)

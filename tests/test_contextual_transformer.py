@@ -8,6 +8,7 @@ import torch
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
 
 from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence
+from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models import ContextualBlock
 from icl_lightning.theory.delta_w import block_A_sequence, block_equivalence
 
@@ -165,3 +166,14 @@ def test_new_options_in_help(capsys, option, named):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert named in out and ("num_blocks" in out)
+
+
+def test_block_none_on_a_stack_measures_block_K_with_the_single_block_tags():
+    model = stack(2, "softmax", False, False)
+    cx, cy, qx = prompt(3)
+    batch = ICLBatch(cx, cy, qx, torch.zeros(B, dtype=torch.float64))
+    with torch.no_grad():
+        sums = DeltaWEquivalence().compute(model, batch)
+        e = block_equivalence(model, 2, cx, cy, qx)
+        assert sums["max_abs_diff"] == (e.output - e.implicit_output).abs().max()
+        assert set(DeltaWConvergence().compute(model, batch)) == {"norm", "update"}
