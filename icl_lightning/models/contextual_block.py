@@ -152,6 +152,19 @@ class ContextualLayer(nn.Module):
                 out[lost] = self(context[lost], query[lost], keep.expand(int(lost.sum()), -1, -1))
         return out
 
+    def context_only(self, context: torch.Tensor) -> torch.Tensor:
+        """Every context token read as a query over the context alone, ``(B, N, D)``:
+        ``LN_2(e_i + sum_h P_h sum_{j in C} alpha_h,ij W_V,h e^_j)`` (the query token is never
+        attended to, so context tokens carry no query information)."""
+        H, key_size, D = self.W_Q.shape
+        tokens = self.norm_in(context)
+        KQ = torch.einsum("hkE,hkF->FhE", self.W_K, self.W_Q).reshape(D, H * D)
+        q = (tokens @ KQ).unflatten(-1, (H, D))  # (B, N, H, D)
+        scores = torch.einsum("bjD,bihD->bihj", tokens, q)  # (B, N_i, H, N_j)
+        if self.attention == "softmax":
+            scores = torch.softmax(scores / math.sqrt(key_size), dim=-1)
+        return self._output(scores @ tokens.unsqueeze(1), context)
+
     def alone(self, query: torch.Tensor) -> torch.Tensor:
         """``A(x)`` for query tokens ``(B, D)``: the query attends to itself only (softmax
         weight 1; linear weight ``s_qq``), ``LN_2(e_q + sum_h P_h W_V,h alpha_h e^_q)``."""
@@ -220,6 +233,28 @@ class ContextualMLP(nn.Module):
         return prediction + z[..., -1] if self.skip else prediction
 
 
+class TokenBlock(nn.Module):
+    """An earlier block k < K of a stack: maps every token through ``M_W(A(., .))``.
+
+    Context token i becomes ``M_W(A_ctx(C)_i)`` (:meth:`ContextualLayer.context_only`: it
+    attends to the context only) and the query becomes ``M_W(A(C, x))``, so no query
+    information reaches the context tokens.
+    """
+
+    def __init__(self, contextual: ContextualLayer, mlp: ContextualMLP) -> None:
+        super().__init__()
+        self.contextual = contextual
+        self.mlp = mlp
+
+    def forward(
+        self, context: torch.Tensor, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C^{k+1}, x^{k+1})`` from ``(C^k, x^k)``, shapes ``(B, N, D)`` and ``(B, D)``."""
+        return self.mlp(self.contextual.context_only(context)), self.mlp(
+            self.contextual(context, query)
+        )
+
+
 class ContextualBlock(nn.Module):
     """Paper B's contextual block ``T_W(C, x) = M_W(A(C, x))[-1]`` (equations in the module doc).
 
@@ -234,6 +269,11 @@ class ContextualBlock(nn.Module):
         mlp_skip: keep the MLP's skip connection (off in paper B's experiments).
         layer_norm: LayerNorms inside A (before the attention and on its output).
         init_scale: variance-scaling (fan-in) factor of all initial weights.
+        num_blocks: K, contextual blocks stacked (a ContextualTransformer). Blocks 1..K-1
+            (:class:`TokenBlock`, ``earlier``) map every token, ``(C^{k+1}, x^{k+1}) =
+            (M_{W_k}(A_k,ctx(C^k)), M_{W_k}(A_k(C^k, x^k)))`` from ``(C^1, x^1)`` = the prompt's
+            tokens; block K (``contextual``, ``mlp``) is read at the query:
+            ``T(C, x) = M_{W_K}(A_K(C^K, x^K))[-1]``. K = 1 is the single block.
 
     Example::
 
@@ -254,8 +294,10 @@ class ContextualBlock(nn.Module):
         mlp_skip: bool = False,
         layer_norm: bool = False,
         init_scale: float = 1.0,
+        num_blocks: int = 1,
     ) -> None:
         super().__init__()
+        require(num_blocks >= 1, "num_blocks", num_blocks, "an integer >= 1")
         require(input_dim >= 1, "input_dim", input_dim, "an integer >= 1")
         require(num_heads >= 1, "num_heads", num_heads, "an integer >= 1")
         require(key_size is None or key_size >= 1, "key_size", key_size, "None or >= 1")
@@ -269,6 +311,54 @@ class ContextualBlock(nn.Module):
             D, num_heads, key_size, attention, attention_residual, layer_norm, init_scale
         )
         self.mlp = ContextualMLP(D, mlp_width, activation, mlp_skip, init_scale)
+        self.earlier = nn.ModuleList(
+            TokenBlock(
+                ContextualLayer(
+                    D, num_heads, key_size, attention, attention_residual, layer_norm, init_scale
+                ),
+                ContextualMLP(D, mlp_width, activation, mlp_skip, init_scale),
+            )
+            for _ in range(num_blocks - 1)
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        """K, the number of contextual blocks."""
+        return len(self.earlier) + 1
+
+    def layers(self, k: int) -> tuple[ContextualLayer, ContextualMLP]:
+        """``(A_k, M_{W_k})`` of block k (1-based; k = K is the block read at the query)."""
+        K = self.num_blocks
+        require(1 <= k <= K, "block", k, f"an integer in 1..{K} (num_blocks={K}) or 'all'")
+        layer = self if k == K else self.earlier[k - 1]
+        return layer.contextual, layer.mlp
+
+    def block_input(self, k: int, context_x, context_y, query_x):
+        """``(C^k, x^k)``: block k's input tokens ``(B, N, D)``, ``(B, D)``, the outputs of
+        blocks 1..k-1 on the full prompt (k = 1: the prompt's tokens)."""
+        self.layers(k)
+        context, query = self.tokens(context_x, context_y, query_x)
+        for block in self.earlier[: k - 1]:
+            context, query = block(context, query)
+        return context, query
+
+    def predict_from(self, k: int, context: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """The prediction ``(B,)`` given block k's outputs: ``context`` = C^{k+1} ``(B, N, D)``
+        and ``query`` = its output at the query ``(B, D)``, run through blocks k+1..K."""
+        if k == self.num_blocks:
+            return query[..., -1]
+        for block in self.earlier[k:]:
+            context, query = block(context, query)
+        return self.head(self.contextual(context, query))
+
+    def _single(self, method: str) -> None:
+        require(
+            self.num_blocks == 1,
+            "num_blocks",
+            self.num_blocks,
+            f"1 for ContextualBlock.{method} (it reads the raw prompt); for K > 1 use "
+            "block_input / layers (icl_lightning.theory.delta_w.block_* functions)",
+        )
 
     @property
     def W(self) -> torch.Tensor:
@@ -289,15 +379,20 @@ class ContextualBlock(nn.Module):
         """``A(C, x)`` ``(B, D)``; with ``keep`` masks, ``A(S, x)`` for the kept part S of C.
 
         ``keep``: bool ``(B, N)`` (output ``(B, D)``) or ``(B, S, N)`` (output ``(B, S, D)``).
+        Single block only (``num_blocks = 1``).
         """
+        self._single("A")
         return self.contextual(*self.tokens(context_x, context_y, query_x), keep)
 
     def A_prefixes(self, context_x, context_y, query_x) -> torch.Tensor:
-        """``A(c_1..c_i, x)`` for i = 0..N, ``(B, N + 1, D)`` (running sums; row 0 is ``A(x)``)."""
+        """``A(c_1..c_i, x)`` for i = 0..N, ``(B, N + 1, D)`` (running sums; row 0 is ``A(x)``);
+        single block only."""
+        self._single("A_prefixes")
         return self.contextual.prefixes(*self.tokens(context_x, context_y, query_x))
 
     def A_alone(self, query_x: torch.Tensor) -> torch.Tensor:
-        """``A(x)`` ``(..., D)``: the layer applied to the query token alone."""
+        """``A(x)`` ``(..., D)``: the layer applied to the query token alone; single block only."""
+        self._single("A_alone")
         flat = F.pad(query_x.reshape(-1, self.input_dim), (0, 1))
         return self.contextual.alone(flat).reshape(*query_x.shape[:-1], -1)
 
@@ -317,13 +412,16 @@ class ContextualBlock(nn.Module):
         return one(W.reshape(-1, *W.shape[-2:]), z.reshape(-1, z.shape[-1])).reshape(batch)
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
-        """``T_W(C, x)``, predictions ``(B,)``."""
-        return self.head(self.A(context_x, context_y, query_x))
+        """``T_W(C, x)``, predictions ``(B,)`` (through all K blocks)."""
+        context, query = self.tokens(context_x, context_y, query_x)
+        for block in self.earlier:
+            context, query = block(context, query)
+        return self.head(self.contextual(context, query))
 
     def forward_with(self, W: torch.Tensor, context_x, context_y, query_x) -> torch.Tensor:
         """``T_{W'}(C, x)`` with ``W' = W`` given (``(m, D)`` or per prompt ``(B, m, D)``).
 
-        ``context_x = None`` (or an empty context) gives ``T_{W'}(x)``.
+        ``context_x = None`` (or an empty context) gives ``T_{W'}(x)``. Single block only.
         """
         if context_x is None or context_x.shape[1] == 0:
             return self.head(self.A_alone(query_x), W)

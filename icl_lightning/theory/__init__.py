@@ -15,6 +15,8 @@ from icl_lightning.theory.alignment import (
 )
 from icl_lightning.theory.delta_w import (
     A_sequence,
+    block_A_sequence,
+    block_equivalence,
     delta_W,
     delta_W_sequence,
     delta_W_split,
@@ -67,6 +69,8 @@ __all__ = [
     "spectral_form",
     "spectral_predict",
     "A_sequence",
+    "block_A_sequence",
+    "block_equivalence",
     "delta_W",
     "delta_W_sequence",
     "delta_W_split",

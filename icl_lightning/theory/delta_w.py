@@ -14,6 +14,14 @@ a part Y of the context C:
 
 All functions are batched over prompts (and over context prefixes) with no Python loops. They
 use only the block's public ``A``, ``A_alone``, ``W``, ``mlp_skip`` and ``head``.
+
+A stack of K blocks (``ContextualBlock(num_blocks=K)``): block k, with its own input tokens
+``(C^k, x^k)`` (blocks 1..k-1 run on the full prompt, :meth:`ContextualBlock.block_input`), is a
+contextual block ``M_{W_k}(A_k(C^k, x^k))`` whose output is a whole token. The ``block_*``
+functions apply both results to it through the token-level entries :func:`token_split` and
+:func:`token_implicit_output`: ``M_{W_k}(A_k(C^k, x^k)) = M_{W_k + Delta W_k}(A_k(x^k))``
+(+ ``Delta A_k`` with the MLP's skip). Context tokens never attend to the query, so replacing
+block k's query output by the right-hand side leaves the final prediction unchanged.
 """
 
 from typing import NamedTuple
@@ -21,7 +29,7 @@ from typing import NamedTuple
 import torch
 
 from icl_lightning.checks import require
-from icl_lightning.models.contextual_block import ContextualBlock
+from icl_lightning.models.contextual_block import ContextualBlock, ContextualLayer, ContextualMLP
 
 
 def check_block(model: object) -> ContextualBlock:
@@ -83,6 +91,57 @@ def implicit_prediction(
     if model.mlp_skip:
         pred = pred + output_shift(split.A_C, split.A_rest)[..., -1]
     return pred
+
+
+def token_split(layer: ContextualLayer, W: torch.Tensor, context, query) -> Split:
+    """Theorem 2.2 for Y = C at token level, for any block: ``A_C = A(C^k, x^k)``,
+    ``A_rest = A(x^k)`` of the layer ``A`` on tokens ``context`` (B, N, D) and ``query`` (B, D),
+    and ``Delta W = (W (A_C - A_rest)) A_rest^T / ||A_rest||^2``."""
+    A_C, A_rest = layer(context, query), layer.alone(query)
+    return Split(delta_W(W, A_C, A_rest), A_C, A_rest)
+
+
+def token_implicit_output(mlp: ContextualMLP, split: Split) -> torch.Tensor:
+    """``M_{W + Delta W}(A_rest)`` (+ ``Delta A`` with the skip), the whole output token
+    ``(B, D)``, from the pre-activation ``u = (W + Delta W) A_rest + b``; Theorem 2.2 says it
+    equals ``M_W(A_C)``."""
+    u = torch.einsum("bmD,bD->bm", mlp.W + split.delta_W, split.A_rest) + mlp.b
+    out = mlp.from_preactivation(u, split.A_rest)
+    return out + output_shift(split.A_C, split.A_rest) if mlp.skip else out
+
+
+class BlockEquivalence(NamedTuple):
+    """Theorem 2.2 for block k of a stack, on its own input ``(C^k, x^k)``."""
+
+    output: torch.Tensor  # M_{W_k}(A_k(C^k, x^k)), (B, D)
+    implicit_output: torch.Tensor  # M_{W_k + Delta W_k}(A_k(x^k)) (+ Delta A_k), (B, D)
+    prediction: torch.Tensor  # T(C, x), (B,)
+    implicit_prediction: torch.Tensor  # T with block k's query output replaced, (B,)
+
+
+def block_equivalence(model: ContextualBlock, k: int, context_x, context_y, query_x):
+    """:class:`BlockEquivalence` of block k (1-based): both output tokens of block k at the
+    query, and the final predictions through blocks k+1..K from each (equal, since context
+    tokens ``C^{k+1} = M_{W_k}(A_k,ctx(C^k))`` do not depend on the query)."""
+    context, query = check_block(model).block_input(k, context_x, context_y, query_x)
+    layer, mlp = model.layers(k)
+    split = token_split(layer, mlp.W, context, query)
+    output, implicit = mlp(split.A_C), token_implicit_output(mlp, split)
+    if k < model.num_blocks:
+        context = mlp(layer.context_only(context))
+    return BlockEquivalence(
+        output,
+        implicit,
+        model.predict_from(k, context, output),
+        model.predict_from(k, context, implicit),
+    )
+
+
+def block_A_sequence(model: ContextualBlock, k: int, context_x, context_y, query_x):
+    """``A_k(c^k_1..c^k_i, x^k)`` for i = 0..N ``(B, N + 1, D)``: Proposition 3.1's sequence
+    for block k on its own input (running sums, :meth:`ContextualLayer.prefixes`)."""
+    context, query = check_block(model).block_input(k, context_x, context_y, query_x)
+    return model.layers(k)[0].prefixes(context, query)
 
 
 def output_shift(A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""A stack of K contextual blocks (``ContextualBlock(num_blocks=K)``) and its per-block probes:
+Theorem 2.2 and Proposition 3.1 for every block in float64 on random weights, and the CLI."""
+
+import math
+
+import pytest
+import torch
+from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
+
+from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence
+from icl_lightning.data.batch import ICLBatch
+from icl_lightning.models import ContextualBlock
+from icl_lightning.theory.delta_w import block_A_sequence, block_equivalence
+
+TOL = 1e-10
+B, N, d = 5, 7, 3
+
+
+def stack(K, attention, mlp_skip, layer_norm) -> ContextualBlock:
+    torch.manual_seed(K)
+    return ContextualBlock(
+        d,
+        num_heads=2,
+        attention=attention,
+        mlp_skip=mlp_skip,
+        layer_norm=layer_norm,
+        num_blocks=K,
+        init_scale=0.5,
+    ).double()
+
+
+def prompt(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cx, cy, qx = (
+        torch.randn(*s, generator=g, dtype=torch.float64) for s in ((B, N, d), (B, N), (B, d))
+    )
+    return cx, cy, qx
+
+
+CASES = [
+    (K, attention, skip, ln)
+    for K in (2, 4)
+    for attention in ("softmax", "linear")
+    for skip in (False, True)
+    for ln in (False, True)
+]
+
+
+@pytest.mark.parametrize(("K", "attention", "mlp_skip", "layer_norm"), CASES)
+def test_theorem_2_2_for_every_block(K, attention, mlp_skip, layer_norm):
+    """M_{W_k}(A_k(C^k, x^k)) = M_{W_k + dW_k}(A_k(x^k)) (+ dA_k) for k = 1..K, and the final
+    prediction is unchanged when block k's query output is replaced."""
+    model = stack(K, attention, mlp_skip, layer_norm)
+    cx, cy, qx = prompt()
+    with torch.no_grad():
+        T = model(cx, cy, qx)
+        for k in range(1, K + 1):
+            e = block_equivalence(model, k, cx, cy, qx)
+            scale = e.output.abs().max()
+            assert (e.output - e.implicit_output).abs().max() < TOL * scale
+            assert (e.prediction - T).abs().max() < TOL * T.abs().max()
+            assert (e.implicit_prediction - T).abs().max() < TOL * T.abs().max()
+
+
+@pytest.mark.parametrize(("K", "attention", "mlp_skip", "layer_norm"), CASES[::3])
+def test_prefix_running_sums_for_every_block(K, attention, mlp_skip, layer_norm):
+    """Block k's running-sum prefixes equal masked passes A_k(c^k_1..c^k_i, x^k)."""
+    model = stack(K, attention, mlp_skip, layer_norm)
+    cx, cy, qx = prompt(1)
+    with torch.no_grad():
+        for k in range(1, K + 1):
+            A_seq = block_A_sequence(model, k, cx, cy, qx)
+            context, query = model.block_input(k, cx, cy, qx)
+            layer = model.layers(k)[0]
+            keep = torch.arange(N) < torch.arange(N + 1)[:, None]  # (N + 1, N): prefix i
+            masked = layer(context, query, keep.expand(B, -1, -1))
+            assert (A_seq - masked).abs().max() < TOL * masked.abs().max()
+            assert (A_seq[:, 0] - layer.alone(query)).abs().max() < TOL * masked.abs().max()
+
+
+def test_context_tokens_never_see_the_query():
+    model = stack(3, "softmax", False, True)
+    cx, cy, qx = prompt(2)
+    with torch.no_grad():
+        for k in (2, 3):
+            one = model.block_input(k, cx, cy, qx)[0]
+            other = model.block_input(k, cx, cy, qx + 1.0)[0]
+            assert (one - other).abs().max() == 0
+
+
+def test_one_block_is_todays_block():
+    """num_blocks=1 keeps the state-dict names and the forward of the single block."""
+    torch.manual_seed(0)
+    model = ContextualBlock(d)
+    assert model.num_blocks == 1
+    assert all(not name.startswith("earlier") for name in model.state_dict())
+    cx, cy, qx = (t.float() for t in prompt())
+    assert torch.equal(model(cx, cy, qx), model.head(model.A(cx, cy, qx)))
+
+
+def test_block_past_K_is_a_clear_error():
+    model = stack(2, "softmax", False, False)
+    with pytest.raises(ValueError, match=r"block=3 is invalid: expected an integer in 1\.\.2"):
+        model.layers(3)
+    with pytest.raises(ValueError, match="num_blocks=2"):
+        model.A(*prompt())
+    with pytest.raises(ValueError, match="block="):
+        DeltaWEquivalence(block=0)
+    with pytest.raises(ValueError, match="num_blocks=0"):
+        ContextualBlock(d, num_blocks=0)
+
+
+def probes_yaml(tmp_path, block) -> str:
+    """The config's two probes with ``block``, shrunk (and N = 6) for a test."""
+    probe = f"block: {block}, every_n_steps: 3, num_tasks: 64"
+    path = tmp_path / "probes.yaml"
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        + "".join(
+            f"    - class_path: icl_lightning.callbacks.{name}\n      init_args: {{{probe}}}\n"
+            for name in ("DeltaWEquivalence", "DeltaWConvergence")
+        )
+        + "data:\n  init_args:\n    num_context: 6\n"
+    )
+    return f"--config={path}"
+
+
+def test_cli_fit_logs_every_block(tmp_path):
+    config = f"--config={CONFIGS / 'contextual_transformer.yaml'}"
+    cli = run_cli(["fit", config, probes_yaml(tmp_path, "all"), *tiny_args(tmp_path)])
+    results = {}
+    for probe in cli.trainer.callbacks:
+        if isinstance(probe, DeltaWEquivalence | DeltaWConvergence):
+            results.update(probe.last_results)
+    for k in (1, 2):
+        assert results[f"dw/block{k}/max_rel_diff"] < 1e-4
+        assert math.isclose(
+            results[f"dw/block{k}/loss_context"], results[f"dw/block{k}/loss_delta_w"], rel_tol=1e-5
+        )
+        assert math.isfinite(results[f"dw/block{k}/update_ratio"])
+    assert {0, 3, 6} <= set(read_scalars(tmp_path)["dw/block1/max_abs_diff"])
+    assert {"dw/block1/equivalence", "dw/block2/convergence"} <= image_tags(tmp_path)
+
+
+def test_cli_block_past_K_is_a_usage_error(tmp_path, capsys):
+    config = f"--config={CONFIGS / 'contextual_transformer.yaml'}"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", config, probes_yaml(tmp_path, 3), *tiny_args(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "block=3 is invalid" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("--model.model.help=icl_lightning.models.ContextualBlock", "--model.num_blocks"),
+        ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWEquivalence", "'all'"),
+        ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWConvergence", "'all'"),
+    ],
+)
+def test_new_options_in_help(capsys, option, named):
+    config = f"--config={CONFIGS / 'contextual_transformer.yaml'}"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", config, option])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert named in out and ("num_blocks" in out)
+
+
+def test_block_none_on_a_stack_measures_block_K_with_the_single_block_tags():
+    model = stack(2, "softmax", False, False)
+    cx, cy, qx = prompt(3)
+    batch = ICLBatch(cx, cy, qx, torch.zeros(B, dtype=torch.float64))
+    with torch.no_grad():
+        sums = DeltaWEquivalence().compute(model, batch)
+        e = block_equivalence(model, 2, cx, cy, qx)
+        assert sums["max_abs_diff"] == (e.output - e.implicit_output).abs().max()
+        assert set(DeltaWConvergence().compute(model, batch)) == {"norm", "update"}
