@@ -36,4 +36,4 @@ reproduce-quick: $(STAMP)
 	$(BIN)/python scripts/reproduce.py --quick
 
 clean:
-	rm -rf $(VENV) logs reports/quick reports/full *.egg-info
+	rm -rf $(VENV) logs reports *.egg-info
