@@ -60,6 +60,18 @@ def aggregate(runs: Sequence[Scalars], tag: str) -> Curve | None:
     return Curve(steps, values.mean(0).tolist(), std.tolist(), len(series))
 
 
+def final_values(runs: Sequence[Scalars], prefix: str, parse: Callable = float) -> Curve | None:
+    """The last value (mean +- std over seeds) of every tag ``<prefix><x>``, as one curve over
+    ``x = parse(suffix)``, e.g. ``ft/dw_loss_i<i>`` over i; ``None`` if no run logged any such
+    tag or a run misses one."""
+    tags = {parse(t[len(prefix) :]): t for r in runs for t in r if t.startswith(prefix)}
+    curves = [aggregate(runs, tags[x]) for x in sorted(tags)]
+    if not curves or not all(curves):
+        return None
+    means, stds = zip(*(c.final for c in curves), strict=True)
+    return Curve(sorted(tags), list(means), list(stds), curves[0].seeds)
+
+
 def band_figure(
     curves: Mapping[str, Curve],
     xlabel: str,

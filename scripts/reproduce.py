@@ -13,7 +13,6 @@ figure, every number a mean +- std over the seeds, next to the paper's.
 """
 
 import argparse
-import copy
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from icl_lightning.report import (
     Scalars,
     aggregate,
     band_figure,
+    final_values,
     markdown_table,
     read_scalars,
 )
@@ -366,7 +366,6 @@ def derived_config(experiment: Experiment, variant: str, seed: int, quick: bool)
         "data.init_args.seed": seed,
         "trainer.enable_progress_bar": False,  # one line per run here instead
     }
-    config = copy.deepcopy(config)
     for path, value in changes.items():
         set_path(config, path, value)
     return config
@@ -417,31 +416,11 @@ def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, str]:
         curves = {label: aggregate(runs, tag) for label, tag in spec["tags"].items()}
         return {k: v for k, v in curves.items() if v is not None}, "step"
     if "per_i" in spec:
-        curves = {}
-        for label, prefix in spec["per_i"].items():
-            indices = sorted(
-                {int(t[len(prefix) :]) for r in runs for t in r if t.startswith(prefix)}
-            )
-            final = [aggregate(runs, f"{prefix}{i}") for i in indices]
-            if final and all(final):
-                curves[label] = type(final[0])(
-                    indices,
-                    [c.final[0] for c in final],
-                    [c.final[1] for c in final],
-                    final[0].seeds,
-                )
-        return curves, "context index i"
-    curves = {}
-    for who in ("model", "gd"):
-        prefix = f"{spec['alpha']}/loss_{who}_{spec['shift']}_a"
-        tags = sorted({t for r in runs for t in r if t.startswith(prefix)})
-        final = [aggregate(runs, t) for t in tags]
-        if final and all(final):
-            alphas = [float(t[len(prefix) :]) for t in tags]
-            curves[who] = type(final[0])(
-                alphas, [c.final[0] for c in final], [c.final[1] for c in final], final[0].seeds
-            )
-    return curves, "alpha"
+        curves = {label: final_values(runs, prefix, int) for label, prefix in spec["per_i"].items()}
+        return {k: v for k, v in curves.items() if v is not None}, "context index i"
+    prefix = f"{spec['alpha']}/loss_{{}}_{spec['shift']}_a"
+    curves = {who: final_values(runs, prefix.format(who)) for who in ("model", "gd")}
+    return {k: v for k, v in curves.items() if v is not None}, "alpha"
 
 
 def across_variants(e: Experiment, spec: dict, seeds: int, root: Path, out: Path) -> str:
