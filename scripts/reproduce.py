@@ -3,6 +3,11 @@
     python scripts/reproduce.py --quick                 # every experiment, reduced size
     python scripts/reproduce.py             # the papers' own scale (prints its estimate first)
     python scripts/reproduce.py --only lsa_one_layer contextual_block --seeds 5
+    python scripts/reproduce.py --only lsa_deep --seeds 1 --max-steps 5000   # part of the way
+
+``--max-steps K`` stops every run of the full scale at K steps (at most the paper's count): the
+report then says "K of the paper's S steps" for each experiment, and a later call with a larger
+K resumes those runs from their ``last.ckpt`` instead of starting again.
 
 Every run is ``icl-lightning fit --config <derived config>``: the shipped config with the
 experiment's changes (steps, seed, sizes) written to ``<run dir>/reproduce.yaml``, in a fresh
@@ -354,14 +359,22 @@ def set_path(config: dict, path: str, value) -> None:
     node[keys[-1]] = value
 
 
-def derived_config(experiment: Experiment, variant: str, seed: int, quick: bool) -> dict:
+def planned_steps(experiment: Experiment, quick: bool, max_steps: int | None = None) -> int:
+    """Steps of each run: the quick or the full count, capped at ``max_steps`` when given."""
+    steps = experiment.quick_steps if quick else experiment.full_steps
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def derived_config(
+    experiment: Experiment, variant: str, seed: int, quick: bool, max_steps: int | None = None
+) -> dict:
     """The shipped config with the experiment's, the variant's and the seed's changes."""
     config = yaml.safe_load((ROOT / experiment.config).read_text())
     changes = {
         **experiment.changes,
         **experiment.variants[variant],
         **(experiment.quick if quick else {}),
-        "trainer.max_steps": experiment.quick_steps if quick else experiment.full_steps,
+        "trainer.max_steps": planned_steps(experiment, quick, max_steps),
         "seed_everything": seed,
         "data.init_args.seed": seed,
         "trainer.enable_progress_bar": False,  # one line per run here instead
@@ -375,13 +388,23 @@ def run_dir(root: Path, experiment: Experiment, variant: str, seed: int) -> Path
     return root / experiment.name / variant / f"seed{seed}"
 
 
-def train(experiment: Experiment, variant: str, seed: int, quick: bool, root: Path) -> str:
-    """Run one training (or skip it when done); return a status line."""
+def train(
+    experiment: Experiment,
+    variant: str,
+    seed: int,
+    quick: bool,
+    root: Path,
+    max_steps: int | None = None,
+) -> str:
+    """Run one training (or skip it when done to at least its planned steps; a run done to
+    fewer steps resumes from its ``last.ckpt``); return a status line."""
     directory = run_dir(root, experiment, variant, seed)
-    if (directory / "done.json").exists():
+    steps = planned_steps(experiment, quick, max_steps)
+    done = directory / "done.json"
+    if done.exists() and json.loads(done.read_text()).get("steps", steps) >= steps:
         return "done earlier, skipped"
     directory.mkdir(parents=True, exist_ok=True)
-    config = derived_config(experiment, variant, seed, quick)
+    config = derived_config(experiment, variant, seed, quick, max_steps)
     logger = config["trainer"]["logger"]["init_args"]
     logger.update(save_dir=str(directory.parents[1]), name=variant, version=f"seed{seed}")
     config_path = directory / "reproduce.yaml"
@@ -396,15 +419,17 @@ def train(experiment: Experiment, variant: str, seed: int, quick: bool, root: Pa
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed (rc {proc.returncode}); see {log.name}")
-    (directory / "done.json").write_text(json.dumps({"seconds": seconds, "command": command}))
+    done.write_text(json.dumps({"seconds": seconds, "steps": steps, "command": command}))
     return f"trained in {seconds:.0f} s"
 
 
-def estimate_seconds(experiments: list[Experiment], seeds: int, quick: bool) -> float:
+def estimate_seconds(
+    experiments: list[Experiment], seeds: int, quick: bool, max_steps: int | None = None
+) -> float:
     """Time estimate on a 2-core CPU from each experiment's measured seconds per 1,000 steps."""
     total = 0.0
     for e in experiments:
-        steps = e.quick_steps if quick else e.full_steps
+        steps = planned_steps(e, quick, max_steps)
         total += len(e.variants) * seeds * (10 + e.seconds * steps / 1000)
     return total
 
@@ -444,18 +469,30 @@ def across_variants(e: Experiment, spec: dict, seeds: int, root: Path, out: Path
     return f"![{spec['file']}]({name})"
 
 
-def report(experiments: list[Experiment], seeds: int, root: Path, out: Path, quick: bool) -> dict:
+def report(
+    experiments: list[Experiment],
+    seeds: int,
+    root: Path,
+    out: Path,
+    quick: bool,
+    max_steps: int | None = None,
+) -> dict:
     """Write ``report.md``, ``results.json`` and the PNGs under ``out``; return the results."""
     out.mkdir(parents=True, exist_ok=True)
     results, sections = {}, [f"# Reproduction report ({'quick' if quick else 'full'} scale)\n"]
     sections.append(
         "Every value is the mean ± std over seeds of the last logged value, at the step given. "
         f"Regenerate with `python scripts/reproduce.py{' --quick' if quick else ''} "
-        f"--seeds {seeds}`.\n"
+        f"--seeds {seeds}{'' if max_steps is None else f' --max-steps {max_steps}'}`.\n"
     )
     for e in experiments:
-        steps = e.quick_steps if quick else e.full_steps
-        scale = f"reduced from the full {e.full_steps}" if quick else "the full scale"
+        steps = planned_steps(e, quick, max_steps)
+        if quick:
+            scale = f"reduced from the full {e.full_steps}"
+        elif steps < e.full_steps:
+            scale = f"stopped early: {steps} of the paper's {e.full_steps} steps, not its result"
+        else:
+            scale = "the full scale"
         sections.append(f"## {e.title}\n\n`{e.config}`, {steps} steps ({scale}).\n")
         results[e.name] = {}
         for variant in e.variants:
@@ -488,25 +525,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="reduced size, <= 15 min on 2 cores")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=str(names))
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="K",
+        help="stop each full-scale run at K steps (resumed by a later, larger K)",
+    )
     parser.add_argument("--report-only", action="store_true", help="no training, only the report")
     parser.add_argument("--logs", type=Path, default=ROOT / "logs" / "reproduce")
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds={args.seeds} is invalid: expected an integer >= 1")
+    if args.max_steps is not None and (args.max_steps < 1 or args.quick):
+        parser.error(
+            f"--max-steps={args.max_steps} is invalid: expected an integer >= 1, without --quick"
+        )
     scale = "quick" if args.quick else "full"
     experiments = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
     root, out = args.logs / scale, args.out / scale
     runs = [(e, v, s) for e in experiments for v in e.variants for s in range(args.seeds)]
-    estimate = estimate_seconds(experiments, args.seeds, args.quick)
+    estimate = estimate_seconds(experiments, args.seeds, args.quick, args.max_steps)
     print(f"{len(runs)} runs; estimated {estimate / 60:.0f} min on a 2-core CPU (less on a GPU)")
     if not args.report_only:
         start = time.perf_counter()
         for k, (e, variant, seed) in enumerate(runs, start=1):
             print(f"[{k}/{len(runs)}] {e.name}/{variant} seed {seed}: ", end="", flush=True)
-            print(train(e, variant, seed, args.quick, root), flush=True)
+            print(train(e, variant, seed, args.quick, root, args.max_steps), flush=True)
         print(f"all runs finished in {(time.perf_counter() - start) / 60:.1f} min")
-    report(experiments, args.seeds, root, out, args.quick)
+    report(experiments, args.seeds, root, out, args.quick, args.max_steps)
     print(f"report: {out / 'report.md'}")
 
 

@@ -104,6 +104,43 @@ def test_bad_seeds_is_a_usage_error(capsys):
     assert "--seeds=0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args", [["--max-steps", "0"], ["--max-steps", "10", "--quick"]])
+def test_bad_max_steps_is_a_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main([*args, "--report-only"])
+    assert exit_info.value.code == 2
+    assert "--max-steps" in capsys.readouterr().err
+
+
+def test_max_steps_caps_runs_and_a_larger_cap_resumes_them(tmp_path, monkeypatch):
+    """``--max-steps`` sets each run's ``trainer.max_steps``; a run done to that cap is skipped,
+    and a larger cap continues it from its ``last.ckpt`` (the training itself is stubbed)."""
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    deep = next(e for e in reproduce.EXPERIMENTS if e.name == "lsa_deep")
+    directory = reproduce.run_dir(tmp_path, deep, "L2", 0)
+
+    def planned_max_steps() -> int:
+        config = yaml.safe_load((directory / "reproduce.yaml").read_text())
+        return config["trainer"]["max_steps"]
+
+    assert reproduce.train(deep, "L2", 0, False, tmp_path, max_steps=300).startswith("trained")
+    assert planned_max_steps() == 300 and len(commands) == 1
+    assert reproduce.train(deep, "L2", 0, False, tmp_path, max_steps=300) == "done earlier, skipped"
+    (directory / "checkpoints").mkdir()
+    (directory / "checkpoints" / "last.ckpt").write_bytes(b"")
+    reproduce.train(deep, "L2", 0, False, tmp_path, max_steps=600)
+    assert planned_max_steps() == 600 and len(commands) == 2
+    assert commands[1][-1] == f"--ckpt_path={directory / 'checkpoints' / 'last.ckpt'}"
+    assert reproduce.train(deep, "L2", 0, False, tmp_path) != "done earlier, skipped"
+    assert planned_max_steps() == deep.full_steps
+
+
 @pytest.mark.slow
 def test_quick_reproduction_end_to_end_and_resumable(tmp_path):
     """``--quick`` of paper A's one-layer experiment reproduces it, and a rerun skips it."""
