@@ -1,7 +1,5 @@
 """GDAlignment: how closely the trained model matches gradient descent (paper A, Figure 2)."""
 
-from functools import partial
-
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -13,7 +11,7 @@ from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models.lsa import LSA
 from icl_lightning.plotting import line_figure
 from icl_lightning.theory.alignment import alignment_sums, interpolate_lsa_layer, sensitivities
-from icl_lightning.theory.gd import gd_lsa_layer, gd_plus_plus_predict
+from icl_lightning.theory.gd import gd_lsa_layer, gd_plus_plus_weights, gd_weights
 from icl_lightning.theory.loss import prediction_loss
 
 _CURVES = {
@@ -70,22 +68,20 @@ class GDAlignment(GDBaselineProbe):
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
         inputs = (batch.context_x, batch.context_y, batch.query_x)
-        sizes = self.step_sizes
-        learners = {
-            "": self.gd_learner(),
-            "_pp": partial(
-                gd_plus_plus_predict,
-                eta=sizes.eta_pp,
-                gamma=sizes.gamma_pp,
-                num_steps=self.learner_steps,
+        sizes, L = self.step_sizes, self.learner_steps
+        # GD and GD++ are linear in the query: pred = <w, x_q>, and w is their sensitivity
+        weights = {
+            "": gd_weights(batch.context_x, batch.context_y, sizes.eta, L),
+            "_pp": gd_plus_plus_weights(
+                batch.context_x, batch.context_y, sizes.eta_pp, sizes.gamma_pp, L
             ),
         }
         pred_T, sens_T = predict(model, batch), sensitivities(model, *inputs)
         sums = {"loss_model": self._loss(pred_T, batch)}
-        for suffix, learner in learners.items():
-            pred_G = learner(*inputs)
+        for suffix, w in weights.items():
+            pred_G = (w * batch.query_x).sum(-1)
             sums[f"loss_gd{suffix}"] = self._loss(pred_G, batch)
-            metrics = alignment_sums(pred_T, sens_T, pred_G, sensitivities(learner, *inputs))
+            metrics = alignment_sums(pred_T, sens_T, pred_G, w)
             sums.update({f"{name}{suffix}": value for name, value in metrics.items()})
         interpolated = self._interpolated(model, batch.num_context)
         if interpolated is not None:

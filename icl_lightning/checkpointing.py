@@ -2,6 +2,7 @@
 
 import signal
 import threading
+from functools import cached_property
 
 import lightning as L
 import torch
@@ -43,6 +44,21 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     _align_logging_step = False
+
+    @cached_property
+    def state_key(self) -> str:  # type: ignore[override]
+        """ModelCheckpoint's key, built once: it depends only on options fixed at construction,
+        and Lightning formats it into a label at every callback hook of every step."""
+        return super().state_key
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """As ModelCheckpoint's, but return at once on the steps that save nothing (no time
+        interval set and ``global_step`` not a multiple of ``every_n_train_steps``)."""
+        every = self._every_n_train_steps
+        if self._train_time_interval is None and (every < 1 or trainer.global_step % every):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -28,6 +28,7 @@ import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -36,6 +37,7 @@ from icl_lightning.checkpointing import RunCheckpoint
 from icl_lightning.data.datamodule import ICLDataModule
 from icl_lightning.hparams import FinalMetrics
 from icl_lightning.modules.base import ICLRegressionModule
+from icl_lightning.profiling import NoProfiler
 from icl_lightning.progress import StepProgressBar
 from icl_lightning.run_checks import (
     LIGHTNING_CKPT_NAMES,
@@ -99,6 +101,7 @@ class ICLLightningCLI(LightningCLI):
             {
                 "model": {"class_path": "icl_lightning.modules.ICLRegressionModule"},
                 "data": {"class_path": "icl_lightning.data.ICLDataModule"},
+                "progress_bar.refresh_rate": 10,  # redraws per second (Lightning's default: 100)
                 "checkpoint.save_last": True,
                 "checkpoint.every_n_train_steps": 100,
                 "trainer.default_root_dir": "logs/unlogged",
@@ -139,10 +142,16 @@ class ICLLightningCLI(LightningCLI):
             self.parser.error(str(error))
         super()._parse_ckpt_path()
 
+    @property
+    def run_config(self):
+        """The parsed options of this run: those of the subcommand, or all of them when the CLI
+        was built with ``run=False`` (no subcommand, as in ``scripts/benchmark.py``)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
         """Refuse options that cannot work; choose the run directory (a resumed run's own, or a
         new one when there is no logger)."""
-        config = self.config[self.subcommand]
+        config = self.run_config
         trainer = config.trainer
         if str(trainer.precision) == "16-true":
             self.parser.error(
@@ -180,13 +189,15 @@ class ICLLightningCLI(LightningCLI):
             self._check_run()
         except (ValueError, MisconfigurationException) as error:
             self.parser.error(str(error))
-        options = self.config[self.subcommand].as_dict()
+        if type(self.trainer.profiler) is PassThroughProfiler:  # no --trainer.profiler given
+            self.trainer.profiler = NoProfiler()
+        options = self.run_config.as_dict()
         params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
         self.trainer.callbacks.append(FinalMetrics(params))
 
     def _check_run(self) -> None:
         """ValueError unless checkpoint, probes, data and trainer fit together."""
-        config = self.config[self.subcommand]
+        config = self.run_config
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
             check_checkpoint_network(load_checkpoint(ckpt_path), ckpt_path, self.model)

@@ -13,8 +13,13 @@ def line_figure(
     title: str = "",
     logy: bool = False,
 ) -> Figure:
-    """One axes with a labelled line per entry of ``curves`` (all sharing ``x``)."""
-    figure = Figure(figsize=(5, 3.5), layout="constrained")
+    """One axes with a labelled line per entry of ``curves`` (all sharing ``x``).
+
+    Fixed margins rather than a layout engine: constrained layout lays the figure out twice
+    and was two thirds of the time a probe spent drawing its figures.
+    """
+    figure = Figure(figsize=(5, 3.5))
+    figure.subplots_adjust(left=0.16, right=0.97, bottom=0.14, top=0.91)
     axes = figure.add_subplot()
     for label, y in curves.items():
         axes.plot(list(x), [float(v) for v in y], marker="o", markersize=3, label=label)

@@ -1,5 +1,7 @@
 """StepProgressBar: Lightning's rich bar, labelled by optimizer steps."""
 
+import time
+
 from lightning.pytorch.callbacks import RichProgressBar
 from typing_extensions import override
 
@@ -9,7 +11,25 @@ class StepProgressBar(RichProgressBar):
 
     Runs here are sized by ``trainer.max_steps``; Lightning's label, ``Epoch e/(max_epochs - 1)``,
     reads ``Epoch 9/-2`` when ``max_epochs`` is unset (-1).
+
+    The bar is updated at most ``refresh_rate`` times a second (Lightning's updates it, and reads
+    every progress-bar metric, after every batch: about a tenth of a small model's step here),
+    and always at the epoch's last batch and the run's last step.
     """
+
+    _next_update = 0.0
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.is_enabled:
+            now = time.monotonic()
+            last = batch_idx + 1 == self.total_train_batches or (
+                0 < trainer.max_steps <= trainer.global_step
+            )
+            if now < self._next_update and not last:
+                return
+            self._next_update = now + 1.0 / self.refresh_rate
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     @override
     def _get_train_description(self, current_epoch: int) -> str:

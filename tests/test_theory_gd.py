@@ -1,8 +1,10 @@
 """Exactness of paper A's GD learners, LSA constructions and eta search (float64, random tasks)."""
 
+from functools import partial
+
 import pytest
 import torch
-from references import naive_gd_plus_plus, naive_gd_predict
+from references import finite_difference_sensitivities, naive_gd_plus_plus, naive_gd_predict
 
 from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.models import LSA
@@ -12,6 +14,7 @@ from icl_lightning.theory import (
     gd_lsa_layers,
     gd_plus_plus_lsa_layer,
     gd_plus_plus_predict,
+    gd_plus_plus_weights,
     gd_predict,
     gd_weights,
     interpolate_lsa_layer,
@@ -84,6 +87,26 @@ def test_gd_plus_plus_and_its_construction_follow_the_papers_token_update(L):
     torch.testing.assert_close(lsa(cx, cy, qx), expected, **TOL)
     # the input transformation really acts from the second step on
     assert L == 1 or (expected - naive_gd_predict(cx, cy, qx, eta, L)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_gd_and_gd_plus_plus_weights_are_their_sensitivities(L):
+    """Both learners are linear in the query: ``pred = <w, x_q>`` and ``d pred/d x_q = w``
+    (what GDAlignment uses instead of differentiating them). Against the naive token update,
+    by central differences (exact for a linear function, so h = 1), and against autograd with
+    one step size pair per step."""
+    cx, cy, qx, _ = tasks(num=8, d=5, N=9, seed=20 + L)
+    w = gd_plus_plus_weights(cx, cy, 3.9, 0.07, L)
+    naive = partial(naive_gd_plus_plus, eta=3.9, gamma=0.07, num_steps=L)
+    torch.testing.assert_close(w, finite_difference_sensitivities(naive, cx, cy, qx, h=1.0), **TOL)
+    torch.testing.assert_close((w * qx).sum(-1), naive(cx, cy, qx), **TOL)
+    etas, gammas = [3.9, 4.4, 2.0][:L], [0.05, 0.11, 0.02][:L]
+    per_step = partial(gd_plus_plus_predict, eta=etas, gamma=gammas, num_steps=L)
+    torch.testing.assert_close(
+        gd_plus_plus_weights(cx, cy, etas, gammas, L), sensitivities(per_step, cx, cy, qx), **TOL
+    )
+    gd = partial(gd_predict, eta=3.9, num_steps=L)
+    torch.testing.assert_close(gd_weights(cx, cy, 3.9, L), sensitivities(gd, cx, cy, qx), **TOL)
 
 
 def test_gd_plus_plus_without_transformation_is_gd():

@@ -47,6 +47,16 @@ class ICLRegressionModule(L.LightningModule):
         self.val_zero_loss = MeanMetric()
         self.test_loss = MeanMetric()
 
+    def __setattr__(self, name: str, value) -> None:
+        """As ``nn.Module.__setattr__``, except for ``_current_fx_name``: Lightning sets that
+        plain string before and after every hook call (about 40 times a step), and nn.Module's
+        checks for parameters, buffers and submodules made it a tenth of Lightning's per-step
+        cost; a string needs none of them."""
+        if name == "_current_fx_name":
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
     @override
     def forward(self, batch: ICLBatch) -> torch.Tensor:
         """Query predictions of shape ``(B,)``."""

@@ -69,6 +69,33 @@ def per_step(value: float | Sequence[float], num_steps: int) -> list[float]:
     return values
 
 
+def gd_plus_plus_weights(context_x, context_y, eta, gamma, num_steps: int = 1) -> torch.Tensor:
+    """``(B, d)`` weights ``w`` of GD++, whose prediction is ``<w, x_q>`` (see
+    :func:`gd_plus_plus_predict` for the steps).
+
+    GD++ transforms the query linearly, ``x_q^(l) = T_l x_q`` with ``T_0 = I`` and
+    ``T_{l+1} = (I - gamma_l A_l) T_l``, and adds ``(eta_l/N) <X_l^T r_l, x_q^(l)>`` at step l,
+    so ``w = sum_l (eta_l/N) T_l^T X_l^T r_l``: GD++ is a linear model of the query, and ``w`` is
+    also its sensitivity ``d pred / d x_q``. O(N d^2 + d^3) per prompt and step.
+    """
+    N = context_x.shape[-2]
+    x, r = context_x, context_y
+    T = None  # T_l; None stands for the identity (no transformation yet)
+    w = torch.zeros_like(context_x[..., 0, :])
+    etas, gammas = per_step(eta, num_steps), per_step(gamma, num_steps)
+    for step, (eta_l, gamma_l) in enumerate(zip(etas, gammas, strict=True)):
+        Xr = torch.einsum("...nd,...n->...d", x, r)  # X^T r = sum_j r_j x_j
+        w = w + eta_l / N * (Xr if T is None else (T.transpose(-1, -2) @ Xr[..., None])[..., 0])
+        if step + 1 == num_steps:
+            break
+        A = x.transpose(-1, -2) @ x
+        r = r - eta_l / N * torch.einsum("...nd,...d->...n", x, Xr)
+        x = x - gamma_l * x @ A
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        T = eye - gamma_l * A if T is None else (eye - gamma_l * A) @ T
+    return w
+
+
 def gd_plus_plus_predict(
     context_x, context_y, query_x, eta, gamma, num_steps: int = 1
 ) -> torch.Tensor:
@@ -84,21 +111,11 @@ def gd_plus_plus_predict(
     ``gamma = 0`` is plain GD from ``w0 = 0``; the transformation is a curvature correction
     (it shrinks large eigenvalues of ``A``), so L steps of GD++ beat L steps of GD. ``eta`` and
     ``gamma`` are one number shared by the steps, or one per step (``eta_l``, ``gamma_l``, as
-    paper A's official code trains them). Computed in O(N d^2) per prompt:
-    ``sum_j r_j <x_j, x_i> = <X^T r, x_i>``, no N x N Gram.
+    paper A's official code trains them). Computed as ``<w, x_q>`` with the weights of
+    :func:`gd_plus_plus_weights` (``sum_j r_j <x_j, x_i> = <X^T r, x_i>``: no N x N Gram).
     """
-    N = context_x.shape[-2]
-    x, xq, r = context_x, query_x, context_y
-    pred = torch.zeros_like(query_x[..., 0])
-    etas, gammas = per_step(eta, num_steps), per_step(gamma, num_steps)
-    for eta_l, gamma_l in zip(etas, gammas, strict=True):
-        kq = torch.einsum("...nd,...d->...n", x, xq)  # <x_i, x_q>
-        Xr = torch.einsum("...nd,...n->...d", x, r)  # X^T r = sum_j r_j x_j
-        A = x.transpose(-1, -2) @ x
-        pred = pred + eta_l / N * (r * kq).sum(-1)
-        r = r - eta_l / N * torch.einsum("...nd,...d->...n", x, Xr)
-        x, xq = x - gamma_l * x @ A, xq - gamma_l * torch.einsum("...de,...e->...d", A, xq)
-    return pred
+    w = gd_plus_plus_weights(context_x, context_y, eta, gamma, num_steps)
+    return torch.einsum("...d,...d->...", w, query_x)
 
 
 # --------------------------------------------------------------------------- constructions
