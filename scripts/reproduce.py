@@ -374,7 +374,7 @@ EXPERIMENTS.append(
         "configs/lsa_linear.yaml",
         full_steps=5000,
         quick_steps=600,
-        seconds=25,
+        seconds=28,
         changes={"trainer.callbacks": _gd_at_lengths(1000, 10000)},
         quick={"trainer.callbacks": _gd_at_lengths(0, 2048), "data.init_args.batch_size": 1024},
         checks=[
