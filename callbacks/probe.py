@@ -69,6 +69,8 @@ class Probe(Callback):
             ``dims`` coordinates, other inputs 0, and ``points`` context points. One evaluation
             set per size (same seed; at the full size it is the ``"full"`` set), drawn once;
             the sizes measured are logged as ``<namespace>/dims`` and ``<namespace>/points``.
+            The step is ``trainer.global_step``, which Lightning's ``validate`` and ``test``
+            start at 0: there the probe measures at the curriculum's first size.
         tag: a sub-namespace: scalars and figures go to ``<namespace>/<tag>/<name>`` instead of
             ``<namespace>/<name>`` (two probes of one class in one run need different tags).
 
