@@ -197,3 +197,24 @@ def test_size_option_is_in_help_and_checked(capsys):
         ContextLengthProbe(size="current", num_context=10)
     with pytest.raises(ValueError, match="tag='a/b' is invalid"):
         ContextLengthProbe(tag="a/b")
+
+
+def test_size_current_probes_resume_exactly(tmp_path):
+    """The size measured, its evaluation set and GD's step sizes are functions of the step: a
+    run stopped at step 6 and resumed logs what an uninterrupted run logs at steps 6..12."""
+
+    def fit(directory, steps, *extra):
+        directory.mkdir(exist_ok=True)
+        args = [f"--config={DEMO}", *tiny_args(directory, steps), probes_at_both_sizes(directory)]
+        run_cli(["fit", *args, CURRICULUM, *extra])
+        return read_scalars(directory)
+
+    straight = fit(tmp_path / "a", 12)
+    fit(tmp_path / "b", 6)
+    resumed = fit(tmp_path / "b", 12, f"--ckpt_path={next((tmp_path / 'b').rglob('last.ckpt'))}")
+    tags = [t for t in straight if t.startswith("gd/current/")]
+    assert {"gd/current/dims", "gd/current/points", "gd/current/eta"} <= set(tags)
+    for tag in tags:
+        assert {t: v for t, v in resumed[tag].items() if t >= 6} == {
+            t: v for t, v in straight[tag].items() if t >= 6
+        }, tag
