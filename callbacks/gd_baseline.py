@@ -17,8 +17,9 @@ from icl_lightning.theory.step_sizes import StepSizes
 
 class GDBaselineProbe(Probe):
     """A probe that compares the model with L steps of GD whose step sizes are tuned for the
-    evaluation task (:class:`~icl_lightning.theory.step_sizes.StepSizes`), once per task, N
-    and L, before each measurement.
+    evaluation task (:class:`~icl_lightning.theory.step_sizes.StepSizes`), once per task, N,
+    L and active input dimension (``size="current"``: the curriculum's), before each
+    measurement.
 
     L is ``num_steps``, or the model's ``num_layers``. Subclasses read :attr:`step_sizes` and
     :attr:`learner_steps`, or take GD itself from :meth:`gd_learner`; ``plus_plus = False``
@@ -70,7 +71,14 @@ class GDBaselineProbe(Probe):
         tasks = self.evaluation_set(trainer, pl_module.device)  # the base's clear error if no task
         task = self.task or trainer.datamodule.task
         self.learner_steps = self._steps_of(pl_module.model)
-        self.step_sizes.tune(task, tasks.num_context, self.learner_steps, pl_module.device)
+        size = self.current_size(trainer)  # size="current": tuned for the curriculum's dims, too
+        self.step_sizes.tune(
+            task,
+            tasks.num_context,
+            self.learner_steps,
+            pl_module.device,
+            active_dim=None if size is None else size[0],
+        )
         return super().measure(trainer, pl_module)
 
     @override

@@ -4,16 +4,17 @@ A probe evaluates the training model on a fixed set of prompts (its own seed) ev
 ``every_n_steps`` optimizer steps, at the start and at the end of training, and at the end of a
 ``validate`` or ``test`` run. The base class owns everything but the measurement itself:
 
-- the evaluation set, drawn once on the module's device and split into contiguous shares, one
-  per DDP rank (a rank may own none; it still takes part in the reduction, so nothing hangs);
+- the evaluation set, drawn once on the module's device (once per curriculum size with
+  ``size="current"``) and split into contiguous shares, one per DDP rank (a rank may own none;
+  it still takes part in the reduction, so nothing hangs);
 - eval mode and ``torch.no_grad`` (both restored afterwards), and an optional float64 copy of
   the model;
 - one all-reduce of all sums (``trainer.strategy.reduce``), so the numbers do not depend on the
   number of processes;
-- logging: scalars under ``<namespace>/`` to every logger and ``trainer.callback_metrics``
-  at every measurement, figures to TensorBoard once at the end of training (drawing them costs
-  several measurements) and at the end of ``validate`` / ``test``, both from global rank zero
-  only;
+- logging: scalars under ``<namespace>/`` (``<namespace>/<tag>/`` with ``tag``) to every
+  logger and ``trainer.callback_metrics`` at every measurement, figures to TensorBoard once
+  at the end of training (drawing them costs several measurements) and at the end of
+  ``validate`` / ``test``, both from global rank zero only;
 - the history of its scalars over training steps (for curve figures) and ``state_dict`` for
   resume.
 
@@ -22,6 +23,7 @@ A subclass implements :meth:`compute` (sums over one chunk of prompts) and may o
 """
 
 import copy
+import re
 from typing import Literal
 
 import lightning as L
@@ -36,6 +38,7 @@ from typing_extensions import override
 
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.curriculum import Curriculum
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import TaskSampler
@@ -60,6 +63,16 @@ class Probe(Callback):
         task: task distribution of the evaluation set (default: the datamodule's).
         num_context: context points per prompt (default: the datamodule's).
         log_figures: send figures to TensorBoard.
+        size: ``"full"``: evaluate at the full size (the task's ``input_dim`` and
+            ``num_context``) throughout; ``"current"``: at the training curriculum's size at
+            the step of each measurement (``ICLDataModule(curriculum=...)``): tasks in the first
+            ``dims`` coordinates, other inputs 0, and ``points`` context points. One evaluation
+            set per size (same seed; at the full size it is the ``"full"`` set), drawn once;
+            the sizes measured are logged as ``<namespace>/dims`` and ``<namespace>/points``.
+            The step is ``trainer.global_step``, which Lightning's ``validate`` and ``test``
+            start at 0: there the probe measures at the curriculum's first size.
+        tag: a sub-namespace: scalars and figures go to ``<namespace>/<tag>/<name>`` instead of
+            ``<namespace>/<name>`` (two probes of one class in one run need different tags).
 
     Raises:
         ValueError: for an impossible option, or when neither the probe nor the datamodule
@@ -82,12 +95,27 @@ class Probe(Callback):
         task: TaskSampler | None = None,
         num_context: PositiveInt | None = None,
         log_figures: bool = True,
+        size: Literal["full", "current"] = "full",
+        tag: str | None = None,
     ) -> None:
         require(every_n_steps >= 0, "every_n_steps", every_n_steps, "an integer >= 0")
         require(num_tasks >= 1, "num_tasks", num_tasks, "an integer >= 1")
         require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
         require(dtype in _DTYPES, "dtype", dtype, "'float32' or 'float64'")
         require(num_context is None or num_context >= 1, "num_context", num_context, ">= 1")
+        require(size in ("full", "current"), "size", size, "'full' or 'current'")
+        require(
+            size == "full" or num_context is None,
+            "num_context",
+            num_context,
+            "None with size='current' (the curriculum sets the context length)",
+        )
+        require(
+            tag is None or re.fullmatch(r"[A-Za-z0-9_.=+-]+", tag) is not None,
+            "tag",
+            tag,
+            "None or a name of letters, digits and _.=+- (no '/')",
+        )
         self.every_n_steps = int(every_n_steps)
         self.num_tasks = int(num_tasks)
         self.batch_size = int(batch_size)
@@ -96,11 +124,15 @@ class Probe(Callback):
         self.task = task
         self.num_context = None if num_context is None else int(num_context)
         self.log_figures = log_figures
+        self.size = size
+        self.tag = tag
         self.last_step: int | None = None
         self.last_results: dict[str, float] = {}
         #: every measurement so far, ``{step: {name: value}}`` (no namespace), for curves
         self.history: dict[int, dict[str, float]] = {}
-        self._evaluation_set: ICLBatch | None = None
+        #: the evaluation sets drawn so far, by ``(device, dims, points)`` (``dims = points =
+        #: None``: the full size)
+        self._evaluation_sets: dict[tuple, ICLBatch] = {}
         self._results: dict[str, torch.Tensor] | None = None  # the latest, for the figures
 
     # ----------------------------------------------------------------- what subclasses write
@@ -135,6 +167,8 @@ class Probe(Callback):
         except ValueError as error:
             name, kind = type(self).__name__, type(model).__name__
             raise ValueError(f"{name} cannot measure a {kind}: {error}") from error
+        if self.size == "current":
+            self._curriculum(datamodule)
         data_dim = getattr(datamodule, "input_dim", None)
         if self.task is not None and data_dim is not None:
             require(
@@ -149,9 +183,17 @@ class Probe(Callback):
         ``model(context_x, context_y, query_x)``; a probe that needs more declares it here."""
 
     # ----------------------------------------------------------------------- the machinery
+    @property
+    def prefix(self) -> str:
+        """The start of every tag: ``<namespace>/``, or ``<namespace>/<tag>/`` with ``tag``."""
+        return f"{self.namespace}/" if self.tag is None else f"{self.namespace}/{self.tag}/"
+
     def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:
-        """The whole fixed evaluation set on ``device`` (drawn once, then cached)."""
-        if self._evaluation_set is None or self._evaluation_set.query_y.device != device:
+        """The whole fixed evaluation set on ``device``, at the size :meth:`current_size` gives
+        (drawn once per size and device, then cached)."""
+        size = self.current_size(trainer)
+        key = (str(device), *(size or (None, None)))
+        if key not in self._evaluation_sets:
             datamodule = trainer.datamodule
             task = self.task or getattr(datamodule, "task", None)
             num_context = self.num_context or getattr(datamodule, "num_context", None)
@@ -162,8 +204,35 @@ class Probe(Callback):
                 "a task and a context length, given to the probe or by the datamodule",
             )
             generator = seeded_generator(device, self.seed)
-            self._evaluation_set = task.sample(self.num_tasks, num_context, generator)
-        return self._evaluation_set
+            if size is None:
+                tasks = task.sample(self.num_tasks, num_context, generator)
+            else:
+                dims, points = size
+                tasks = task.sample_in_subspace(self.num_tasks, points, dims, generator)
+            kept = {k: v for k, v in self._evaluation_sets.items() if k[0] == key[0]}
+            self._evaluation_sets = kept | {key: tasks}  # sets on another device are dropped
+        return self._evaluation_sets[key]
+
+    def current_size(self, trainer: "L.Trainer") -> tuple[int, int] | None:
+        """``(dims, points)``, the datamodule's curriculum size at ``trainer.global_step`` when
+        ``size="current"`` (a pure function of the step); ``None`` for the full size."""
+        if self.size == "full":
+            return None
+        datamodule = trainer.datamodule
+        curriculum = self._curriculum(datamodule)
+        return curriculum.size(trainer.global_step, datamodule.input_dim, datamodule.num_context)
+
+    def _curriculum(self, datamodule: object) -> Curriculum:
+        """The datamodule's curriculum, or a ValueError naming ``size``."""
+        curriculum = getattr(datamodule, "curriculum", None)
+        require(
+            isinstance(curriculum, Curriculum),
+            f"{type(self).__name__}.size",
+            self.size,
+            "'full' unless the datamodule trains with a curriculum (data.init_args.curriculum): "
+            "'current' measures at the curriculum's current size",
+        )
+        return curriculum
 
     def _network(self, pl_module: "L.LightningModule") -> nn.Module:
         """``pl_module.model``, or a ValueError naming it when it is not an ``nn.Module``."""
@@ -228,7 +297,10 @@ class Probe(Callback):
         step = trainer.global_step
         results = self._results = self.measure(trainer, pl_module)
         self.history[step] = self.scalars(results)
-        scalars = {f"{self.namespace}/{k}": v for k, v in self.history[step].items()}
+        size = self.current_size(trainer)
+        if size is not None:
+            self.history[step] |= {"dims": float(size[0]), "points": float(size[1])}
+        scalars = {f"{self.prefix}{k}": v for k, v in self.history[step].items()}
         self.last_step, self.last_results = step, scalars
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         if not trainer.is_global_zero:
@@ -245,7 +317,7 @@ class Probe(Callback):
             return
         for tag, figure in self.figures(results).items():
             for board in boards:
-                board.experiment.add_figure(f"{self.namespace}/{tag}", figure, step, close=False)
+                board.experiment.add_figure(f"{self.prefix}{tag}", figure, step, close=False)
 
     # ----------------------------------------------------------------------------- hooks
     def _due(self, trainer: "L.Trainer") -> bool:
@@ -279,6 +351,13 @@ class Probe(Callback):
     @override
     def on_test_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self.run(trainer, pl_module)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """The class name, plus ``tag`` when given: probes of one class in one run keep their
+        own state in a checkpoint when their tags differ."""
+        return super().state_key if self.tag is None else self._generate_state_key(tag=self.tag)
 
     @override
     def state_dict(self) -> dict:

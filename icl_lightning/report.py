@@ -65,6 +65,13 @@ def final_values(runs: Sequence[Scalars], prefix: str, parse: Callable = float) 
     ``x = parse(suffix)``, e.g. ``ft/dw_loss_i<i>`` over i; ``None`` if no run logged any such
     tag or a run misses one."""
     tags = {parse(t[len(prefix) :]): t for r in runs for t in r if t.startswith(prefix)}
+    return final_curve(runs, tags)
+
+
+def final_curve(runs: Sequence[Scalars], tags: Mapping[float, str]) -> Curve | None:
+    """The last value (mean +- std over seeds) of ``tags[x]`` for every x, as one curve over x,
+    e.g. ``{5: "gd/N5/loss_model", 10: "gd/N10/loss_model"}``; ``None`` if ``tags`` is empty,
+    or no run logged one of them."""
     curves = [aggregate(runs, tags[x]) for x in sorted(tags)]
     if not curves or not all(curves):
         return None
@@ -79,6 +86,7 @@ def band_figure(
     title: str = "",
     logy: bool = False,
     marks: Sequence[float] = (),
+    logx: bool = False,
 ) -> Figure:
     """Mean lines with shaded +-1 std bands over the curves' x values (``Curve.steps``), and a
     dashed vertical line at each of ``marks`` (e.g. where a curriculum stage starts)."""
@@ -93,6 +101,8 @@ def band_figure(
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if logy:
         axes.set_yscale("log")
+    if logx:
+        axes.set_xscale("log")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     return figure

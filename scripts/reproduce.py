@@ -32,7 +32,9 @@ from icl_lightning.report import (
     Scalars,
     aggregate,
     band_figure,
+    final_curve,
     final_values,
+    format_value,
     markdown_table,
     read_scalars,
 )
@@ -342,6 +344,69 @@ EXPERIMENTS.append(
 )
 
 
+#: N' of the context-length experiment: 0.5, 1, 2 and 4 times lsa_linear.yaml's N = 10
+CONTEXT_TRAIN = 10
+CONTEXT_LENGTHS = (5, 10, 20, 40)
+
+
+def _gd_at_lengths(every_n_steps: int, num_tasks: int) -> list[dict]:
+    """One GDAlignment per N' of :data:`CONTEXT_LENGTHS`, tags ``gd/N<N'>/...``, each with GD
+    tuned for its N'."""
+    return [
+        {
+            "class_path": "icl_lightning.callbacks.GDAlignment",
+            "init_args": {
+                "every_n_steps": every_n_steps,
+                "num_tasks": num_tasks,
+                "num_context": n,
+                "tag": f"N{n}",
+            },
+        }
+        for n in CONTEXT_LENGTHS
+    ]
+
+
+EXPERIMENTS.append(
+    Experiment(
+        "context_length",
+        f"Beyond the papers: one LSA layer trained at N = {CONTEXT_TRAIN}, measured at "
+        f"N' = {', '.join(map(str, CONTEXT_LENGTHS))} against GD tuned for each N'",
+        "configs/lsa_linear.yaml",
+        full_steps=5000,
+        quick_steps=600,
+        seconds=28,
+        changes={"trainer.callbacks": _gd_at_lengths(1000, 10000)},
+        quick={"trainer.callbacks": _gd_at_lengths(0, 2048), "data.init_args.batch_size": 1024},
+        checks=[
+            Check(
+                f"loss trained / GD at N' = N = {CONTEXT_TRAIN}",
+                f"gd/N{CONTEXT_TRAIN}/loss_ratio",
+                f"{PAPER_A}: ~1 at the training length",
+                lambda v: v <= 1.01,
+                "<= 1.01",
+            ),
+            Check(
+                f"model cos at N' = {CONTEXT_LENGTHS[-1]}",
+                f"gd/N{CONTEXT_LENGTHS[-1]}/model_cos",
+                "(beyond the papers) GD's direction kept beyond N",
+                lambda v: v >= 0.99,
+                ">= 0.99",
+            ),
+        ],
+        figures=[
+            {
+                "file": "loss_vs_context",
+                "lengths": CONTEXT_LENGTHS,
+                "tag": "gd/N{}/",
+                "marks": [CONTEXT_TRAIN],
+                "ylabel": "loss",
+                "logy": True,
+            }
+        ],
+    )
+)
+
+
 def set_path(config: dict, path: str, value) -> None:
     """Set ``config[a][b][c] = value`` for ``path = "a.b.c"``; ``callbacks.<Class>.<arg>`` sets
     the init arg of the trainer callback whose class_path ends in ``Class``."""
@@ -436,16 +501,61 @@ def estimate_seconds(
 
 def figure_curves(spec: dict, runs: list[Scalars]) -> tuple[dict, str]:
     """The curves of one figure spec: over steps (``tags``), over context index i
-    (``per_i``: tags ``<prefix><i>`` at the last step) or over alpha (``alpha``)."""
+    (``per_i``: tags ``<prefix><i>`` at the last step), over context length N' (``lengths``:
+    ``<tag with N'>loss_model`` and ``loss_gd`` at the last step) or over alpha (``alpha``)."""
     if "tags" in spec:
         curves = {label: aggregate(runs, tag) for label, tag in spec["tags"].items()}
         return {k: v for k, v in curves.items() if v is not None}, "step"
     if "per_i" in spec:
         curves = {label: final_values(runs, prefix, int) for label, prefix in spec["per_i"].items()}
         return {k: v for k, v in curves.items() if v is not None}, "context index i"
+    if "lengths" in spec:
+        curves = {
+            who: final_curve(runs, {n: spec["tag"].format(n) + name for n in spec["lengths"]})
+            for who, name in (("trained", "loss_model"), ("GD", "loss_gd"))
+        }
+        xlabel = f"context length N' (dashed: N = {spec['marks'][0]} of training)"
+        return {k: v for k, v in curves.items() if v is not None}, xlabel
     prefix = f"{spec['alpha']}/loss_{{}}_{spec['shift']}_a"
     curves = {who: final_values(runs, prefix.format(who)) for who in ("model", "gd")}
     return {k: v for k, v in curves.items() if v is not None}, "alpha"
+
+
+LENGTH_COLUMNS = {
+    "model loss": "loss_model",
+    "GD loss": "loss_gd",
+    "model / GD": "loss_ratio",
+    "model cos": "model_cos",
+}
+
+
+def lengths_table(spec: dict, runs: list[Scalars]) -> tuple[str, dict]:
+    """The table of a ``lengths`` spec: for every N', the last value (mean ± std over seeds) of
+    each of :data:`LENGTH_COLUMNS` (tags ``<tag with N'><name>``); returns its markdown and
+    ``{column: {str(N'): {"mean", "std"}}}`` (a column no run logged is left out)."""
+    train = spec["marks"][0]
+    values = {}
+    for column, name in LENGTH_COLUMNS.items():
+        curve = final_curve(runs, {n: spec["tag"].format(n) + name for n in spec["lengths"]})
+        if curve is not None:
+            values[column] = {
+                str(n): {"mean": m, "std": sd}
+                for n, m, sd in zip(curve.steps, curve.mean, curve.std, strict=True)
+            }
+    if not values:
+        return f"(no `{spec['tag'].format('<N>')}*` logged)", {}
+    lines = [
+        f"| N' (x N = {train}) | " + " | ".join(values) + " |",
+        "|---" * (len(values) + 1) + "|",
+    ]
+    for n in spec["lengths"]:
+        cells = [
+            f"{format_value(v[str(n)]['mean'])} ± {format_value(v[str(n)]['std'])}"
+            for v in values.values()
+        ]
+        lines.append(f"| {n} ({n / train:g}x) | " + " | ".join(cells) + " |")
+    note = "\n\nMean ± std over the seeds of the last measurement; GD tuned for each N'.\n"
+    return "\n".join(lines) + note, values
 
 
 def across_variants(e: Experiment, spec: dict, seeds: int, root: Path, out: Path) -> str:
@@ -504,12 +614,27 @@ def report(
                 sections.append(f"### {variant}\n")
             sections.append(markdown_table(rows) + "\n")
             for spec in (f for f in e.figures if "across" not in f):
+                if "lengths" in spec:
+                    table, values = lengths_table(spec, runs)
+                    results[e.name][f"{variant}/{spec['file']}"] = values
+                    sections.append(table)
                 curves, xlabel = figure_curves(spec, runs)
                 if not curves:
                     continue
                 name = f"{e.name}_{variant}_{spec['file']}.png"
                 title = f"{e.name}{'' if variant == 'default' else ' ' + variant}: {spec['file']}"
-                figure = band_figure(curves, xlabel, spec["ylabel"], title, spec.get("logy", False))
+                figure = band_figure(
+                    curves,
+                    xlabel,
+                    spec["ylabel"],
+                    title,
+                    spec.get("logy", False),
+                    spec.get("marks", ()),
+                    logx="lengths" in spec,
+                )
+                if "lengths" in spec:  # N' itself as the ticks of the log axis
+                    figure.axes[0].set_xticks(spec["lengths"], [str(n) for n in spec["lengths"]])
+                    figure.axes[0].set_xticks([], minor=True)
                 figure.savefig(out / name, dpi=110)
                 sections.append(f"![{spec['file']}]({name})\n")
         for spec in (f for f in e.figures if "across" in f):

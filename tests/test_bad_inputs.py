@@ -126,6 +126,25 @@ CASES = [
         r"GDAlignment.num_tasks=100000000000 needs .* GiB",
     ),
     ("probe_class_unknown", DEMO, [_probe("NoSuchProbe")], r"NoSuchProbe"),
+    (
+        "probe_size_current_without_curriculum",
+        DEMO,
+        [_probe("ContextLengthProbe", size="current")],
+        r"ContextLengthProbe.size='current' is invalid: expected 'full' unless .*curriculum",
+    ),
+    (
+        "probe_size_current_with_num_context",
+        DEMO,
+        [_probe("ContextLengthProbe", size="current", num_context=5)],
+        r"num_context=5 is invalid: expected None with size='current'",
+    ),
+    ("probe_tag_with_slash", DEMO, [_probe("GDAlignment", tag="a/b")], r"tag='a/b' is invalid"),
+    (
+        "finetune_block_past_K",
+        BLOCK,
+        [_probe("FinetuneComparison", block=2)],
+        r"block=2 is invalid: expected an integer in 1\.\.1",
+    ),
     # trainer, optimizer and checkpoint flags
     ("precision_16_true", DEMO, ["--trainer.precision=16-true"], r"precision=16-true.*Expected"),
     ("precision_unknown", DEMO, ["--trainer.precision=12"], r"precision.*12"),

@@ -7,10 +7,16 @@ import pytest
 import torch
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
 
-from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence
+from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence, FinetuneComparison
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models import ContextualBlock
-from icl_lightning.theory.delta_w import block_A_sequence, block_equivalence
+from icl_lightning.theory.delta_w import (
+    A_sequence,
+    block_A_sequence,
+    block_equivalence,
+    delta_W_sequence,
+)
+from icl_lightning.theory.finetune import delta_W_predictions, sgd_on_W
 
 TOL = 1e-10
 B, N, d = 5, 7, 3
@@ -111,14 +117,14 @@ def test_block_past_K_is_a_clear_error():
 
 
 def probes_yaml(tmp_path, block) -> str:
-    """The config's two probes with ``block``, shrunk (and N = 6) for a test."""
+    """The config's two probes and FinetuneComparison with ``block``, shrunk (and N = 6)."""
     probe = f"block: {block}, every_n_steps: 3, num_tasks: 64"
     path = tmp_path / "probes.yaml"
     path.write_text(
         "trainer:\n  callbacks:\n"
         + "".join(
             f"    - class_path: icl_lightning.callbacks.{name}\n      init_args: {{{probe}}}\n"
-            for name in ("DeltaWEquivalence", "DeltaWConvergence")
+            for name in ("DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison")
         )
         + "data:\n  init_args:\n    num_context: 6\n"
     )
@@ -130,9 +136,10 @@ def test_cli_fit_logs_every_block(tmp_path):
     cli = run_cli(["fit", config, probes_yaml(tmp_path, "all"), *tiny_args(tmp_path)])
     results = {}
     for probe in cli.trainer.callbacks:
-        if isinstance(probe, DeltaWEquivalence | DeltaWConvergence):
+        if isinstance(probe, DeltaWEquivalence | DeltaWConvergence | FinetuneComparison):
             results.update(probe.last_results)
     for k in (1, 2):
+        assert all(math.isfinite(results[f"ft/block{k}/{n}_loss_i6"]) for n in ("sgd", "dw"))
         assert results[f"dw/block{k}/max_rel_diff"] < 1e-4
         assert math.isclose(
             results[f"dw/block{k}/loss_context"], results[f"dw/block{k}/loss_delta_w"], rel_tol=1e-5
@@ -140,6 +147,7 @@ def test_cli_fit_logs_every_block(tmp_path):
         assert math.isfinite(results[f"dw/block{k}/update_ratio"])
     assert {0, 3, 6} <= set(read_scalars(tmp_path)["dw/block1/max_abs_diff"])
     assert {"dw/block1/equivalence", "dw/block2/convergence"} <= image_tags(tmp_path)
+    assert {"ft/block1/comparison", "ft/block2/comparison"} <= image_tags(tmp_path)
 
 
 def test_cli_block_past_K_is_a_usage_error(tmp_path, capsys):
@@ -157,6 +165,7 @@ def test_cli_block_past_K_is_a_usage_error(tmp_path, capsys):
         ("--model.model.help=icl_lightning.models.ContextualBlock", "--model.num_blocks"),
         ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWEquivalence", "'all'"),
         ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWConvergence", "'all'"),
+        ("--trainer.callbacks.help=icl_lightning.callbacks.FinetuneComparison", "'all'"),
     ],
 )
 def test_new_options_in_help(capsys, option, named):
@@ -177,3 +186,75 @@ def test_block_none_on_a_stack_measures_block_K_with_the_single_block_tags():
         e = block_equivalence(model, 2, cx, cy, qx)
         assert sums["max_abs_diff"] == (e.output - e.implicit_output).abs().max()
         assert set(DeltaWConvergence().compute(model, batch)) == {"norm", "update"}
+
+
+def finetune_sums(model: ContextualBlock, block, lr: float = 0.05) -> dict[str, torch.Tensor]:
+    """FinetuneComparison's sums on ``prompt(4)`` (targets: the context's mean), as measured."""
+    cx, cy, qx = prompt(4)
+    batch = ICLBatch(cx, cy, qx, cy.mean(1))
+    with torch.no_grad():  # as the probe base calls it
+        return FinetuneComparison(lr=lr, block=block).compute(model, batch)
+
+
+def test_finetune_per_block_path_on_one_block_is_todays_comparison():
+    """K = 1: block=1 (tags block1/) and block=None give paper B's single-block learners:
+    SGD on W from A(x_i), tested at A(x_q), and T_{W + Delta W_i}(x)."""
+    model = stack(1, "softmax", True, True)
+    cx, cy, qx = prompt(4)
+    y = cy.mean(1)
+    with torch.no_grad():
+        A_q = model.A_alone(qx)
+        sgd = sgd_on_W(model.mlp, model.A_alone(cx), cy, A_q, lr=0.05)
+        dw = delta_W_predictions(model.mlp, A_sequence(model, cx, cy, qx))
+    today = {
+        "loss_i0": (0.5 * (model.head(A_q) - y) ** 2).sum(),
+        "sgd_loss": (0.5 * (sgd - y[:, None]) ** 2).sum(0),
+        "dw_loss": (0.5 * (dw - y[:, None]) ** 2).sum(0),
+    }
+    for block, prefix in ((1, "block1/"), (None, "")):
+        sums = finetune_sums(model, block)
+        assert set(sums) == {prefix + name for name in today}
+        for name, value in today.items():
+            assert (sums[prefix + name] - value).abs().max() < TOL * value.abs().max(), name
+
+
+def _context_free(model: ContextualBlock, k: int, W_k: torch.Tensor, x: torch.Tensor):
+    """T_{W_k}(x): the query alone through the stack (no context) with block k's W = W_k."""
+    name = "mlp.W" if k == model.num_blocks else f"earlier.{k - 1}.mlp.W"
+    empty_x, empty_y = x.new_zeros(len(x), 0, x.shape[-1]), x.new_zeros(len(x), 0)
+    return torch.func.functional_call(model, {name: W_k}, (empty_x, empty_y, x))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("variant", [("softmax", False, False), ("linear", True, True)])
+def test_finetune_of_block_k_equals_autograd_sgd_and_the_updated_stack(k, variant):
+    """K = 2, block k: SGD on W_k of a copy of the stack, each example a prompt without context
+    (torch.optim.SGD, task by task), and the context-free stack with W_k + Delta W_k,i from
+    block k's own tokens, equal the probe's losses for every i (its first SGD step included)."""
+    model = stack(2, *variant)  # attention, mlp_skip, layer_norm
+    sums = finetune_sums(model, k)
+    cx, cy, qx = prompt(4)
+    y = cy.mean(1)
+    W_k = model.layers(k)[1].W.detach()
+    with torch.no_grad():
+        dW = delta_W_sequence(W_k, block_A_sequence(model, k, cx, cy, qx))  # (B, N, m, D)
+        loss_i0 = (0.5 * (_context_free(model, k, W_k, qx) - y) ** 2).sum()
+    sgd_loss, dw_loss = torch.zeros(N, dtype=torch.float64), torch.zeros(N, dtype=torch.float64)
+    for b in range(B):
+        W = W_k.clone().requires_grad_()
+        sgd = torch.optim.SGD([W], lr=0.05)
+        for i in range(N):
+            example = _context_free(model, k, W, cx[b : b + 1, i])
+            sgd.zero_grad()
+            (0.5 * (example - cy[b, i]) ** 2).sum().backward()
+            sgd.step()
+            with torch.no_grad():
+                test = _context_free(model, k, W, qx[b : b + 1])
+                implicit = _context_free(model, k, W_k + dW[b, i], qx[b : b + 1])
+            sgd_loss[i] += (0.5 * (test - y[b]) ** 2).sum()
+            dw_loss[i] += (0.5 * (implicit - y[b]) ** 2).sum()
+    prefix = f"block{k}/"
+    assert (sums[prefix + "loss_i0"] - loss_i0).abs() < TOL * loss_i0
+    assert (sums[prefix + "sgd_loss"] - sgd_loss).abs().max() < TOL * sgd_loss.abs().max()
+    assert (sums[prefix + "dw_loss"] - dw_loss).abs().max() < TOL * dw_loss.abs().max()
+    assert (sgd_loss[0] - loss_i0).abs() > 1e-6 and (dw_loss - sgd_loss).abs().max() > 1e-6

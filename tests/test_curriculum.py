@@ -4,8 +4,10 @@ import pytest
 import torch
 from conftest import CONFIGS, read_scalars, run_cli, tiny_args
 
+from icl_lightning.callbacks import ContextLengthProbe
 from icl_lightning.data import ICLDataModule, LinearRegression, ReLUNetwork, seeded_generator
 from icl_lightning.data.curriculum import Curriculum, Schedule
+from icl_lightning.theory.step_sizes import StepSizes
 
 DEMO = CONFIGS / "demo.yaml"
 
@@ -118,3 +120,101 @@ def test_resumed_curriculum_run_matches_an_uninterrupted_one(tmp_path):
     stages = [0, 3, 4, 6, 8, 9]  # where either size changes: dims every 4, points every 3 steps
     assert scalars["curriculum/dims"] == {t: min(2 + t // 4, 5) for t in stages}
     assert scalars["curriculum/points"] == {t: min(5 + 5 * (t // 3), 20) for t in stages}
+
+
+def probes_at_both_sizes(tmp_path, size_current: str = "current") -> str:
+    """GDAlignment at the full size (tags ``gd/``) and at the curriculum's (``gd/current/``)."""
+    path = tmp_path / "probes.yaml"
+    probe = "every_n_steps: 2, num_tasks: 128, tuning_tasks: 512"
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        f"    - class_path: icl_lightning.callbacks.GDAlignment\n      init_args: {{{probe}}}\n"
+        "    - class_path: icl_lightning.callbacks.GDAlignment\n"
+        f"      init_args: {{{probe}, size: {size_current}, tag: current}}\n"
+    )
+    return f"--config={path}"
+
+
+CURRICULUM = (
+    "--data.init_args.curriculum={dims: {start: 2, end: 5, increment: 1, interval: 4},"
+    " points: {start: 5, end: 20, increment: 5, interval: 3}}"
+)
+
+
+def test_size_current_probes_measure_at_the_curriculums_size(tmp_path):
+    """A probe with size=current evaluates prompts of the curriculum's (dims, points) at each
+    measurement's step, with GD tuned for that size; it logs the size measured, differs from
+    the full-size probe while the curriculum is below the full size and equals it after."""
+    cli = run_cli(
+        [
+            "fit",
+            f"--config={DEMO}",
+            *tiny_args(tmp_path, steps=12),
+            probes_at_both_sizes(tmp_path),
+            CURRICULUM,
+        ]
+    )
+    full, current = [p for p in cli.trainer.callbacks if type(p).__name__ == "GDAlignment"]
+    scalars = read_scalars(tmp_path)
+    steps = [0, 2, 4, 6, 8, 10, 12]
+    sizes = {t: (min(2 + t // 4, 5), min(5 + 5 * (t // 3), 20)) for t in steps}
+    assert scalars["gd/current/dims"] == {t: d for t, (d, n) in sizes.items()}
+    assert scalars["gd/current/points"] == {t: n for t, (d, n) in sizes.items()}
+    assert "gd/dims" not in scalars  # the full-size probe logs no size
+    for step, (d, n) in sizes.items():
+        ours, theirs = current.history[step], full.history[step]
+        if (d, n) == (5, 20):  # the full size: the same prompts, the same GD
+            assert ours["loss_model"] == theirs["loss_model"] and ours["eta"] == theirs["eta"]
+        else:
+            assert ours["loss_model"] != theirs["loss_model"], step
+            assert ours["loss_gd"] != theirs["loss_gd"] and ours["eta"] != theirs["eta"], step
+        assert scalars["gd/current/loss_model"][step] == pytest.approx(ours["loss_model"])
+    # one evaluation set per size measured, on the one device
+    assert {key[1:] for key in current._evaluation_sets} == set(sizes.values())
+    # GD tuned at the size measured: the optimal one-step eta on the step-0 prompts' size
+    step_sizes = StepSizes(512, 0)
+    assert current.history[0]["eta"] == step_sizes.tune(LinearRegression(5), 5, 1, "cpu", 2).eta
+
+
+def test_size_current_without_a_curriculum_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path), probes_at_both_sizes(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "GDAlignment.size='current' is invalid" in err and "curriculum" in err
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_size_option_is_in_help_and_checked(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            ["fit", f"--config={DEMO}", "--trainer.callbacks.help=icl_lightning.callbacks.OODProbe"]
+        )
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.callbacks.size" in out and "'current'" in out
+    with pytest.raises(ValueError, match="num_context=10 is invalid"):
+        ContextLengthProbe(size="current", num_context=10)
+    with pytest.raises(ValueError, match="tag='a/b' is invalid"):
+        ContextLengthProbe(tag="a/b")
+
+
+def test_size_current_probes_resume_exactly(tmp_path):
+    """The size measured, its evaluation set and GD's step sizes are functions of the step: a
+    run stopped at step 6 and resumed logs what an uninterrupted run logs at steps 6..12."""
+
+    def fit(directory, steps, *extra):
+        directory.mkdir(exist_ok=True)
+        args = [f"--config={DEMO}", *tiny_args(directory, steps), probes_at_both_sizes(directory)]
+        run_cli(["fit", *args, CURRICULUM, *extra])
+        return read_scalars(directory)
+
+    straight = fit(tmp_path / "a", 12)
+    fit(tmp_path / "b", 6)
+    resumed = fit(tmp_path / "b", 12, f"--ckpt_path={next((tmp_path / 'b').rglob('last.ckpt'))}")
+    tags = [t for t in straight if t.startswith("gd/current/")]
+    assert {"gd/current/dims", "gd/current/points", "gd/current/eta"} <= set(tags)
+    for tag in tags:
+        assert {t: v for t, v in resumed[tag].items() if t >= 6} == {
+            t: v for t, v in straight[tag].items() if t >= 6
+        }, tag

@@ -113,7 +113,7 @@ def test_delta_W_predictions_are_the_updated_block(mlp_skip, chunk):
     A_seq = A_sequence(block, cx, cy, qx)
     dW = delta_W_sequence(block.W, A_seq)
     expected = block.head(A_seq[:, :1].expand(-1, N, -1), block.W + dW)
-    assert (delta_W_predictions(block, A_seq, chunk) - expected).abs().max() < TOL
+    assert (delta_W_predictions(block.mlp, A_seq, chunk) - expected).abs().max() < TOL
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "identity"])
@@ -124,7 +124,7 @@ def test_sgd_on_W_equals_autograd_sgd_task_by_task(activation, mlp_skip):
     cx, cy, qx, _ = prompts()
     with torch.no_grad():  # as the probe calls it
         examples, test = block.A_alone(cx), block.A_alone(qx)
-        fast = sgd_on_W(block, examples, cy, test, lr=0.05)
+        fast = sgd_on_W(block.mlp, examples, cy, test, lr=0.05)
     for b in range(B):
         W = block.W.detach().clone().requires_grad_()
         sgd = torch.optim.SGD([W], lr=0.05)

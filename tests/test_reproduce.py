@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+from functools import partial
 
 import pytest
 import yaml
@@ -154,3 +155,37 @@ def test_quick_reproduction_end_to_end_and_resumable(tmp_path):
     stamp = done.stat().st_mtime
     reproduce.main(args)
     assert done.stat().st_mtime == stamp
+
+
+def test_report_of_context_lengths_has_the_table_and_the_figure(tmp_path):
+    """Two fake seeds of the context-length experiment: the N' table (mean ± std of the model
+    and GD losses, their ratio and model cos at every N'), the checks and the loss-vs-N' PNG."""
+    experiment = next(e for e in reproduce.EXPERIMENTS if e.name == "context_length")
+    lengths = reproduce.CONTEXT_LENGTHS
+    for seed in (0, 1):
+        tags = {}
+        for n in lengths:
+            model, gd = 0.2 * (n / 10) ** 2 * (1 + 0.01 * seed), 2.0 / n
+            tags[f"gd/N{n}/loss_model"] = [(0, 1.0), (600, model)]
+            tags[f"gd/N{n}/loss_gd"] = [(0, 1.0), (600, gd)]
+            tags[f"gd/N{n}/loss_ratio"] = [(600, model / gd)]
+            tags[f"gd/N{n}/model_cos"] = [(600, 0.999 - 0.001 * seed)]
+        write_run(reproduce.run_dir(tmp_path / "logs", experiment, "default", seed), tags)
+    out = tmp_path / "report"
+    results = reproduce.report([experiment], 2, tmp_path / "logs", out, quick=True)
+    table = results["context_length"]["default/loss_vs_context"]
+    assert list(table) == ["model loss", "GD loss", "model / GD", "model cos"]
+    assert list(table["model loss"]) == [str(n) for n in lengths]
+    close = partial(math.isclose, rel_tol=1e-5)  # TensorBoard keeps float32
+    assert close(table["model loss"]["40"]["mean"], 3.216)
+    assert close(table["model loss"]["40"]["std"], 0.016)
+    assert close(table["GD loss"]["5"]["mean"], 0.4) and table["GD loss"]["5"]["std"] == 0
+    assert close(table["model cos"]["20"]["mean"], 0.9985)
+    rows = {r["label"]: r for r in results["context_length"]["default"]}
+    assert rows["loss trained / GD at N' = N = 10"]["verdict"] == "reproduced"
+    text = (out / "report.md").read_text()
+    assert "| N' (x N = 10) | model loss | GD loss | model / GD | model cos |" in text
+    assert "| 40 (4x) | 3.216 ± 0.016 | 0.05 ± 0 | " in text
+    figure = out / "context_length_default_loss_vs_context.png"
+    assert figure.stat().st_size > 1000 and f"]({figure.name})" in text
+    assert json.loads((out / "results.json").read_text()) == results

@@ -16,7 +16,8 @@ class StepSizes:
     Each minimises the mean query loss after L steps (:func:`~icl_lightning.theory.gd.optimal_eta`,
     :func:`~icl_lightning.theory.gd.optimal_eta_gamma`) on ``num_tasks`` tuning prompts drawn in
     float64 from the generator keyed ``(seed, 1)``, so every process finds the same values on its
-    own. :meth:`tune` searches again only when the task, N, L or device change.
+    own. :meth:`tune` searches again only when the task, N, L, the active input dimension or
+    the device change.
 
     Args:
         num_tasks: tuning prompts.
@@ -41,12 +42,24 @@ class StepSizes:
         self._key: tuple | None = None
         self.eta = self.eta_pp = self.gamma_pp = 0.0
 
-    def tune(self, task: TaskSampler, num_context: int, num_steps: int, device) -> "StepSizes":
-        """The step sizes for ``num_steps`` steps on ``task`` prompts of ``num_context`` points."""
-        key = (repr(task), num_context, num_steps, str(device))
+    def tune(
+        self,
+        task: TaskSampler,
+        num_context: int,
+        num_steps: int,
+        device,
+        active_dim: int | None = None,
+    ) -> "StepSizes":
+        """The step sizes for ``num_steps`` steps on ``task`` prompts of ``num_context`` points,
+        with inputs in the first ``active_dim`` coordinates (others 0;
+        :meth:`~icl_lightning.data.tasks.TaskSampler.sample_in_subspace`; default: all)."""
+        active_dim = task.input_dim if active_dim is None else active_dim
+        key = (repr(task), num_context, num_steps, str(device), active_dim)
         if key != self._key:
             generator = seeded_generator(device, self.seed, 1)
-            tuning = task.sample(self.num_tasks, num_context, generator, dtype=torch.float64)
+            tuning = task.sample_in_subspace(
+                self.num_tasks, num_context, active_dim, generator, dtype=torch.float64
+            )
             args = (tuning.context_x, tuning.context_y, tuning.query_x, tuning.query_y)
             self.eta = optimal_eta(*args, num_steps=num_steps)
             if self.plus_plus and self.gd_plus_plus == "per_layer" and num_steps > 1:
