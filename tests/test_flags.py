@@ -87,3 +87,18 @@ def test_hparams_tab_holds_the_final_metrics(tmp_path):
     content = b"".join(v.metadata.plugin_data.content for v in plugins)
     assert b"hp/val/loss" in content and b"hp_metric" not in content
     assert os.path.getsize(run / "hparams.yaml") > 0
+
+
+def test_default_profiler_costs_nothing_and_a_chosen_one_is_used(tmp_path):
+    """No ``--trainer.profiler``: the CLI's NoProfiler (Lightning's no-op, without a context
+    manager per hook call); ``--trainer.profiler=simple``: Lightning's SimpleProfiler."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from icl_lightning.profiling import NoProfiler
+
+    cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
+    assert type(cli.trainer.profiler) is NoProfiler
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.profiler=simple"])
+    assert isinstance(cli.trainer.profiler, SimpleProfiler)
+    assert cli.trainer.profiler.recorded_durations  # it timed the hooks
