@@ -53,10 +53,23 @@ class GDAlignment(GDBaselineProbe):
     """
 
     namespace = "gd"
+    #: the interpolated model of the measurement under way, built at its first chunk
+    _interpolation: tuple[nn.Module | None] | None = None
+
+    @override
+    def measure(self, trainer, pl_module) -> dict:
+        self._interpolation = None
+        return super().measure(trainer, pl_module)
 
     def _interpolated(self, model: nn.Module, num_context: int) -> nn.Module | None:
-        """T's layer halfway to the GD construction, applied L times; None unless T applies one
-        plain one-head linear layer at every depth (``LSA.shared_layer``, ``is_plain_linear``)."""
+        """T's layer halfway to the GD construction, applied L times (built once per
+        measurement); None unless T applies one plain one-head linear layer at every depth
+        (``LSA.shared_layer``, ``is_plain_linear``)."""
+        if self._interpolation is None:
+            self._interpolation = (self._interpolate(model, num_context),)
+        return self._interpolation[0]
+
+    def _interpolate(self, model: nn.Module, num_context: int) -> nn.Module | None:
         layer = getattr(model, "shared_layer", None)
         if layer is None or not layer.is_plain_linear:
             return None
