@@ -14,7 +14,7 @@ class StepProgressBar(RichProgressBar):
 
     The bar is updated at most ``refresh_rate`` times a second (Lightning's updates it, and reads
     every progress-bar metric, after every batch: about a tenth of a small model's step here),
-    and always at the epoch's last batch and the run's last step.
+    and always at the epoch's last batch and the run's last step; its label follows the step.
     """
 
     _next_update = 0.0
@@ -30,6 +30,9 @@ class StepProgressBar(RichProgressBar):
                 return
             self._next_update = now + 1.0 / self.refresh_rate
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            label = self._get_train_description(trainer.current_epoch)  # the step moved on
+            self.progress.update(self.train_progress_bar_id, description=label)
 
     @override
     def _get_train_description(self, current_epoch: int) -> str:
