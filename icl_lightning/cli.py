@@ -189,6 +189,13 @@ class ICLLightningCLI(LightningCLI):
             self._check_run()
         except (ValueError, MisconfigurationException) as error:
             self.parser.error(str(error))
+        except RuntimeError as error:  # the Trainer refuses two callbacks with one state key
+            if "more than one stateful callback" not in str(error):
+                raise
+            self.parser.error(
+                f"--trainer.callbacks: {error} For probes: give each probe of one class its own "
+                "`tag` (init_args.tag)."
+            )
         if type(self.trainer.profiler) is PassThroughProfiler:  # no --trainer.profiler given
             self.trainer.profiler = NoProfiler()
         options = self.run_config.as_dict()

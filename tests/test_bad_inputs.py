@@ -140,6 +140,15 @@ CASES = [
     ),
     ("probe_tag_with_slash", DEMO, [_probe("GDAlignment", tag="a/b")], r"tag='a/b' is invalid"),
     (
+        "probe_twice_same_tag",
+        DEMO,
+        [
+            "--trainer.callbacks="
+            + json.dumps([{"class_path": "icl_lightning.callbacks.GDAlignment"}] * 2)
+        ],
+        r"trainer.callbacks: Found more than one stateful callback of type `GDAlignment`.*`tag`",
+    ),
+    (
         "finetune_block_past_K",
         BLOCK,
         [_probe("FinetuneComparison", block=2)],
