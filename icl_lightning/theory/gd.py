@@ -78,21 +78,21 @@ def gd_plus_plus_weights(context_x, context_y, eta, gamma, num_steps: int = 1) -
     so ``w = sum_l (eta_l/N) T_l^T X_l^T r_l``: GD++ is a linear model of the query, and ``w`` is
     also its sensitivity ``d pred / d x_q``. O(N d^2 + d^3) per prompt and step.
     """
-    N = context_x.shape[-2]
+    N, d = context_x.shape[-2:]
     x, r = context_x, context_y
-    T = None  # T_l; None stands for the identity (no transformation yet)
+    eye = torch.eye(d, dtype=context_x.dtype, device=context_x.device)
+    T = eye  # T_l
     w = torch.zeros_like(context_x[..., 0, :])
     etas, gammas = per_step(eta, num_steps), per_step(gamma, num_steps)
     for step, (eta_l, gamma_l) in enumerate(zip(etas, gammas, strict=True)):
         Xr = torch.einsum("...nd,...n->...d", x, r)  # X^T r = sum_j r_j x_j
-        w = w + eta_l / N * (Xr if T is None else (T.transpose(-1, -2) @ Xr[..., None])[..., 0])
+        w = w + eta_l / N * (Xr.unsqueeze(-2) @ T).squeeze(-2)  # T_l^T X_l^T r_l
         if step + 1 == num_steps:
             break
         A = x.transpose(-1, -2) @ x
         r = r - eta_l / N * torch.einsum("...nd,...d->...n", x, Xr)
         x = x - gamma_l * x @ A
-        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        T = eye - gamma_l * A if T is None else (eye - gamma_l * A) @ T
+        T = (eye - gamma_l * A) @ T
     return w
 
 
