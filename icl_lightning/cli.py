@@ -61,6 +61,29 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def summary_lines(metrics: dict) -> list[str]:
+    """One ``name value`` line per scalar, in natural order, except that a per-token series
+    ``<prefix>_i<k>`` (two or more k) becomes one line
+    ``<prefix>_i<k>  k = a..b: first -> last``."""
+    series: dict[str, dict[int, float]] = {}
+    for name, value in metrics.items():
+        match = re.fullmatch(r"(.*_i)(\d+)", name)
+        prefix, k = (match[1], int(match[2])) if match else (name, None)
+        series.setdefault(prefix, {})[k] = float(value)
+    lines = {}
+    for prefix, values in series.items():
+        if len(values) == 1:
+            ((k, value),) = values.items()
+            name = prefix if k is None else f"{prefix}{k}"
+            lines[name] = f"  {name:<32s} {value: .6g}"
+        else:
+            a, b = min(values), max(values)
+            lines[prefix] = (
+                f"  {prefix + '<k>':<32s}  k = {a}..{b}: {values[a]:.6g} -> {values[b]:.6g}"
+            )
+    return [lines[name] for name in sorted(lines, key=_natural_key)]
+
+
 def _next_version(root: Path) -> Path:
     """``root/version_<k>`` with ``k`` one more than the largest there (0 if none)."""
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
@@ -265,8 +288,7 @@ class ICLLightningCLI(LightningCLI):
         metrics = trainer.callback_metrics
         if metrics:
             print("Final measurements:")
-            for name in sorted(metrics, key=_natural_key):
-                print(f"  {name:<32s} {float(metrics[name]): .6g}")
+            print("\n".join(summary_lines(metrics)))
 
     def after_fit(self) -> None:
         self._summary("fit")

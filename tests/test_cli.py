@@ -6,6 +6,8 @@ import pytest
 import yaml
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
 
+from icl_lightning.cli import summary_lines
+
 DEMO = str(CONFIGS / "demo.yaml")
 
 
@@ -22,6 +24,16 @@ def test_fit_writes_events_checkpoint_config_and_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"TensorBoard logs: {run_dir}" in out
     assert "context/loss_n20" in out
+
+
+def test_summary_folds_per_token_series_into_one_line():
+    metrics = {f"ft/sgd_loss_i{k}": 1.0 / k for k in range(1, 401)}
+    metrics |= {"ft/loss_i0": 2.0, "train/loss": 0.5}
+    lines = summary_lines(metrics)
+    assert len(lines) == 3
+    assert "ft/sgd_loss_i<k>" in lines[1] and lines[1].endswith("k = 1..400: 1 -> 0.0025")
+    assert lines[0].split() == ["ft/loss_i0", "2"]  # a single value stays a scalar
+    assert lines[2].split() == ["train/loss", "0.5"]
 
 
 def test_validate_and_resume_from_checkpoint(tmp_path):

@@ -18,7 +18,10 @@ reproduce = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reproduce)
 
 RUNS = [
-    (e, variant, quick) for e in reproduce.EXPERIMENTS for variant in e.variants for quick in (0, 1)
+    (e, variant, quick)
+    for e in reproduce.EXPERIMENTS
+    for quick in (0, 1)
+    for variant in e.variant_names(bool(quick))
 ]
 
 
@@ -140,6 +143,21 @@ def test_max_steps_caps_runs_and_a_larger_cap_resumes_them(tmp_path, monkeypatch
     assert commands[1][-1] == f"--ckpt_path={directory / 'checkpoints' / 'last.ckpt'}"
     assert reproduce.train(deep, "L2", 0, False, tmp_path) != "done earlier, skipped"
     assert planned_max_steps() == deep.full_steps
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_quick_runs_only_the_quick_variants(quick, tmp_path, monkeypatch, capsys):
+    """``--quick`` trains each experiment's ``quick_variants`` (paper B's block at N = 40, not also
+    at 400; the token construction shortened, not at the paper's settings); full scale all."""
+    trained = []
+    monkeypatch.setattr(reproduce, "train", lambda e, v, s, *a, **k: trained.append(v) or "stub")
+    monkeypatch.setattr(reproduce, "report", lambda *a, **k: {})
+    names = ["token_construction", "contextual_block"]
+    flags = ["--quick"] if quick else []
+    reproduce.main([*flags, "--only", *names, "--seeds", "1", "--logs", str(tmp_path)])
+    expected = ["shortened", "N100"] if quick else ["paper", "shortened", "N100", "N400"]
+    assert trained == expected
+    assert capsys.readouterr().out.startswith(f"{len(expected)} runs; estimated")
 
 
 @pytest.mark.slow
