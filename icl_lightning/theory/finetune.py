@@ -111,7 +111,7 @@ def sgd_on_W(
     W_columns = W.T.unsqueeze(1).expand(-1, len(examples), -1).contiguous()
     u_test = F.linear(test, W, mlp.b)  # W_i z + b, (B, m)
     similarity = (examples * test.unsqueeze(1)).sum(-1)  # z_i . z, (B, M)
-    predictions = torch.empty_like(targets)
+    predictions = targets.new_empty(targets.shape[::-1])  # (M, B): row i written at step i
     for i, (z, y) in enumerate(zip(examples.unbind(1), targets.unbind(1), strict=True)):
         z_columns = z.T.unsqueeze(-1)  # (D, B, 1)
         u = torch.addcmul(mlp.b, W_columns[0], z_columns[0])  # W_{i-1} z_i + b, by columns
@@ -121,8 +121,8 @@ def sgd_on_W(
         residual = (prediction - y).unsqueeze(-1)  # g_i = residual * slope, (B, m)
         W_columns.addcmul_(slope, residual * z_columns, value=-lr)
         u_test.addcmul_(slope, residual * similarity[:, i : i + 1], value=-lr)
-        predictions[:, i] = read(mlp, readout, u_test, test)
-    return predictions
+        predictions[i] = read(mlp, readout, u_test, test)
+    return predictions.T
 
 
 def delta_W_predictions(
@@ -141,11 +141,11 @@ def delta_W_predictions(
     makes the block's prediction from ``c_1..c_i``), read by ``readout`` r (default: the last
     entry). The pre-activation is ``(W + Delta W_i) z + b = W (z + (v . z) (A_i - A_0)) + b``:
     one product with W per prefix and no ``(m, D)`` matrix per prefix. Prefixes go ``chunk``
-    at a time (default: about 2^20 hidden units per part, so memory stays O(B m) and parts stay
+    at a time (default: about 2^19 hidden units per part, so memory stays O(B m) and parts stay
     in cache). Without the ``Delta A`` shift of the skip-connection variant, as paper B
     defines the finetuning comparison.
     """
-    chunk = chunk or max(1, 2**20 // (len(A_seq) * len(mlp.b)))
+    chunk = chunk or max(1, 2**19 // (len(A_seq) * len(mlp.b)))
     A_0 = A_seq[:, :1]  # (B, 1, D)
     z = A_0 if test is None else test.unsqueeze(1)
     v = A_0 / (A_0 * A_0).sum(-1, keepdim=True)
