@@ -52,7 +52,8 @@ class Experiment:
     10,000 for the token construction), else this project's full scale. ``seconds`` is the
     measured cost per 1,000 steps on a 2-core CPU and ``quick_seconds`` the measured wall time of
     one ``--quick`` run, start-up included (for the time estimates). ``quick_variants`` names the
-    variants that ``--quick`` runs (default: all).
+    variants that ``--quick`` runs (default: all); ``notes`` says under a variant's heading in
+    the report what sets it apart.
     """
 
     name: str
@@ -68,6 +69,7 @@ class Experiment:
     checks: list[Check] = field(default_factory=list)
     figures: list[dict] = field(default_factory=list)
     quick_variants: tuple[str, ...] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
 
     def variant_names(self, quick: bool) -> list[str]:
         """The variants run at this scale: all of them, or ``quick_variants`` with ``--quick``."""
@@ -260,6 +262,11 @@ EXPERIMENTS = [
             "shortened": {},
         },
         quick_variants=("shortened",),
+        notes={
+            "paper": "Paper A's settings: d = 10, N = 10, batch 2048, init scale 0.02, lr 1e-3.",
+            "shortened": "The shipped config: d = 2, N = 5, batch 128, init scale 1, lr 3e-3, "
+            "where the copy emerges within a CPU budget.",
+        },
         checks=[
             Check(
                 "attention mass on own y",
@@ -291,6 +298,7 @@ EXPERIMENTS = [
         quick_seconds=15,
         variants={"N100": {}, "N400": {"data.init_args.num_context": 400}},
         quick_variants=("N100",),
+        notes={"N100": "N = 100 (--quick: 40).", "N400": "N = 400, the same block otherwise."},
         changes={
             "data.init_args.num_context": 100,
             "data.init_args.task.init_args.input_dim": 2,
@@ -652,6 +660,8 @@ def report(
             results[e.name][variant] = rows
             if len(e.variants) > 1:
                 sections.append(f"### {variant}\n")
+            if variant in e.notes:
+                sections.append(e.notes[variant] + "\n")
             sections.append(markdown_table(rows) + "\n")
             for spec in (f for f in e.figures if "across" not in f):
                 if "lengths" in spec:

@@ -101,6 +101,23 @@ def test_report_writes_tables_figures_and_results(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results
 
 
+def test_report_has_each_variant_with_its_note_and_verdicts(tmp_path):
+    """Token construction: the paper's settings (here no copy) and the shortened run (a copy)
+    each get a heading, the note saying what sets them apart, and their own verdicts."""
+    experiment = next(e for e in reproduce.EXPERIMENTS if e.name == "token_construction")
+    for variant, mass in (("paper", 0.05), ("shortened", 0.6)):
+        tags = {"copy/attention_mass": [(0, 0.0), (100, mass)], "copy/r2": [(100, 0.95)]}
+        write_run(reproduce.run_dir(tmp_path / "logs", experiment, variant, 0), tags)
+    out = tmp_path / "report"
+    results = reproduce.report([experiment], 1, tmp_path / "logs", out, quick=False)
+    verdicts = {v: results["token_construction"][v][0]["verdict"] for v in ("paper", "shortened")}
+    assert verdicts["paper"].startswith("differs") and verdicts["shortened"] == "reproduced"
+    text = (out / "report.md").read_text()
+    paper, shortened = text.index("### paper"), text.index("### shortened")
+    assert paper < text.index(experiment.notes["paper"]) < shortened
+    assert shortened < text.index(experiment.notes["shortened"])
+
+
 def test_bad_seeds_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main(["--seeds", "0", "--report-only"])
