@@ -127,6 +127,7 @@ class ICLLightningCLI(LightningCLI):
                 "progress_bar.refresh_rate": 10,  # redraws per second (Lightning's default: 100)
                 "checkpoint.save_last": True,
                 "checkpoint.every_n_train_steps": 100,
+                "checkpoint.save_top_k": 0,  # last.ckpt only (1: a second copy of it each time)
                 "trainer.default_root_dir": "logs/unlogged",
                 "trainer.logger": {
                     "class_path": _TENSORBOARD,

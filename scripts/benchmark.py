@@ -338,6 +338,8 @@ def scaling(args, extra: list[str]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
         for family, (config, base, axes) in SCALING.items():
+            if args.family and family not in args.family:
+                continue
             for axis, (option, values) in axes.items():
                 for value in values:
                     overrides = base + [f"{option}={value}"] + extra
@@ -373,7 +375,7 @@ def write_scaling(rows: list[dict], meta: dict) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Scaling ({meta['machine']}, torch threads {meta['threads']})", ""]
-    for family in SCALING:
+    for family in sorted({r["family"] for r in rows}, key=list(SCALING).index):
         probes = list(next(r for r in rows if r["family"] == family)["probe_seconds"])
         head = ["axis", "steps/s (fit)", "peak MB"] + [f"{p} s" for p in probes]
         lines += [f"## {family}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -408,6 +410,9 @@ def main() -> None:
     parser.add_argument("--name", help="report name (default: the config's): reports/speed/...")
     parser.add_argument("--scaling", action="store_true", help="the N, d, L tables instead")
     parser.add_argument("--scaling-steps", type=int, default=30, help="fit steps per point")
+    parser.add_argument(
+        "--family", nargs="+", choices=list(SCALING), help="--scaling: these families only"
+    )
     args, extra = parser.parse_known_args()
     bad = [a for a in extra if not a.startswith(("--model", "--data", "--trainer"))]
     if bad:

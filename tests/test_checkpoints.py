@@ -64,6 +64,7 @@ def test_resumed_run_continues_the_same_tensorboard_run_with_identical_curves(tm
     fit(tmp_path / "split", 16, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
 
     assert [p.name for p in (tmp_path / "split" / "demo").iterdir()] == [run.name]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # no second copy
     straight = _events(next((tmp_path / "straight" / "demo").iterdir()))
     resumed = _events(run)
     assert {"train/loss", "val/loss", "epoch", "context/loss_n1", "gd/loss_ratio"} <= set(straight)
