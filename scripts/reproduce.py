@@ -282,6 +282,14 @@ EXPERIMENTS = [
             Check(
                 "copy R^2", "copy/r2", f"{PAPER_A}: y_i recoverable", lambda v: v >= 0.9, ">= 0.9"
             ),
+            Check(
+                "trained / 1-step GD loss",
+                "copy/model_loss",
+                f"{PAPER_A}: ~1 (after the copy, layer 2 does one GD step)",
+                lambda v: v <= 1.05,
+                "<= 1.05",
+                over="copy/gd_loss",
+            ),
         ],
         figures=[
             {
