@@ -181,6 +181,11 @@ EXPERIMENTS = [
             "L4_recurrent": _deep(4, recurrent=True),
         },
         changes={"callbacks.GDAlignment.every_n_steps": 1000},
+        notes={
+            "L4_recurrent": "One layer's weights applied 4 times. Its GD++ here has one step "
+            "size pair per step, more than a recurrent model can express; the README measures "
+            "it against GD++ with one shared pair (`gd_plus_plus: shared`) too.",
+        },
         quick={
             "data.init_args.batch_size": 512,
             "callbacks.GDAlignment.every_n_steps": 200,
