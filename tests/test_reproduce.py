@@ -177,6 +177,18 @@ def test_quick_runs_only_the_quick_variants(quick, tmp_path, monkeypatch, capsys
     assert capsys.readouterr().out.startswith(f"{len(expected)} runs; estimated")
 
 
+def test_time_estimate_counts_each_variant_at_its_own_cost():
+    """Full scale: the token construction at the paper's settings costs its own seconds per
+    1,000 steps; --quick: one measured quick run per quick variant and seed."""
+    token = next(e for e in reproduce.EXPERIMENTS if e.name == "token_construction")
+    thousands = token.full_steps / 1000
+    per_run = {
+        v: 10 + token.variant_seconds.get(v, token.seconds) * thousands for v in token.variants
+    }
+    assert reproduce.estimate_seconds([token], 2, quick=False) == 2 * sum(per_run.values())
+    assert reproduce.estimate_seconds([token], 2, quick=True) == 2 * token.quick_seconds
+
+
 @pytest.mark.slow
 def test_quick_reproduction_end_to_end_and_resumable(tmp_path):
     """``--quick`` of paper A's one-layer experiment reproduces it, and a rerun skips it."""
