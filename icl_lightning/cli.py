@@ -65,19 +65,19 @@ def summary_lines(metrics: dict) -> list[str]:
     """One ``name value`` line per scalar, in natural order, except that a per-token series
     ``<prefix>_i<k>`` (two or more k) becomes one line
     ``<prefix>_i<k>  k = a..b: first -> last``."""
+    lines: dict[str, str] = {}
     series: dict[str, dict[int, float]] = {}
     for name, value in metrics.items():
         match = re.fullmatch(r"(.*_i)(\d+)", name)
-        prefix, k = (match[1], int(match[2])) if match else (name, None)
-        series.setdefault(prefix, {})[k] = float(value)
-    lines = {}
-    for prefix, values in series.items():
-        if len(values) == 1:
-            ((k, value),) = values.items()
-            name = prefix if k is None else f"{prefix}{k}"
-            lines[name] = f"  {name:<32s} {value: .6g}"
+        if match:
+            series.setdefault(match[1], {})[int(match[2])] = float(value)
         else:
-            a, b = min(values), max(values)
+            lines[name] = f"  {name:<32s} {float(value): .6g}"
+    for prefix, values in series.items():
+        a, b = min(values), max(values)
+        if a == b:  # a single value stays a scalar line
+            lines[f"{prefix}{a}"] = f"  {prefix + str(a):<32s} {values[a]: .6g}"
+        else:
             lines[prefix] = (
                 f"  {prefix + '<k>':<32s}  k = {a}..{b}: {values[a]:.6g} -> {values[b]:.6g}"
             )

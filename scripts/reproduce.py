@@ -256,9 +256,7 @@ EXPERIMENTS = [
         quick_steps=600,
         seconds=25,
         quick_seconds=16,
-        variants={
-            # paper A's own settings; the shipped config's d = 2, N = 5, batch 128, init 1 and
-            # lr 3e-3 ("shortened") is where the copy emerges within a CPU budget
+        variants={  # what sets each apart: ``notes`` below
             "paper": {  # the official normal_token_construct notebook's config
                 "data.init_args.task.init_args.input_dim": 10,
                 "data.init_args.num_context": 10,
