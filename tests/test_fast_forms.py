@@ -168,9 +168,11 @@ def test_lsa_query_update_equals_every_token_update(kwargs):
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "identity"])
 @pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode"])
-def test_prediction_and_slope_in_any_grad_mode(activation, mode):
+@pytest.mark.parametrize("buffers", [False, True])
+def test_prediction_and_slope_in_any_grad_mode(activation, mode, buffers):
     """``M_W(z)[-1]`` and its u-gradient ``W_2[-1] * f'(u)`` match autograd through the whole
-    readout, also under ``torch.no_grad`` and ``torch.inference_mode`` (Lightning's validate)."""
+    readout, also under ``torch.no_grad`` and ``torch.inference_mode`` (Lightning's validate),
+    with and without buffers for the hidden units and the slope."""
     mlp = random_block(activation=activation).mlp
     u = torch.randn(7, mlp.W.shape[0], dtype=torch.float64, requires_grad=True)
     z = torch.randn(7, mlp.W.shape[1], dtype=torch.float64)
@@ -178,6 +180,9 @@ def test_prediction_and_slope_in_any_grad_mode(activation, mode):
     (slope,) = torch.autograd.grad(expected.sum(), u)
     context = {"grad": torch.enable_grad, "no_grad": torch.no_grad}.get(mode, torch.inference_mode)
     with context():
-        prediction, got = mlp.prediction_and_slope(u.detach().clone(), z.clone())
+        out = torch.full((2, *u.shape), torch.nan, dtype=u.dtype) if buffers else None
+        prediction, got = mlp.prediction_and_slope(u.detach().clone(), z.clone(), out)
+        again = mlp.prediction(u.detach().clone(), z.clone(), out[0] if buffers else None)
     torch.testing.assert_close(prediction, expected.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(again, expected.detach(), rtol=0, atol=1e-12)
     torch.testing.assert_close(got, slope, rtol=0, atol=1e-12)
