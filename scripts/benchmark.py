@@ -5,6 +5,8 @@ configs/lsa_linear.yaml), interleaved over ``--repeats`` rounds (these machines 
 medians are printed):
 
 - ``bare``: a plain PyTorch loop of the same model, optimizer, gradient clipping and batches;
+- ``loop``: ``trainer.fit`` with no callbacks and no logger: Lightning's training loop alone,
+  whose cost over ``bare`` bounds ``fit / bare`` from above;
 - ``fit``: ``trainer.fit`` built by the CLI from the config (logging, progress bar,
   checkpointing as ``icl-lightning fit`` has them), probes removed;
 - ``fit+probes``: the config as it is, with the share of the time spent in the probes;
@@ -155,12 +157,15 @@ def _cli(config: str, steps: int, log_dir: str, extra: list[str]) -> ICLLightnin
     return ICLLightningCLI(args=args, run=False)
 
 
-def time_fit(config, steps, warmup, probes, log_dir, extra) -> dict:
-    """Steps/s of ``trainer.fit`` on the config (its probes kept or removed), and the probes'
-    share of the timed window."""
+def time_fit(config, steps, warmup, probes, log_dir, extra, loop_only=False) -> dict:
+    """Steps/s of ``trainer.fit`` on the config (its probes kept or removed; with
+    ``loop_only``, every callback and logger removed), and the probes' share of the timed
+    window."""
     cli = _cli(config, steps, log_dir, extra)
     if not probes:
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Probe)]
+    if loop_only:
+        cli.trainer.callbacks, cli.trainer.loggers = [], []
     timer = _BatchClock(cli.datamodule, warmup)
     device = cli.trainer.strategy.root_device
     reset_peak_memory(device)
@@ -252,12 +257,14 @@ def _median(runs: list[dict], key: str) -> float:
 
 
 def side_by_side(args, extra: list[str]) -> dict:
-    names = ["bare", "fit", "fit+probes"] + ["cli"] * args.cli + ["jax"] * bool(args.jax_python)
+    names = ["bare", "loop", "fit", "fit+probes"]
+    names += ["cli"] * args.cli + ["jax"] * bool(args.jax_python)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as log_dir:
         for _ in range(args.repeats):
             c, s, w = args.config, args.steps, args.warmup
             runs["bare"].append(time_bare(c, s, w, log_dir, extra))
+            runs["loop"].append(time_fit(c, s, w, False, log_dir, extra, loop_only=True))
             runs["fit"].append(time_fit(c, s, w, False, log_dir, extra))
             runs["fit+probes"].append(time_fit(c, s, w, True, log_dir, extra))
             if args.cli:
@@ -270,7 +277,11 @@ def side_by_side(args, extra: list[str]) -> dict:
         pairs = zip(runs[a], runs[b], strict=True)
         return [x["steps_per_s"] / y["steps_per_s"] for x, y in pairs]
 
-    ratios = {"fit / bare": ratio("fit", "bare"), "fit+probes / fit": ratio("fit+probes", "fit")}
+    ratios = {
+        "loop / bare": ratio("loop", "bare"),
+        "fit / bare": ratio("fit", "bare"),
+        "fit+probes / fit": ratio("fit+probes", "fit"),
+    }
     if args.cli and args.jax_python:
         ratios["cli / jax"] = ratio("cli", "jax")
     if args.jax_python:

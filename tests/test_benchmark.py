@@ -14,8 +14,9 @@ def test_side_by_side_prints_ratios_and_writes_its_report(tmp_path):
     command += [f"--config={CONFIGS / 'demo.yaml'}", *tiny]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for line in ("fit / bare", "fit+probes / fit", "bare ", "fit+probes "):
+    for line in ("loop / bare", "fit / bare", "fit+probes / fit", "bare ", "loop ", "fit+probes "):
         assert line in proc.stdout
     report = json.loads((tmp_path / "reports" / "speed" / "benchmark_tiny.json").read_text())
+    assert all(len(report["runs"][name]) == 1 for name in ("bare", "loop", "fit", "fit+probes"))
     assert report["meta"]["threads"] == 1
     assert (tmp_path / "reports" / "speed" / "benchmark_tiny.md").read_text().startswith("#")

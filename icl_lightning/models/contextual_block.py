@@ -137,10 +137,12 @@ class ContextualLayer(nn.Module):
         scores = self._scores(tokens, tokens[:, 0])  # (B, N + 1, H)
         if self.attention == "softmax":
             scores = torch.exp(scores - scores.amax(1, keepdim=True))
-        mixed = (scores.unsqueeze(-1) * tokens.unsqueeze(2)).cumsum_(1)  # (B, N + 1, H, D)
+        # heads last, (B, N + 1, D, H): the elementwise ops run along H, not along D = d + 1
+        mixed = (tokens.unsqueeze(-1) * scores.unsqueeze(2)).cumsum_(1)
         if self.attention == "softmax":
-            mixed = mixed / scores.cumsum(1).unsqueeze(-1)
-        out = self._output(mixed, query.unsqueeze(1))
+            mixed.mul_(scores.cumsum(1).reciprocal_().unsqueeze(2))
+        PV = self._PV().transpose(0, 1).flatten(0, 1)  # (D H, D), rows in mixed's order
+        out = self._finish(mixed.flatten(-2) @ PV, query.unsqueeze(1))
         if self.attention == "softmax":
             lost = (scores[:, 0] < torch.finfo(scores.dtype).tiny).any(-1)  # (B,)
             if lost.any():
