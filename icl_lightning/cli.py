@@ -183,6 +183,15 @@ class ICLLightningCLI(LightningCLI):
                 "overflows within a few steps here. Expected 64-true, 32-true, bf16-true, "
                 "16-mixed or bf16-mixed."
             )
+        optimizer = (config.get("optimizer") or {}).get("init_args") or {}
+        mixed = str(trainer.precision) in ("16", "bf16", "16-mixed", "bf16-mixed")
+        if mixed and trainer.gradient_clip_val and optimizer.get("fused"):
+            self.parser.error(
+                f"--trainer.gradient_clip_val={trainer.gradient_clip_val} with "
+                f"--trainer.precision={trainer.precision} needs an optimizer that Lightning can "
+                "clip: Lightning refuses a fused one under mixed precision. Set "
+                "--optimizer.init_args.fused=false (or drop one of the two flags)."
+            )
         if not trainer.logger:
             trainer.default_root_dir = str(_next_version(Path(trainer.default_root_dir)))
             return

@@ -157,6 +157,12 @@ CASES = [
     # trainer, optimizer and checkpoint flags
     ("precision_16_true", DEMO, ["--trainer.precision=16-true"], r"precision=16-true.*Expected"),
     ("precision_unknown", DEMO, ["--trainer.precision=12"], r"precision.*12"),
+    (
+        "fused_optimizer_clipped_in_mixed_precision",
+        BLOCK,
+        ["--trainer.gradient_clip_val=1", "--trainer.precision=bf16-mixed"],
+        r"gradient_clip_val=1.*precision=bf16-mixed.*fused=false",
+    ),
     ("max_steps_text", DEMO, ["--trainer.max_steps=lots"], r"max_steps.*lots"),
     ("max_steps_negative", DEMO, ["--trainer.max_steps=-2"], r"max_steps.*-1.*-2"),
     ("max_epochs_negative", DEMO, ["--trainer.max_epochs=-5"], r"max_epochs.*-1.*-5"),
