@@ -237,8 +237,8 @@ class ContextualMLP(nn.Module):
         w = self.W_2[-1].detach()
         if self.activation == "relu":  # 2.5x cheaper than autograd's threshold_backward
             hidden, slope = u.new_empty((2, *u.shape)) if out is None else out
-            torch.clamp_min(u.detach(), 0, out=hidden)
-            return self._readout(hidden, z), torch.sign(hidden, out=slope).mul_(w)
+            prediction = self.prediction(u.detach(), z, hidden)  # writes relu(u) into hidden
+            return prediction, torch.sign(hidden, out=slope).mul_(w)
         with torch.inference_mode(False), torch.enable_grad():
             u = (u.clone() if u.is_inference() else u.detach()).requires_grad_()
             hidden = ACTIVATIONS[self.activation](u)
