@@ -18,6 +18,7 @@ from torch import nn
 
 from icl_lightning.checks import require
 from icl_lightning.models.init import attention_weights
+from icl_lightning.models.products import key_query, projection_value
 
 
 class LSALayer(nn.Module):
@@ -98,8 +99,8 @@ class LSALayer(nn.Module):
         context = z[:, :num_context]
         S = context.transpose(1, 2) @ context  # (B, D, D)
         B, D, H = len(z), z.shape[-1], self.W_Q.shape[0]
-        KQ = torch.einsum("hkE,hkF->EhF", self.W_K, self.W_Q).reshape(D, H * D)
-        PV = torch.einsum("hDk,hkE->DhE", self.P, self.W_V).reshape(D, H * D)
+        KQ = key_query(self.W_Q, self.W_K).transpose(0, 1).reshape(D, H * D)
+        PV = projection_value(self.P, self.W_V).transpose(0, 1).reshape(D, H * D)
         SKQ = (S.reshape(B * D, D) @ KQ).reshape(B, D, H, D)  # S W_K,h^T W_Q,h
         M = torch.einsum("Dj,bjF->bDF", PV, SKQ.transpose(1, 2).reshape(B, H * D, D))
         return z[:, queries] @ M.transpose(1, 2)
@@ -117,12 +118,12 @@ class LSALayer(nn.Module):
         z = self.norm(h)
         context, query = z[:, :num_context], z[:, -1]
         H, key_size, D = self.W_Q.shape
-        KQ = torch.einsum("hkE,hkF->FhE", self.W_K, self.W_Q).reshape(D, H * D)
+        KQ = key_query(self.W_Q, self.W_K).permute(2, 0, 1).reshape(D, H * D)
         q = (query @ KQ).unflatten(-1, (H, D))  # q'_h, (B, H, D)
         scores = context @ q.transpose(1, 2)  # (B, N, H): one (N, D) @ (D, H) per prompt
         if self.softmax:
             scores = torch.softmax(scores / math.sqrt(key_size), dim=1)
-        PV = torch.einsum("hRk,hkE->hRE", self.P[:, coords], self.W_V)  # (H, R, D)
+        PV = projection_value(self.P[:, coords], self.W_V)  # (H, R, D)
         values = (context @ PV.flatten(0, 1).T).unflatten(-1, (H, -1))  # (B, N, H, R)
         return (scores.unsqueeze(-1) * values).sum((1, 2))
 
