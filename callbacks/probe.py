@@ -30,7 +30,6 @@ import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import nn
@@ -42,6 +41,7 @@ from icl_lightning.data.curriculum import Curriculum
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.sharding import shard
 from icl_lightning.data.tasks import TaskSampler
+from icl_lightning.loggers import tensorboard_loggers
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -84,6 +84,10 @@ class Probe(Callback):
     #: ``max`` over chunks and DDP ranks (``trainer.strategy.all_gather``), not divided by the
     #: default :meth:`finalize`.
     maxima: tuple[str, ...] = ()
+    #: Charts of TensorBoard's Custom Scalars tab, ``{title: regex}``: each chart overlays the
+    #: scalars whose names (without the prefix) match its regex in full. Names no chart matches
+    #: are grouped by their first word (``loss_model``, ``loss_gd`` -> chart ``loss``).
+    charts: dict[str, str] = {}
 
     def __init__(
         self,
@@ -311,13 +315,26 @@ class Probe(Callback):
             self._log_figures(trainer, results, step)
 
     def _log_figures(self, trainer: "L.Trainer", results: dict, step: int) -> None:
-        boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        boards = tensorboard_loggers(trainer)
         if not boards:
             rank_zero_warn(f"{type(self).__name__}: no TensorBoardLogger, figures not logged.")
             return
         for tag, figure in self.figures(results).items():
             for board in boards:
                 board.experiment.add_figure(f"{self.prefix}{tag}", figure, step, close=False)
+
+    def layout(self) -> dict[str, list]:
+        """This probe's Custom Scalars charts, ``{title: ["Multiline", [tag, ...]]}``, over the
+        scalars of its latest measurement (only charts with a tag the run logs)."""
+        names = sorted(self.history[max(self.history)]) if self.history else []
+        charts: dict[str, list[str]] = {}
+        for name in names:
+            title = next(
+                (t for t, regex in self.charts.items() if re.fullmatch(regex, name)),
+                name.split("_")[0],
+            )
+            charts.setdefault(title, []).append(f"{self.prefix}{name}")
+        return {title: ["Multiline", tags] for title, tags in charts.items()}
 
     # ----------------------------------------------------------------------------- hooks
     def _due(self, trainer: "L.Trainer") -> bool:
@@ -327,8 +344,13 @@ class Probe(Callback):
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """Measure at the first step; the last probe of the run then writes the merged Custom
+        Scalars layout of every probe (all have measured by then)."""
         if trainer.global_step != self.last_step:
             self.run(trainer, pl_module, figures=False)
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, Probe)]
+        if trainer.is_global_zero and probes[-1] is self:
+            write_layout(trainer, probes)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -372,3 +394,19 @@ class Probe(Callback):
         self.last_step = state_dict["last_step"]
         self.last_results = state_dict["last_results"]
         self.history = state_dict.get("history", {})
+
+
+def write_layout(trainer: "L.Trainer", probes: list[Probe]) -> None:
+    """Write one Custom Scalars layout for ``probes`` to every TensorBoard logger: a category per
+    namespace (``<namespace>/<tag>`` with a tag), probes of one namespace merged, so TensorBoard
+    overlays each probe's comparisons (model vs GD losses, SGD vs Delta W) live."""
+    layout: dict[str, dict[str, list]] = {}
+    for probe in probes:
+        category = layout.setdefault(probe.prefix.rstrip("/"), {})
+        for title, (kind, tags) in probe.layout().items():
+            merged = category.setdefault(title, [kind, []])[1]
+            merged.extend(tag for tag in tags if tag not in merged)
+    layout = {name: charts for name, charts in layout.items() if charts}
+    if layout:
+        for board in tensorboard_loggers(trainer):
+            board.experiment.add_custom_scalars(layout)
