@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping, Sequence
 
+import numpy
+import torch
 from matplotlib.figure import Figure
 
 
@@ -29,4 +31,31 @@ def line_figure(
     axes.grid(alpha=0.3)
     if len(curves) > 1:
         axes.legend()
+    return figure
+
+
+def weights_figure(
+    products: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    columns: tuple[str, str] = ("trained", "construction"),
+    title: str = "",
+) -> Figure:
+    """Heatmaps of matrices side by side: a row per entry of ``products`` (``name -> (A, B)``),
+    ``A`` under ``columns[0]`` and ``B`` under ``columns[1]``, both on one colour scale per row,
+    symmetric about 0 (``vmax = max(|A|, |B|)``), so equal entries look equal."""
+    figure = Figure(figsize=(6, 2.9 * len(products) + 0.4))
+    figure.subplots_adjust(left=0.08, right=0.9, bottom=0.06, top=0.9, hspace=0.35, wspace=0.15)
+    grid = figure.subplots(len(products), 2, squeeze=False)
+    for row, (name, pair) in zip(grid, products.items(), strict=True):
+        mats = [
+            numpy.asarray(m.detach().cpu().double() if hasattr(m, "detach") else m) for m in pair
+        ]
+        vmax = max(float(numpy.abs(m).max()) for m in mats) or 1.0
+        for axes, matrix, column in zip(row, mats, columns, strict=True):
+            image = axes.imshow(matrix, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            axes.set_title(f"{name}: {column}", fontsize=9)
+            axes.set_xticks([])
+            axes.set_yticks([])
+        figure.colorbar(image, ax=list(row), fraction=0.05, pad=0.03)
+    if title:
+        figure.suptitle(title, fontsize=10)
     return figure

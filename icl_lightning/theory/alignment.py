@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, vmap
 
+from icl_lightning.models.products import key_query, projection_value
 from icl_lightning.theory.gd import Weights
 
 Learner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,22 +49,39 @@ def alignment_sums(
     }
 
 
-def interpolate_lsa_layer(trained: Weights, constructed: Weights, input_dim: int) -> Weights:
-    """The one-head LSA layer halfway between a trained layer and a constructed one.
+def matched_products(
+    trained: Weights, constructed: Weights, input_dim: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The products that determine a one-head LSA layer, trained beside constructed, on one scale.
 
-    A one-head layer is determined by ``M_QK = W_Q^T W_K`` (so ``q_j . k_i = h_j^T M_QK h_i``)
-    and ``M_PV = P W_V``; only their product matters, so the trained pair is first normalised
-    by ``c``, the mean of the first d diagonal entries of its ``M_QK``:
-    ``M_QK / c`` and ``c M_PV``. Then ``M = (M_trained + M_constructed) / 2`` for both, returned
-    as ``W_Q = M_QK^T``, ``W_K = W_V = I``, ``P = M_PV`` (key size ``D = d + 1``).
+    ``{"W_K^T W_Q": (M_KQ / c, M_KQ*), "P W_V": (c M_PV, M_PV*)}`` with ``M_KQ = W_K^T W_Q`` and
+    ``M_PV = P W_V`` (:mod:`icl_lightning.models.products`) and ``*`` the construction's. Only the
+    product of the two matters, so the trained pair is normalised by ``c``, the mean of the first
+    d diagonal entries of its ``M_KQ``, which makes it directly comparable with a construction
+    whose ``M_KQ`` is ``[[I_d, 0], [0, 0]]``.
     """
 
     def products(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
-        return w["W_Q"][0].T @ w["W_K"][0], w["P"][0] @ w["W_V"][0]
+        return key_query(w["W_Q"], w["W_K"])[0], projection_value(w["P"], w["W_V"])[0]
 
-    QK, PV = products(trained)
-    c = QK.diagonal()[:input_dim].mean()
-    QK_gd, PV_gd = products(constructed)
-    QK_mid, PV_mid = (QK / c + QK_gd) / 2, (c * PV + PV_gd) / 2
-    eye = torch.eye(QK.shape[0], dtype=QK.dtype, device=QK.device)
-    return {"W_Q": QK_mid.T[None], "W_K": eye[None], "W_V": eye.clone()[None], "P": PV_mid[None]}
+    KQ, PV = products(trained)
+    c = KQ.diagonal()[:input_dim].mean()
+    KQ_gd, PV_gd = products(constructed)
+    return {"W_K^T W_Q": (KQ / c, KQ_gd), "P W_V": (c * PV, PV_gd)}
+
+
+def interpolate_lsa_layer(trained: Weights, constructed: Weights, input_dim: int) -> Weights:
+    """The one-head LSA layer halfway between a trained layer and a constructed one.
+
+    ``M = (M_trained + M_constructed) / 2`` for both products of :func:`matched_products`
+    (the trained one normalised), returned as ``W_Q = M_KQ``, ``W_K = W_V = I``, ``P = M_PV``
+    (key size ``D = d + 1``).
+    """
+    (KQ, KQ_gd), (PV, PV_gd) = matched_products(trained, constructed, input_dim).values()
+    eye = torch.eye(KQ.shape[0], dtype=KQ.dtype, device=KQ.device)
+    return {
+        "W_Q": ((KQ + KQ_gd) / 2)[None],
+        "W_K": eye[None],
+        "W_V": eye.clone()[None],
+        "P": ((PV + PV_gd) / 2)[None],
+    }
