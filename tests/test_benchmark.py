@@ -1,22 +1,164 @@
-"""scripts/benchmark.py end to end on a tiny run: it builds every loop and prints the ratios."""
+"""icl_lightning.benchmark (scripts/benchmark.py, icl-benchmark): usage errors, the probes' clock
+and its extrapolation to the shipped cadence, and tiny end-to-end runs of every table."""
 
 import json
 import subprocess
 import sys
+import textwrap
 
+import pytest
+import yaml
 from conftest import CONFIGS, ROOT
 
+from icl_lightning import benchmark
+from icl_lightning.profiling import HookTimer
 
-def test_side_by_side_prints_ratios_and_writes_its_report(tmp_path):
-    tiny = ["--data.init_args.batch_size=32", "--data.init_args.num_val_tasks=32"]
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--steps", "12"]
-    command += ["--warmup", "2", "--repeats", "1", "--threads", "1", "--name", "tiny"]
-    command += [f"--config={CONFIGS / 'demo.yaml'}", *tiny]
-    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+TINY = ["--data.init_args.batch_size=32", "--data.init_args.num_val_tasks=32"]
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--steps", "0"], "--steps 0"),
+        (["--steps", "51", "--warmup", "50"], "--steps 51"),
+        (["--repeats", "0"], "--repeats 0"),
+        (["--probe-steps", "2"], "--probe-steps 2"),
+        (["--threads", "0"], "--threads 0"),
+        (["--config", "nowhere.yaml"], "--config nowhere.yaml"),
+        (["--tables", "probes", "--configs", "nowhere.yaml"], "--configs nowhere.yaml"),
+        (["--model.model.num_layers", "4"], "unknown arguments ['4']"),
+    ],
+)
+def test_an_impossible_option_is_a_usage_error_naming_it(capsys, argv, named):
+    assert named in _usage_error(capsys, argv)
+
+
+def test_the_jax_options_are_named_for_what_is_missing(capsys, tmp_path):
+    (tmp_path / "bench_ref.py").write_text("")
+    missing_python = _usage_error(capsys, ["--jax-ref", str(tmp_path)])
+    assert "--jax-python is missing" in missing_python
+    assert "--jax-ref is missing" in _usage_error(capsys, ["--jax-python", sys.executable])
+    nowhere = str(tmp_path / "no-python")
+    error = _usage_error(capsys, ["--jax-python", nowhere, "--jax-ref", str(tmp_path)])
+    assert f"--jax-python {nowhere}: no such file" in error
+    error = _usage_error(capsys, ["--jax-python", sys.executable, "--jax-ref", str(ROOT)])
+    assert f"--jax-ref {ROOT}: expected a folder containing bench_ref.py" in error
+
+
+@pytest.mark.parametrize("every, steps", [(3, 7), (3, 6), (0, 5)])
+def test_the_extrapolation_counts_the_measurements_a_probe_makes(tmp_path, every, steps):
+    """shipped_seconds with unit costs counts the measurements after the first exactly as the
+    probe makes them (one at every multiple of every_n_steps, one at the last step unless it
+    is a multiple); the HookTimer clocks every step and times only the probes' hooks."""
+    extra = [*TINY, "--trainer.enable_progress_bar=false"]
+    cli = benchmark.build(str(CONFIGS / "demo.yaml"), str(tmp_path), extra, steps)
+    probes = benchmark.probes_of(cli)
+    for probe in probes:
+        probe.every_n_steps = every
+    timer = benchmark.fit(cli, probes[:1])
+    assert len(timer.step_starts) == steps
+    assert {key for key, *_ in timer.spans} == {probes[0].state_key}
+    unit = {"first": 0.0, "measurement": 1.0, "figures": 0.0, "rest_per_step": 0.0}
+    for probe in probes:
+        assert len(probe.history) - 1 == benchmark.shipped_seconds(unit, every, steps)
+    costs = benchmark.probe_costs(timer, probes[0], steps)
+    hooks = {hook for _, hook, *_ in timer.spans}
+    assert {"on_train_start", "on_train_batch_end", "on_train_end"} <= hooks
+    assert costs["first"] == pytest.approx(timer.seconds(probes[0].state_key, "on_train_start"))
+    assert all(value >= 0 for value in costs.values())
+    max_steps = benchmark.shipped_max_steps(cli, str(CONFIGS / "demo.yaml"), extra)
+    shipped = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["trainer"]["max_steps"]
+    assert max_steps == shipped != cli.trainer.max_steps == steps
+
+
+def test_hook_timer_times_every_callback_without_a_list():
+    timer = HookTimer()
+    with timer.profile("[Callback]A{'tag': 'x.y'}.on_train_end"):
+        pass
+    timer.profile("run_training_batch")
+    timer.profile("[LightningModule]M.training_step")
+    assert [(key, hook) for key, hook, *_ in timer.spans] == [("A{'tag': 'x.y'}", "on_train_end")]
+    assert len(timer.step_starts) == 1 and "on_train_end" in timer.summary()
+
+
+def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args]
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for line in ("loop / bare", "fit / bare", "fit+probes / fit", "bare ", "loop ", "fit+probes "):
+    return proc
+
+
+def test_side_by_side_is_quiet_and_prints_its_table_last(tmp_path):
+    (tmp_path / "demo.yaml").write_text((CONFIGS / "demo.yaml").read_text())
+    args = ["--steps", "12", "--warmup", "2", "--probe-steps", "6", "--repeats", "2"]
+    args += ["--threads", "1", "--config=demo.yaml", "--out", "bench", "--name", "tiny", *TINY]
+    proc = _run(args, tmp_path)
+    out = tmp_path / "bench"
+    log = (out / "tiny.log").read_text()
+    assert str(out / "tiny.log") in proc.stdout
+    for chatter in ("Seed set to", "GPU available", "LightningCLI's args parameter"):
+        assert chatter in log and chatter not in proc.stdout + proc.stderr
+    rounds = [i for i, line in enumerate(proc.stdout.splitlines()) if line.startswith("round ")]
+    table = proc.stdout.splitlines().index("## Side by side")
+    assert len(rounds) == 2 and max(rounds) < table
+    for line in ("| loop / bare |", "| fit / bare |", "| shipped / fit |", "| bare |"):
         assert line in proc.stdout
-    report = json.loads((tmp_path / "reports" / "speed" / "benchmark_tiny.json").read_text())
-    assert all(len(report["runs"][name]) == 1 for name in ("bare", "loop", "fit", "fit+probes"))
+    report = json.loads((out / "tiny.json").read_text())
+    runs = report["side-by-side"]["runs"]
+    assert all(len(runs[name]) == 2 for name in ("bare", "loop", "fit", "shipped"))
+    for fitted, shipped in zip(runs["fit"], runs["shipped"], strict=True):
+        steps, seconds = shipped["max_steps"], shipped["shipped_s"]
+        assert seconds > 0 and steps == 5000
+        expected = steps / (steps / fitted["steps_per_s"] + seconds)
+        assert shipped["steps_per_s"] == pytest.approx(expected, rel=1e-12)
     assert report["meta"]["threads"] == 1
-    assert (tmp_path / "reports" / "speed" / "benchmark_tiny.md").read_text().startswith("#")
+    assert (out / "tiny.md").read_text().startswith("# icl-benchmark")
+
+
+def _fake_bench_ref(folder) -> None:
+    """A stand-in for the official code's bench_ref.py: records its options, prints a RESULT."""
+    folder.mkdir()
+    (folder / "bench_ref.py").write_text(
+        textwrap.dedent(
+            """
+            import json, pathlib, sys
+            with open(pathlib.Path(__file__).with_name("calls.txt"), "a") as f:
+                f.write(" ".join(sys.argv[1:]) + "\\n")
+            print("compiling..."); print("RESULT " + json.dumps({"steps_per_s": 10.0}))
+            """
+        )
+    )
+
+
+@pytest.mark.slow
+def test_deep_rows_and_the_probes_share_table(tmp_path):
+    """The deep rows beside the (stand-in) official step of the same depth and recurrence, and
+    a probes' share row per config, share = 1 - shipped / fit."""
+    deep = (CONFIGS / "lsa_deep.yaml").read_text().replace("num_tasks: 10000", "num_tasks: 64")
+    (tmp_path / "deep.yaml").write_text(deep.replace("num_tasks: 4096", "num_tasks: 64"))
+    _fake_bench_ref(tmp_path / "ref")
+    args = ["--tables", "deep", "probes", "--configs", "deep.yaml", "--deep-config=deep.yaml"]
+    args += ["--steps", "8", "--warmup", "2", "--probe-steps", "6", "--repeats", "1"]
+    args += ["--jax-python", sys.executable, "--jax-ref", "ref", "--jax-steps", "5", *TINY]
+    proc = _run([*args, "--out", "bench", "--threads", "1"], tmp_path)
+    calls = (tmp_path / "ref" / "calls.txt").read_text().splitlines()
+    assert calls == [
+        "5 train-only layers=2 deq=0",
+        "5 train-only layers=4 deq=0",
+        "5 train-only layers=4 deq=1",
+    ]
+    report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert list(report["deep"]) == ["L = 2", "L = 4", "L = 4 recurrent"]
+    assert all(row["jax"][0]["steps_per_s"] == 10.0 for row in report["deep"].values())
+    (row,) = report["probes"].values()
+    fitted, shipped = row["fit"][0]["steps_per_s"], row["shipped"][0]
+    assert shipped["share"] == pytest.approx(1 - shipped["steps_per_s"] / fitted, rel=1e-9)
+    assert set(row["probes"][0]["probes"]) == {"GDAlignment", "OODProbe"}
+    assert "| L = 4 recurrent |" in proc.stdout and "| deep |" in proc.stdout
