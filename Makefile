@@ -26,8 +26,9 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# BENCHMARK_ARGS: e.g. --jax-python ../.venv-jax/bin/python --jax-ref ../shared/jaxref (docs/speed.md)
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/benchmark.py --tables side-by-side deep probes $(BENCHMARK_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/python scripts/reproduce.py
