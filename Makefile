@@ -31,10 +31,10 @@ benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --tables side-by-side deep probes $(BENCHMARK_ARGS)
 
 reproduce: $(STAMP)
-	$(BIN)/python scripts/reproduce.py
+	$(BIN)/icl-reproduce
 
 reproduce-quick: $(STAMP)
-	$(BIN)/python scripts/reproduce.py --quick
+	$(BIN)/icl-reproduce --quick
 
 clean:
 	rm -rf $(VENV) logs reports *.egg-info

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from icl_lightning.cli import ICLLightningCLI
-from icl_lightning.report import read_scalars  # noqa: F401  (tests import it from here)
+from icl_lightning.reproduce.scalars import read_scalars  # noqa: F401  (tests import it from here)
 
 # One thread: the models are tiny, and CI's 2 cores are shared with DDP test processes.
 torch.set_num_threads(1)

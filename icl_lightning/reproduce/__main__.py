@@ -1,0 +1,3 @@
+from icl_lightning.reproduce.cli import main
+
+main()

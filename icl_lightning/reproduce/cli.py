@@ -1,0 +1,164 @@
+"""``icl-reproduce``: train both papers' experiments over several seeds, then write the report.
+
+    icl-reproduce --quick                        # every experiment, reduced size
+    icl-reproduce                                # the papers' own scale (prints its estimate)
+    icl-reproduce --only lsa_one_layer contextual_block --seeds 5
+    icl-reproduce --only lsa_deep --seeds 1 --max-steps 5000    # part of the way
+    icl-reproduce --only lsa_deep --jobs 4 --threads 2           # 4 runs at once
+    icl-reproduce --launcher slurm --partition gpu --time 240 --gpus-per-run 1
+
+``--max-steps K`` stops every run of the full scale at K steps (at most the paper's count): the
+report then says "K of the paper's S steps" for each experiment, and a later call with a larger
+K resumes those runs from their ``last.ckpt`` instead of starting again.
+
+Runs live in ``<--logs>/<quick|full>/<experiment>/<variant>/seed<k>/`` (:mod:`.runs`); a
+finished run is not run again, an interrupted one resumes from its ``last.ckpt``. The report
+goes to ``<--out>/<quick|full>/``: ``report.md``, ``results.json`` and one PNG per figure.
+"""
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from icl_lightning.reproduce.experiments import EXPERIMENTS, Experiment
+from icl_lightning.reproduce.progress import Outcome, Progress
+from icl_lightning.reproduce.report import write_report
+from icl_lightning.reproduce.runner import (
+    Interrupted,
+    available_cores,
+    jobs_and_threads,
+    log_tail,
+    run_local,
+)
+from icl_lightning.reproduce.runs import ROOT, Run
+
+LAUNCHERS = ("processes", "slurm", "submitit-local")
+
+
+def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.ArgumentParser:
+    names = [e.name for e in experiments]
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--quick", action="store_true", help="reduced size, <= 15 min on 2 cores")
+    add("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    add("--only", nargs="+", choices=names, metavar="NAME", help=str(names))
+    add("--max-steps", type=int, metavar="K", help="stop each full-scale run at K steps")
+    add("--report-only", action="store_true", help="no training, only the report")
+    add("--logs", type=Path, default=ROOT / "logs" / "reproduce", help="the runs' folder")
+    add("--out", type=Path, default=ROOT / "reports", help="the report's folder")
+    add("--jobs", type=int, help="runs at once here (default: as many as the cores allow)")
+    add("--threads", type=int, help="torch threads per run (default: cores / jobs)")
+    add("--launcher", choices=LAUNCHERS, default="processes", help="where the runs train")
+    cluster = parser.add_argument_group(
+        "--launcher slurm (needs the extra: pip install '.[cluster]')"
+    )
+    cluster.add_argument("--partition", help="SLURM partition")
+    cluster.add_argument("--time", type=int, default=120, metavar="MIN", help="limit per job")
+    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="G")
+    cluster.add_argument("--account", help="SLURM account")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse impossible options as usage errors naming them."""
+    if args.seeds < 1:
+        parser.error(f"--seeds={args.seeds} is invalid: expected an integer >= 1")
+    if args.max_steps is not None and (args.max_steps < 1 or args.quick):
+        parser.error(
+            f"--max-steps={args.max_steps} is invalid: expected an integer >= 1, without --quick"
+        )
+    for option in ("jobs", "threads", "time"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option}={value} is invalid: expected an integer >= 1")
+    if args.gpus_per_run < 0:
+        parser.error(f"--gpus-per-run={args.gpus_per_run} is invalid: expected an integer >= 0")
+
+
+def check_logs_hold_runs(parser: argparse.ArgumentParser, logs: Path, runs: list[Run]) -> None:
+    """``--report-only`` needs runs to report on: refuse a ``--logs`` without any event file
+    of the chosen runs (the report would say "missing" everywhere, over a good one)."""
+    if not any(next(r.directory.glob("events.out.tfevents.*"), None) for r in runs):
+        parser.error(
+            f"--logs={logs.parent}: no run of the chosen experiments under {logs}; expected the "
+            "folder a previous training wrote (the same --logs, --quick and --only)."
+        )
+
+
+def train(args: argparse.Namespace, runs: list[Run], jobs: int, threads: int) -> list[Outcome]:
+    """Train the runs with the chosen launcher; return their outcomes."""
+    progress = Progress(runs, jobs if args.launcher == "processes" else len(runs))
+    if args.launcher == "processes":
+        return run_local(runs, jobs, threads, progress)
+    try:
+        from icl_lightning.reproduce import slurm
+    except ImportError as error:
+        raise SystemExit(
+            f"--launcher {args.launcher} needs submitit: pip install -e '.[cluster]' ({error})"
+        ) from error
+    options = slurm.ClusterOptions(
+        args.partition, args.time, args.gpus_per_run, args.account, cpus=threads
+    )
+    cluster = "slurm" if args.launcher == "slurm" else "local"
+    folder = runs[0].logs / "submitit" if runs else args.logs
+    executor = slurm.executor(cluster, folder, options)
+    poll = 10.0 if cluster == "slurm" else 1.0  # seconds between looks at the jobs' states
+    return slurm.run_submitit(runs, executor, threads, progress, poll)
+
+
+def summarize_interrupt(outcomes: list[Outcome], command: str) -> str:
+    """What an interrupted reproduction saved, and how to continue it."""
+    lines = ["Stopped by Ctrl+C."]
+    lines += [f"  {o.run.name}: {o.message}" for o in outcomes if o.status == "interrupted"]
+    done = sum(o.status in ("trained", "skipped") for o in outcomes)
+    lines.append(f"  {done} run(s) finished before; they are kept.")
+    lines.append(f"Continue (finished runs are skipped, the others resume): {command}")
+    return "\n".join(lines)
+
+
+def main(
+    argv: list[str] | None = None,
+    experiments: Sequence[Experiment] = EXPERIMENTS,
+    prog: str = "icl-reproduce",
+) -> None:
+    """Parse ``argv``, train the chosen ``experiments``' runs, then write the report."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = parser_for(experiments, prog)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    scale = "quick" if args.quick else "full"
+    logs, out = args.logs.resolve() / scale, args.out.resolve() / scale
+    chosen = [e for e in experiments if args.only is None or e.name in args.only]
+    runs = [
+        Run(e, v, s, args.quick, logs, args.max_steps)
+        for e in chosen
+        for v in e.variant_names(args.quick)
+        for s in range(args.seeds)
+    ]
+    jobs, threads = jobs_and_threads(args.jobs, args.threads, available_cores())
+    if args.report_only:
+        check_logs_hold_runs(parser, logs, runs)
+    estimate = sum(r.estimated_seconds() for r in runs)
+    print(
+        f"{len(runs)} runs; estimated {estimate / 60:.0f} min on a 2-core CPU one at a time "
+        f"(less on a GPU); {jobs} at once here with {threads} thread(s) each"
+    )
+    if not args.report_only:
+        start = time.perf_counter()
+        try:
+            outcomes = train(args, runs, jobs, threads)
+        except Interrupted as stopped:
+            print(summarize_interrupt(stopped.outcomes, shlex.join([prog, *argv])))
+            raise SystemExit(130) from None
+        unfinished = [o for o in outcomes if o.status in ("failed", "interrupted")]
+        if unfinished:
+            details = "\n".join(
+                f"  {o.run.name}: {o.message}\n{log_tail(o.run.log)}" for o in unfinished
+            )
+            raise SystemExit(f"{len(unfinished)} run(s) did not finish:\n{details}")
+        print(f"all runs finished in {(time.perf_counter() - start) / 60:.1f} min")
+    write_report(chosen, args.seeds, logs, out, args.quick, args.max_steps)
+    print(f"report: {out / 'report.md'}")

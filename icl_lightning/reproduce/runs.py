@@ -1,0 +1,178 @@
+"""One training run of the reproduction: its folder, derived config, command and state.
+
+A run is ``icl-lightning fit --config <run dir>/reproduce.yaml``: the experiment's shipped
+config with the experiment's, the variant's and the seed's changes, in a fresh process, in
+``<logs>/<quick|full>/<experiment>/<variant>/seed<k>/``. It is finished when that folder holds a
+``done.json`` for at least its planned steps; otherwise it resumes from ``checkpoints/last.ckpt``
+when there is one. Every path is absolute, so a run resumes the same way from any working
+directory.
+"""
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from icl_lightning.reproduce.experiments import Experiment
+
+#: the project's root: the shipped configs are relative to it
+ROOT = Path(__file__).resolve().parents[2]
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+def set_path(config: dict, path: str, value) -> None:
+    """Set ``config[a][b][c] = value`` for ``path = "a.b.c"``; ``callbacks.<Class>.<arg>`` sets
+    the init arg of the trainer callback whose class_path ends in ``Class``. An ``init_args``
+    in the path is skipped where the config gives that class's options without a class_path
+    (``data: {batch_size: 64}`` for the default data module)."""
+    keys = path.split(".")
+    if keys[0] == "callbacks":
+        callbacks = config["trainer"]["callbacks"]
+        match = [c for c in callbacks if c["class_path"].endswith("." + keys[1])]
+        if not match:
+            raise KeyError(f"{path}: no callback {keys[1]} in the config")
+        match[0].setdefault("init_args", {})[keys[2]] = value
+        return
+    node = config
+    for key in keys[:-1]:
+        implicit_class = node and "class_path" not in node and "init_args" not in node
+        if not (key == "init_args" and implicit_class):
+            node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def planned_steps(experiment: Experiment, quick: bool, max_steps: int | None = None) -> int:
+    """Steps of each run: the quick or the full count, capped at ``max_steps`` when given."""
+    steps = experiment.quick_steps if quick else experiment.full_steps
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Seed ``seed`` of ``variant`` of ``experiment``, at the quick or the full scale (capped at
+    ``max_steps``), under ``logs`` (``<--logs>/<quick|full>``, absolute)."""
+
+    experiment: Experiment
+    variant: str
+    seed: int
+    quick: bool
+    logs: Path
+    max_steps: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment.name}/{self.variant} seed {self.seed}"
+
+    @property
+    def directory(self) -> Path:
+        return self.logs / self.experiment.name / self.variant / f"seed{self.seed}"
+
+    @property
+    def steps(self) -> int:
+        return planned_steps(self.experiment, self.quick, self.max_steps)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.directory / "checkpoints" / "last.ckpt"
+
+    def estimated_seconds(self) -> float:
+        """Its cost on a 2-core CPU from the experiment's measured seconds (per 1,000 steps, or
+        per quick run)."""
+        e = self.experiment
+        if self.quick:
+            return e.quick_seconds
+        return 10 + e.variant_seconds.get(self.variant, e.seconds) * self.steps / 1000
+
+    def config(self) -> dict:
+        """The shipped config with the experiment's, the variant's and the seed's changes, and
+        the logger writing into :attr:`directory`."""
+        e = self.experiment
+        config = yaml.safe_load((ROOT / e.config).read_text())
+        changes = {
+            **e.changes,
+            **e.variants[self.variant],
+            **(e.quick if self.quick else {}),
+            "trainer.max_steps": self.steps,
+            "seed_everything": self.seed,
+            "data.init_args.seed": self.seed,
+            "trainer.enable_progress_bar": False,  # the runner shows progress over runs
+        }
+        for path, value in changes.items():
+            set_path(config, path, value)
+        logger = config["trainer"].setdefault("logger", {"class_path": TENSORBOARD})
+        logger.setdefault("init_args", {}).update(
+            save_dir=str(self.directory.parents[1]), name=self.variant, version=self.directory.name
+        )
+        return config
+
+    def finished(self) -> bool:
+        """Whether ``done.json`` says the run reached its planned steps. An unreadable
+        ``done.json`` (e.g. cut off by a full disk) counts as unfinished, with a warning."""
+        done = self.directory / "done.json"
+        if not done.exists():
+            return False
+        try:
+            steps = json.loads(done.read_text()).get("steps", self.steps)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            warnings.warn(
+                f"{done} is not a complete JSON record (truncated?): treating the run as "
+                "unfinished; it resumes from its last.ckpt.",
+                stacklevel=2,
+            )
+            return False
+        return steps >= self.steps
+
+    def prepare(self) -> list[str]:
+        """Write ``reproduce.yaml`` into the run folder; return the ``fit`` command, resuming
+        from ``last.ckpt`` when the folder holds one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config_path = self.directory / "reproduce.yaml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        return fit_command(config_path, self.checkpoint)
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "fit.log"
+
+
+def fit_command(config: Path, checkpoint: Path) -> list[str]:
+    """``python -m icl_lightning fit --config=<config>``, with ``--ckpt_path=<checkpoint>`` when
+    that file exists."""
+    command = [sys.executable, "-m", "icl_lightning", "fit", f"--config={config}"]
+    if checkpoint.exists():
+        command.append(f"--ckpt_path={checkpoint}")
+    return command
+
+
+def child_environment(threads: int) -> dict[str, str]:
+    """This process' environment with ``threads`` torch (OpenMP, MKL) threads for a child."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def write_done(directory: Path, seconds: float, steps: int, command: list[str]) -> None:
+    """Mark the run in ``directory`` finished at ``steps`` (a temporary file, then renamed, so
+    a reader never sees a partial record)."""
+    partial = directory / "done.json.partial"
+    partial.write_text(json.dumps({"seconds": seconds, "steps": steps, "command": command}))
+    partial.replace(directory / "done.json")
+
+
+def interrupted_at(log: Path) -> str | None:
+    """The child's own line saying where it stopped and what it saved (``Interrupted at step
+    k; saved ...``), from the end of its ``fit.log``; None if it has none."""
+    if not log.exists():
+        return None
+    with open(log, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 20000))
+        tail = f.read().decode(errors="replace").splitlines()
+    lines = [line for line in tail if line.startswith("Interrupted at step")]
+    return lines[-1] if lines else None

@@ -1,0 +1,147 @@
+"""Runs as submitit jobs: one SLURM job (array task) per run, or submitit's local executor.
+
+Needs the optional extra ``cluster`` (``pip install -e '.[cluster]'``). Each job runs its run's
+``fit`` in a child process. When SLURM preempts the job or its time limit nears, submitit calls
+:meth:`FitJob.checkpoint`: the child is asked to stop (SIGTERM: it stops after its current step
+and writes ``last.ckpt``), and the same job is requeued; started again, it resumes from that
+``last.ckpt``. The report is built from the same run folders.
+"""
+
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from icl_lightning.reproduce.progress import Outcome, Progress
+from icl_lightning.reproduce.runs import (
+    Run,
+    child_environment,
+    fit_command,
+    interrupted_at,
+    write_done,
+)
+
+#: how long the child may take to write its last.ckpt when the job is preempted
+SAVE_GRACE_SECONDS = 60.0
+
+
+class FitJob(submitit.helpers.Checkpointable):
+    """``fit --config <directory>/reproduce.yaml`` (resuming from ``last.ckpt`` when there is
+    one) with ``threads`` torch threads; ``done.json`` at the end. Returns the seconds it took.
+
+    Raises:
+        RuntimeError: the fit failed; the message names its ``fit.log``.
+    """
+
+    def __init__(self, directory: str, steps: int, threads: int):
+        self.directory, self.steps, self.threads = directory, steps, threads
+        self._process: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_process"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _process=None)
+
+    def command(self) -> list[str]:
+        directory = Path(self.directory)
+        return fit_command(directory / "reproduce.yaml", directory / "checkpoints" / "last.ckpt")
+
+    def __call__(self) -> float:
+        directory, command = Path(self.directory), self.command()
+        start = time.perf_counter()
+        with open(directory / "fit.log", "a") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(self.threads)
+            )
+            code = self._process.wait()
+        seconds = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"{' '.join(command)} failed (rc {code}); see {log.name}")
+        write_done(directory, seconds, self.steps, command)
+        return seconds
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Stop the running child (it writes ``last.ckpt``), then requeue this job: started
+        again, :meth:`command` resumes from that checkpoint."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(SAVE_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return submitit.helpers.DelayedSubmission(FitJob(self.directory, self.steps, self.threads))
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """``--launcher slurm`` options: ``partition``, ``minutes`` (time limit of each job; a job
+    that reaches it is requeued and resumes), ``gpus`` per run, ``account``, ``cpus`` per run."""
+
+    partition: str | None = None
+    minutes: int = 120
+    gpus: int = 0
+    account: str | None = None
+    cpus: int = 1
+    max_requeues: int = 20
+
+
+def executor(cluster: str, folder: Path, options: ClusterOptions) -> submitit.AutoExecutor:
+    """A submitit executor for ``cluster`` (``slurm`` or ``local``) writing its files under
+    ``folder``."""
+    kwargs = {"slurm_max_num_timeout": options.max_requeues} if cluster == "slurm" else {}
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+    ex.update_parameters(
+        timeout_min=options.minutes,
+        gpus_per_node=options.gpus,
+        cpus_per_task=options.cpus,
+        name="icl-reproduce",
+    )
+    if cluster == "slurm":
+        extra = {"slurm_partition": options.partition, "slurm_account": options.account}
+        ex.update_parameters(**{k: v for k, v in extra.items() if v is not None})
+    return ex
+
+
+def run_submitit(
+    runs: list[Run], ex: submitit.Executor, threads: int, progress: Progress, poll: float = 5.0
+) -> list[Outcome]:
+    """Submit one job per unfinished run (one job array under SLURM), ``threads`` torch
+    threads each, and wait for them; return every run's :class:`Outcome`."""
+    outcomes, pending = [], []
+    for run in runs:
+        if run.finished():
+            outcomes.append(Outcome(run, "skipped", "done earlier, skipped"))
+            progress.ended_run(outcomes[-1])
+        else:
+            run.prepare()
+            pending.append(run)
+    with ex.batch():
+        jobs = [ex.submit(FitJob(str(run.directory), run.steps, threads)) for run in pending]
+    for run, job in zip(pending, jobs, strict=True):
+        progress.started(run)
+        print(f"submitted {run.name}: job {job.job_id}", flush=True)
+    waiting = dict(zip(jobs, pending, strict=True))
+    while waiting:
+        for job in [j for j in waiting if j.done()]:
+            outcomes.append(job_outcome(waiting.pop(job), job))
+            progress.ended_run(outcomes[-1])
+        time.sleep(poll if waiting else 0)
+    return outcomes
+
+
+def job_outcome(run: Run, job: submitit.Job) -> Outcome:
+    """How ``job`` of ``run`` ended."""
+    try:
+        seconds = job.result()
+    except Exception as error:  # submitit re-raises the job's error with its traceback
+        said = interrupted_at(run.log)
+        if said:
+            return Outcome(run, "interrupted", f"interrupted: {said}")
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        return Outcome(run, "failed", f"failed: {first}; see {run.log} and {job.paths.stderr}")
+    return Outcome(run, "trained", f"trained in {seconds:.0f} s (job {job.job_id})", seconds)
