@@ -4,6 +4,7 @@ Installed as ``icl_lightning.callbacks``; name a probe in YAML with
 ``class_path: icl_lightning.callbacks.<Probe>``.
 """
 
+from icl_lightning.callbacks.block_probe import BlockProbe
 from icl_lightning.callbacks.context_length import ContextLengthProbe
 from icl_lightning.callbacks.copy_score import CopyScore
 from icl_lightning.callbacks.deep_features import DeepFeatureGD
@@ -16,6 +17,7 @@ from icl_lightning.callbacks.ood import OODProbe
 from icl_lightning.callbacks.probe import Probe, predict
 
 __all__ = [
+    "BlockProbe",
     "ContextLengthProbe",
     "CopyScore",
     "DeepFeatureGD",

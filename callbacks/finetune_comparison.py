@@ -3,20 +3,16 @@
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
-from icl_lightning.callbacks.delta_w_blocks import (
-    BlockOption,
-    block_prefixes,
-    validate_block_option,
-)
-from icl_lightning.callbacks.probe import Probe
+from icl_lightning.callbacks.block_probe import BlockProbe
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.plotting import line_figure
-from icl_lightning.theory.delta_w import block_A_sequence, check_block
+from icl_lightning.theory.delta_w import A_sequence
 from icl_lightning.theory.finetune import (
     context_free_inputs,
     context_free_readout,
@@ -27,7 +23,7 @@ from icl_lightning.theory.finetune import (
 from icl_lightning.theory.loss import prediction_loss
 
 
-class FinetuneComparison(Probe):
+class FinetuneComparison(BlockProbe):
     """Finetuning W by SGD on the context, example by example, against ``Delta W_i``.
 
     For each evaluation task (unseen weights: the probe's own seed) with context
@@ -49,23 +45,24 @@ class FinetuneComparison(Probe):
     datamodule's N). Logs under ``ft/``: ``loss_i0`` (no update),
     ``sgd_loss_i<i>`` and ``dw_loss_i<i>`` for i = 1..M, and the figure ``ft/comparison``.
 
-    ``block`` (a stack of K blocks, ``ContextualBlock(num_blocks=K)``): an index k (1-based)
-    or ``"all"`` logs the same names under ``ft/block<k>/`` for learners of block k's ``W_k``
-    alone, both predicting with the context-free network ``T_{W_k'}(x)`` (the query token
-    alone through blocks 1..K; :mod:`icl_lightning.theory.finetune`): SGD on the examples'
-    losses ``0.5 (T_{W_k}(x_i) - y_i)^2``, and ``W_k + Delta W_k,i`` with Proposition 3.1's
-    ``Delta W_k,i = W_k (A_k,i - A_k,0) A_k,0^T / ||A_k,0||^2`` of block k on its own input
-    tokens ``(C^k, x^k)`` of the full prompt; one figure ``ft/block<k>/comparison`` per block.
-    ``None`` (default): the last block, tags as above (a single block: paper B's comparison).
+    For block k of a stack (``block``: an index k or ``"all"``; tags ``ft/block<k>/...``, one
+    figure ``ft/block<k>/comparison`` per block) both learners change block k's ``W_k`` alone
+    and predict with the context-free network ``T_{W_k'}(x)`` (the query token alone through
+    blocks 1..K; :mod:`icl_lightning.theory.finetune`): SGD on the examples' losses
+    ``0.5 (T_{W_k}(x_i) - y_i)^2``, and ``W_k + Delta W_k,i`` with Proposition 3.1's
+    ``Delta W_k,i`` of block k on its own input tokens ``(C^k, x^k)`` of the full prompt. For
+    K = 1 these are paper B's learners above.
+
+    When the SGD learner's test loss is not finite (lr too large for the inputs' scale), the
+    probe warns once, naming ``lr`` and the first example i where it diverged.
 
     Args:
         lr: the SGD learning rate (paper B: 0.01).
         seed: seed of the evaluation tasks (their own, unseen in training).
         batch_size: tasks per chunk; the SGD loop runs once per chunk, so large chunks are
             fast (memory is O(batch_size (M D + m D)) only).
-        block: ``None`` (the last block, tags ``ft/<name>``), ``"all"`` or a block index k
-            (1-based, at most num_blocks): tags ``ft/block<k>/<name>``.
-        **kwargs: the other options of :class:`~icl_lightning.callbacks.Probe`.
+        **kwargs: ``block`` (:class:`~icl_lightning.callbacks.block_probe.BlockProbe`) and the
+            other options of :class:`~icl_lightning.callbacks.Probe`.
 
     Example::
 
@@ -73,38 +70,30 @@ class FinetuneComparison(Probe):
     """
 
     namespace = "ft"
-
-    @override
-    def check_model(self, model: nn.Module) -> None:
-        """The Delta-W theory needs a :class:`ContextualBlock`, with ``block`` in 1..K."""
-        check_block(model)
-        block_prefixes(self.block, model)
+    marker = "loss_i0"
 
     def __init__(
         self,
         lr: PositiveFloat = 0.01,
         seed: NonNegativeInt = 31337,
         batch_size: PositiveInt = 4096,
-        block: BlockOption = None,
         **kwargs,
     ) -> None:
         require(lr > 0, "lr", lr, "a number > 0")
         super().__init__(seed=seed, batch_size=batch_size, **kwargs)
-        validate_block_option(block)
         self.lr = float(lr)
-        self.block = block
+        self.warned_divergence = False
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
-        blocks = block_prefixes(self.block, check_block(model)) or {1: ""}
         return {
             f"{prefix}{name}": value
-            for k, prefix in blocks.items()
+            for k, prefix in self.blocks(model).items()
             for name, value in self._block_sums(model, k, batch).items()
         }
 
     def _block_sums(self, model: nn.Module, k: int, batch: ICLBatch) -> dict[str, torch.Tensor]:
-        """Sums over tasks of both learners' test losses for block k's W (k = K = 1: paper B)."""
+        """Sums over tasks of both learners' test losses for block k's W (K = 1: paper B)."""
         mlp, readout = model.layers(k)[1], context_free_readout(model, k)
         examples, test = context_free_inputs(model, k, batch.context_x, batch.query_x)
         sgd = sgd_on_W(mlp, examples, batch.context_y, test, self.lr, readout)  # (B, M)
@@ -112,7 +101,7 @@ class FinetuneComparison(Probe):
             [
                 delta_W_predictions(
                     mlp,
-                    block_A_sequence(model, k, p.context_x, p.context_y, p.query_x),
+                    A_sequence(model, k, p.context_x, p.context_y, p.query_x),
                     test=z,
                     readout=readout,
                 )
@@ -127,32 +116,41 @@ class FinetuneComparison(Probe):
             "dw_loss": prediction_loss(implicit, y.unsqueeze(1)).sum(0),
         }
 
-    @staticmethod
-    def _prefixes(results: dict) -> list[str]:
-        """``""`` (the default tags) or ``"block<k>/"`` for every measured block."""
-        return [name.removesuffix("loss_i0") for name in results if name.endswith("loss_i0")]
-
     @override
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:
         out = {}
-        for p in self._prefixes(results):
+        for p in self.prefixes(results):
             out[f"{p}loss_i0"] = float(results[f"{p}loss_i0"])
             for name in ("sgd_loss", "dw_loss"):
-                values = results[f"{p}{name}"]
-                out.update({f"{p}{name}_i{i}": float(v) for i, v in enumerate(values, start=1)})
+                out |= self.per_i(f"{p}{name}", results[f"{p}{name}"])
+            self._warn_if_diverged(p, results[f"{p}sgd_loss"])
         return out
+
+    def _warn_if_diverged(self, prefix: str, sgd_loss: torch.Tensor) -> None:
+        """Warn once per run when SGD's test loss is not finite, naming lr and the first i."""
+        bad = (~torch.isfinite(sgd_loss)).nonzero()
+        if self.warned_divergence or not len(bad):
+            return
+        self.warned_divergence = True
+        i = int(bad[0]) + 1
+        before = f" (test loss {float(sgd_loss[i - 2]):.3g} at i = {i - 1})" if i > 1 else ""
+        rank_zero_warn(
+            f"{type(self).__name__}: SGD on W{self.where(prefix)} diverged at lr={self.lr:g}: its "
+            f"test loss is not finite from example i = {i}{before}. Lower "
+            "FinetuneComparison.lr (init_args.lr) or the inputs' scale; the Delta-W curve is "
+            "unaffected."
+        )
 
     @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
         figures = {}
-        for p in self._prefixes(results):
+        for p in self.prefixes(results):
             i = range(0, len(results[f"{p}sgd_loss"]) + 1)
             start = [float(results[f"{p}loss_i0"])]
             curves = {
                 f"SGD on W (lr {self.lr:g})": start + results[f"{p}sgd_loss"].tolist(),
                 "Delta W_i": start + results[f"{p}dw_loss"].tolist(),
             }
-            where = f" ({p.rstrip('/')})" if p else ""
-            title = f"Finetuning vs in-context Delta W{where}"
+            title = f"Finetuning vs in-context Delta W{self.where(p)}"
             figures[f"{p}comparison"] = line_figure(i, curves, "examples i", "test loss", title)
         return figures

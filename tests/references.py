@@ -61,3 +61,50 @@ def finite_difference_sensitivities(fn, context_x, context_y, query_x, h=1e-5) -
         )
         columns.append((plus - minus) / (2 * h))
     return torch.stack(columns, dim=-1)
+
+
+# ---------------------------------------------- paper B: its formulas as written, and W replaced
+def delta_W_sequence(W: torch.Tensor, A_seq: torch.Tensor) -> torch.Tensor:
+    """Proposition 3.1: ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2`` for i = 1..N, every
+    ``(m, D)`` matrix formed, ``(B, N, m, D)``, from ``A_seq = (A_0, .., A_N)``
+    ``(B, N + 1, D)``."""
+    A_0 = A_seq[:, :1]  # (B, 1, D)
+    u = (A_seq[:, 1:] - A_0) @ W.T  # (B, N, m)
+    return u.unsqueeze(-1) * (A_0 / (A_0 * A_0).sum(-1, keepdim=True)).unsqueeze(-2)
+
+
+def gradient_steps(W: torch.Tensor, A_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposition 3.1's gradient-step form: the step size ``h = 1 / ||A_0||^2`` ``(B,)`` and
+    ``Delta_i = W (A_{i-1} - A_i) A_0^T`` for i = 1..N ``(B, N, m, D)``."""
+    A_0 = A_seq[:, 0]
+    u = (A_seq[:, :-1] - A_seq[:, 1:]) @ W.T  # (B, N, m)
+    return 1.0 / (A_0 * A_0).sum(-1), u.unsqueeze(-1) * A_0[:, None, None, :]
+
+
+def token_loss(Delta_i: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``L_i(W) = trace(Delta_i^T W)``, whose gradient in W is ``Delta_i``."""
+    return (Delta_i * W).sum((-2, -1))
+
+
+def output_with(mlp: torch.nn.Module, z: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``M_{W'}(z)[-1]`` with the MLP's first weight replaced by ``W'`` (``torch.func``, so the
+    module is untouched): ``W`` ``(m, D)`` for every z ``(..., D)``, or ``(..., m, D)``, one
+    per z."""
+    if W.ndim == 2:
+        return torch.func.functional_call(mlp, {"W": W}, (z,))[..., -1]
+    one = torch.vmap(lambda w, u: torch.func.functional_call(mlp, {"W": w}, (u,))[-1])
+    flat = one(W.reshape(-1, *W.shape[-2:]), z.reshape(-1, z.shape[-1]))
+    return flat.reshape(z.shape[:-1])
+
+
+def forward_with(model: torch.nn.Module, W: torch.Tensor, context_x, context_y, query_x):
+    """``T_{W'}(C, x)`` ``(B,)``: a one-block model's own forward with ``mlp.W`` replaced by
+    ``W`` ``(m, D)``, or by one ``(m, D)`` matrix per prompt ``(B, m, D)``."""
+    if W.ndim == 2:
+        return torch.func.functional_call(model, {"mlp.W": W}, (context_x, context_y, query_x))
+
+    def one(w, cx, cy, qx):
+        prompt = (cx.unsqueeze(0), cy.unsqueeze(0), qx.unsqueeze(0))
+        return torch.func.functional_call(model, {"mlp.W": w}, prompt)[0]
+
+    return torch.vmap(one)(W, context_x, context_y, query_x)

@@ -1,30 +1,28 @@
-"""A stack of K contextual blocks (``ContextualBlock(num_blocks=K)``) and its per-block probes:
-Theorem 2.2 and Proposition 3.1 for every block in float64 on random weights, and the CLI."""
+"""A stack of K contextual blocks (``ContextualTransformer(num_blocks=K)``) and its per-block
+probes: Theorem 2.2 and Proposition 3.1 for every block in float64 on random weights, and the
+CLI."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
+from references import delta_W_sequence
 
 from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence, FinetuneComparison
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.models import ContextualBlock
-from icl_lightning.theory.delta_w import (
-    A_sequence,
-    block_A_sequence,
-    block_equivalence,
-    delta_W_sequence,
-)
+from icl_lightning.models import ContextualBlock, ContextualTransformer
+from icl_lightning.theory.delta_w import A_sequence, equivalence
 from icl_lightning.theory.finetune import delta_W_predictions, sgd_on_W
 
 TOL = 1e-10
 B, N, d = 5, 7, 3
 
 
-def stack(K, attention, mlp_skip, layer_norm) -> ContextualBlock:
+def stack(K, attention, mlp_skip, layer_norm) -> ContextualTransformer:
     torch.manual_seed(K)
-    return ContextualBlock(
+    return ContextualTransformer(
         d,
         num_heads=2,
         attention=attention,
@@ -61,7 +59,7 @@ def test_theorem_2_2_for_every_block(K, attention, mlp_skip, layer_norm):
     with torch.no_grad():
         T = model(cx, cy, qx)
         for k in range(1, K + 1):
-            e = block_equivalence(model, k, cx, cy, qx)
+            e = equivalence(model, k, cx, cy, qx)
             scale = e.output.abs().max()
             assert (e.output - e.implicit_output).abs().max() < TOL * scale
             assert (e.prediction - T).abs().max() < TOL * T.abs().max()
@@ -75,7 +73,7 @@ def test_prefix_running_sums_for_every_block(K, attention, mlp_skip, layer_norm)
     cx, cy, qx = prompt(1)
     with torch.no_grad():
         for k in range(1, K + 1):
-            A_seq = block_A_sequence(model, k, cx, cy, qx)
+            A_seq = A_sequence(model, k, cx, cy, qx)
             context, query = model.block_input(k, cx, cy, qx)
             layer = model.layers(k)[0]
             keep = torch.arange(N) < torch.arange(N + 1)[:, None]  # (N + 1, N): prefix i
@@ -94,26 +92,46 @@ def test_context_tokens_never_see_the_query():
             assert (one - other).abs().max() == 0
 
 
-def test_one_block_is_todays_block():
-    """num_blocks=1 keeps the state-dict names and the forward of the single block."""
+def test_one_block_is_the_one_block_stack():
+    """ContextualBlock is ContextualTransformer(num_blocks=1): the same state-dict names (no
+    ``earlier``) and weights from one seed, the same forward, ``M_W(A(C, x))[-1]``."""
     torch.manual_seed(0)
-    model = ContextualBlock(d)
-    assert model.num_blocks == 1
-    assert all(not name.startswith("earlier") for name in model.state_dict())
+    block = ContextualBlock(d)
+    torch.manual_seed(0)
+    one = ContextualTransformer(d, num_blocks=1)
+    assert block.num_blocks == 1 and type(block).__name__ == "ContextualBlock"
+    assert all(not name.startswith("earlier") for name in block.state_dict())
+    pairs = zip(block.state_dict().items(), one.state_dict().items(), strict=True)
+    for (name, p), (other, q) in pairs:
+        assert name == other and torch.equal(p, q)
     cx, cy, qx = (t.float() for t in prompt())
-    assert torch.equal(model(cx, cy, qx), model.head(model.A(cx, cy, qx)))
+    layer, mlp = block.layers(1)
+    assert torch.equal(block(cx, cy, qx), mlp(layer(*block.tokens(cx, cy, qx)))[:, -1])
+    assert torch.equal(block(cx, cy, qx), one(cx, cy, qx))
+
+
+def test_old_config_key_builds_the_stack():
+    """``ContextualBlock(num_blocks=K)`` (configs written before ContextualTransformer) is the
+    K-block stack: the same parameters and predictions as ContextualTransformer from one seed."""
+    torch.manual_seed(0)
+    old = ContextualBlock(d, num_blocks=3, num_heads=2)
+    torch.manual_seed(0)
+    new = ContextualTransformer(d, num_blocks=3, num_heads=2)
+    assert old.state_dict().keys() == new.state_dict().keys()
+    cx, cy, qx = (t.float() for t in prompt())
+    assert old.num_blocks == 3 and torch.equal(old(cx, cy, qx), new(cx, cy, qx))
 
 
 def test_block_past_K_is_a_clear_error():
     model = stack(2, "softmax", False, False)
     with pytest.raises(ValueError, match=r"block=3 is invalid: expected an integer in 1\.\.2"):
         model.layers(3)
-    with pytest.raises(ValueError, match="num_blocks=2"):
-        model.A(*prompt())
+    with pytest.raises(ValueError, match=r"block=3 is invalid: expected an integer in 1\.\.2"):
+        equivalence(model, 3, *prompt())
     with pytest.raises(ValueError, match="block="):
         DeltaWEquivalence(block=0)
     with pytest.raises(ValueError, match="num_blocks=0"):
-        ContextualBlock(d, num_blocks=0)
+        ContextualTransformer(d, num_blocks=0)
 
 
 def probes_yaml(tmp_path, block) -> str:
@@ -162,6 +180,7 @@ def test_cli_block_past_K_is_a_usage_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("option", "named"),
     [
+        ("--model.model.help=icl_lightning.models.ContextualTransformer", "--model.num_blocks"),
         ("--model.model.help=icl_lightning.models.ContextualBlock", "--model.num_blocks"),
         ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWEquivalence", "'all'"),
         ("--trainer.callbacks.help=icl_lightning.callbacks.DeltaWConvergence", "'all'"),
@@ -177,18 +196,18 @@ def test_new_options_in_help(capsys, option, named):
     assert named in out and ("num_blocks" in out)
 
 
-def test_block_none_on_a_stack_measures_block_K_with_the_single_block_tags():
+def test_block_none_on_a_stack_measures_block_K_with_the_plain_tags():
     model = stack(2, "softmax", False, False)
     cx, cy, qx = prompt(3)
     batch = ICLBatch(cx, cy, qx, torch.zeros(B, dtype=torch.float64))
     with torch.no_grad():
         sums = DeltaWEquivalence().compute(model, batch)
-        e = block_equivalence(model, 2, cx, cy, qx)
+        e = equivalence(model, 2, cx, cy, qx)
         assert sums["max_abs_diff"] == (e.output - e.implicit_output).abs().max()
         assert set(DeltaWConvergence().compute(model, batch)) == {"norm", "update"}
 
 
-def finetune_sums(model: ContextualBlock, block, lr: float = 0.05) -> dict[str, torch.Tensor]:
+def finetune_sums(model: ContextualTransformer, block, lr: float = 0.05) -> dict[str, torch.Tensor]:
     """FinetuneComparison's sums on ``prompt(4)`` (targets: the context's mean), as measured."""
     cx, cy, qx = prompt(4)
     batch = ICLBatch(cx, cy, qx, cy.mean(1))
@@ -196,18 +215,19 @@ def finetune_sums(model: ContextualBlock, block, lr: float = 0.05) -> dict[str, 
         return FinetuneComparison(lr=lr, block=block).compute(model, batch)
 
 
-def test_finetune_per_block_path_on_one_block_is_todays_comparison():
+def test_finetune_on_one_block_is_paper_Bs_comparison():
     """K = 1: block=1 (tags block1/) and block=None give paper B's single-block learners:
     SGD on W from A(x_i), tested at A(x_q), and T_{W + Delta W_i}(x)."""
     model = stack(1, "softmax", True, True)
     cx, cy, qx = prompt(4)
     y = cy.mean(1)
+    layer = model.layers(1)[0]
     with torch.no_grad():
-        A_q = model.A_alone(qx)
-        sgd = sgd_on_W(model.mlp, model.A_alone(cx), cy, A_q, lr=0.05)
-        dw = delta_W_predictions(model.mlp, A_sequence(model, cx, cy, qx))
+        A_q, A_x = layer.alone(F.pad(qx, (0, 1))), layer.alone(F.pad(cx, (0, 1)).flatten(0, 1))
+        sgd = sgd_on_W(model.mlp, A_x.unflatten(0, (B, N)), cy, A_q, lr=0.05)
+        dw = delta_W_predictions(model.mlp, A_sequence(model, 1, cx, cy, qx))
     today = {
-        "loss_i0": (0.5 * (model.head(A_q) - y) ** 2).sum(),
+        "loss_i0": (0.5 * (model.mlp(A_q)[:, -1] - y) ** 2).sum(),
         "sgd_loss": (0.5 * (sgd - y[:, None]) ** 2).sum(0),
         "dw_loss": (0.5 * (dw - y[:, None]) ** 2).sum(0),
     }
@@ -218,7 +238,7 @@ def test_finetune_per_block_path_on_one_block_is_todays_comparison():
             assert (sums[prefix + name] - value).abs().max() < TOL * value.abs().max(), name
 
 
-def _context_free(model: ContextualBlock, k: int, W_k: torch.Tensor, x: torch.Tensor):
+def _context_free(model: ContextualTransformer, k: int, W_k: torch.Tensor, x: torch.Tensor):
     """T_{W_k}(x): the query alone through the stack (no context) with block k's W = W_k."""
     name = "mlp.W" if k == model.num_blocks else f"earlier.{k - 1}.mlp.W"
     empty_x, empty_y = x.new_zeros(len(x), 0, x.shape[-1]), x.new_zeros(len(x), 0)
@@ -237,7 +257,7 @@ def test_finetune_of_block_k_equals_autograd_sgd_and_the_updated_stack(k, varian
     y = cy.mean(1)
     W_k = model.layers(k)[1].W.detach()
     with torch.no_grad():
-        dW = delta_W_sequence(W_k, block_A_sequence(model, k, cx, cy, qx))  # (B, N, m, D)
+        dW = delta_W_sequence(W_k, A_sequence(model, k, cx, cy, qx))  # (B, N, m, D)
         loss_i0 = (0.5 * (_context_free(model, k, W_k, qx) - y) ** 2).sum()
     sgd_loss, dw_loss = torch.zeros(N, dtype=torch.float64), torch.zeros(N, dtype=torch.float64)
     for b in range(B):

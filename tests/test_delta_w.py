@@ -1,22 +1,15 @@
-"""Paper B's identities on random (untrained) float64 contextual blocks, to 1e-10."""
+"""Paper B's identities on random (untrained) float64 contextual blocks (K = 1), to 1e-10."""
 
 import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
+from references import delta_W_sequence, forward_with, gradient_steps, output_with, token_loss
 from torch.func import grad, vmap
 
-from icl_lightning.models.contextual_block import ContextualBlock
-from icl_lightning.theory.delta_w import (
-    A_sequence,
-    delta_W_sequence,
-    delta_W_split,
-    gradient_steps,
-    implicit_prediction,
-    output_shift,
-    token_loss,
-    unrolled_weights,
-)
+from icl_lightning.models import ContextualBlock
+from icl_lightning.theory.delta_w import A_sequence, delta_W_split, equivalence, output_shift
 
 TOL = 1e-10
 B, N, d = 16, 7, 3
@@ -52,6 +45,11 @@ def prompt():
     return x[:, :N], y[:, :N], x[:, N]
 
 
+def A(block, cx, cy, qx, keep=None) -> torch.Tensor:
+    """``A(S, x)`` of the block's layer on the prompt's tokens (``keep`` selects S)."""
+    return block.layers(1)[0](*block.tokens(cx, cy, qx), keep)
+
+
 def random_Y(size: int) -> torch.Tensor:
     """A bool (B, N) mask with ``size`` random context points per prompt in Y."""
     order = torch.rand(B, N, generator=torch.Generator().manual_seed(2)).argsort(-1)
@@ -60,20 +58,21 @@ def random_Y(size: int) -> torch.Tensor:
 
 def test_theorem_2_2_whole_context(block, prompt):
     cx, cy, qx = prompt
-    context = block(cx, cy, qx)
-    implicit = implicit_prediction(block, cx, cy, qx)
-    assert (context - implicit).abs().max() < TOL
+    e = equivalence(block, 1, cx, cy, qx)
+    assert (block(cx, cy, qx) - e.implicit_prediction).abs().max() < TOL
+    assert (e.output - e.implicit_output).abs().max() < TOL
+    assert torch.equal(e.prediction, e.output[:, -1])
     # the identity is not vacuous: the context changes the output, and Delta W is not 0
-    assert (context - block(cx[:, :0], cy[:, :0], qx)).abs().max() > 1e-3
-    assert delta_W_split(block, cx, cy, qx).delta_W.norm(dim=(-2, -1)).min() > 1e-6
+    assert (block(cx, cy, qx) - block(cx[:, :0], cy[:, :0], qx)).abs().max() > 1e-3
+    assert delta_W_split(block, 1, cx, cy, qx).delta_W.norm(dim=(-2, -1)).min() > 1e-6
 
 
 def test_theorem_2_2_through_forward_with(block, prompt):
     """The same identity through the block's own forward pass with W replaced."""
     cx, cy, qx = prompt
-    split = delta_W_split(block, cx, cy, qx)
-    implicit = block.forward_with(block.W + split.delta_W, None, None, qx)
-    if block.mlp_skip:
+    split = delta_W_split(block, 1, cx, cy, qx)
+    implicit = forward_with(block, block.mlp.W + split.delta_W, cx[:, :0], cy[:, :0], qx)
+    if block.mlp.skip:
         implicit = implicit + output_shift(split.A_C, split.A_rest)[:, -1]
     assert (block(cx, cy, qx) - implicit).abs().max() < TOL
 
@@ -82,14 +81,15 @@ def test_theorem_2_2_through_forward_with(block, prompt):
 def test_theorem_2_2_partial_Y(block, prompt, size):
     cx, cy, qx = prompt
     Y = random_Y(size)
-    assert (block(cx, cy, qx) - implicit_prediction(block, cx, cy, qx, Y)).abs().max() < TOL
+    e = equivalence(block, 1, cx, cy, qx, Y)
+    assert (block(cx, cy, qx) - e.implicit_prediction).abs().max() < TOL
     # T_{W + Delta W(Y)}(C \ Y, x) on the physically shortened context C \ Y
     rest = (~Y).nonzero()[:, 1].reshape(B, N - size)
-    rest_x = cx.gather(1, rest.unsqueeze(-1).expand(-1, -1, d))
-    split = delta_W_split(block, cx, cy, qx, Y)
-    assert (split.A_rest - block.A(rest_x, cy.gather(1, rest), qx)).abs().max() < TOL
-    implicit = block.forward_with(block.W + split.delta_W, rest_x, cy.gather(1, rest), qx)
-    if block.mlp_skip:
+    rest_x, rest_y = cx.gather(1, rest.unsqueeze(-1).expand(-1, -1, d)), cy.gather(1, rest)
+    split = delta_W_split(block, 1, cx, cy, qx, Y)
+    assert (split.A_rest - A(block, rest_x, rest_y, qx)).abs().max() < TOL
+    implicit = forward_with(block, block.mlp.W + split.delta_W, rest_x, rest_y, qx)
+    if block.mlp.skip:
         implicit = implicit + output_shift(split.A_C, split.A_rest)[:, -1]
     assert (block(cx, cy, qx) - implicit).abs().max() < TOL
 
@@ -97,7 +97,7 @@ def test_theorem_2_2_partial_Y(block, prompt, size):
 def test_delta_W_has_rank_one(block, prompt):
     cx, cy, qx = prompt
     for Y in (None, random_Y(3)):
-        s = torch.linalg.svdvals(delta_W_split(block, cx, cy, qx, Y).delta_W)
+        s = torch.linalg.svdvals(delta_W_split(block, 1, cx, cy, qx, Y).delta_W)
         assert (s[:, 0] > 1e-6).all()
         assert (s[:, 1:] < TOL * s[:, :1]).all()
 
@@ -105,33 +105,32 @@ def test_delta_W_has_rank_one(block, prompt):
 def test_A_alone_is_the_empty_split(block, prompt):
     cx, cy, qx = prompt
     empty = torch.zeros(B, N, dtype=torch.bool)
-    assert (block.A(cx, cy, qx, empty) - block.A_alone(qx)).abs().max() < TOL
+    alone = block.layers(1)[0].alone(F.pad(qx, (0, 1)))
+    assert (A(block, cx, cy, qx, empty) - alone).abs().max() < TOL
 
 
 def test_proposition_3_1_sequence_and_recursion(block, prompt):
     cx, cy, qx = prompt
-    W = block.W.detach()
-    A_seq = A_sequence(block, cx, cy, qx)
+    W = block.mlp.W.detach()
+    A_seq = A_sequence(block, 1, cx, cy, qx)
     dW = delta_W_sequence(W, A_seq)
     assert dW.shape == (B, N, *W.shape)
-    for i in range(N + 1):  # the masked pass == the physical prefixes c_1..c_i
-        assert (A_seq[:, i] - block.A(cx[:, :i], cy[:, :i], qx)).abs().max() < TOL
+    for i in range(N + 1):  # the running sums == the physical prefixes c_1..c_i
+        assert (A_seq[:, i] - A(block, cx[:, :i], cy[:, :i], qx)).abs().max() < TOL
     for i in range(1, N + 1):  # Delta W_i == Theorem 2.2 on the prefix, with Y = c_1..c_i
-        split = delta_W_split(block, cx[:, :i], cy[:, :i], qx)
+        split = delta_W_split(block, 1, cx[:, :i], cy[:, :i], qx)
         assert (dW[:, i - 1] - split.delta_W).abs().max() < TOL
     # W_i = W_{i-1} - h grad L_i(W_{i-1}), gradients by autograd, from W_0 = W
-    steps = gradient_steps(W, A_seq)
-    h = steps.h[:, None, None]
+    h, Delta = gradient_steps(W, A_seq)
     W_i = W.expand(B, *W.shape)
     for i in range(N):
-        g = vmap(grad(token_loss, argnums=1))(steps.Delta[:, i], W_i)
-        W_i = W_i - h * g
+        g = vmap(grad(token_loss, argnums=1))(Delta[:, i], W_i)
+        W_i = W_i - h[:, None, None] * g
         assert (W_i - (W + dW[:, i])).abs().max() < TOL
-    assert (unrolled_weights(W, steps) - (W + dW)).abs().max() < TOL
     # and T_{W + Delta W_i}(x) == T_W(c_1..c_i, x) (+ Delta A_i with the skip connection)
     A_0 = A_seq[:, :1].expand(-1, N, -1)
-    implicit = block.head(A_0, W + dW)
-    if block.mlp_skip:
+    implicit = output_with(block.mlp, A_0, W + dW)
+    if block.mlp.skip:
         implicit = implicit + output_shift(A_seq[:, 1:], A_0)[..., -1]
     direct = torch.stack([block(cx[:, :i], cy[:, :i], qx) for i in range(1, N + 1)], 1)
     assert (implicit - direct).abs().max() < TOL
@@ -145,6 +144,6 @@ def test_update_vanishes_for_a_token_that_changes_nothing():
     cx = torch.randn(B, N, d, generator=g, dtype=torch.float64)
     cy = torch.randn(B, N, generator=g, dtype=torch.float64)
     cx[:, 2], cy[:, 2] = 0.0, 0.0  # a zero token adds nothing to linear attention
-    steps = gradient_steps(block.W, A_sequence(block, cx, cy, cx[:, 0]))
-    assert steps.Delta[:, 2].abs().max() < TOL
-    assert steps.Delta[:, 1].abs().max() > 1e-6
+    _, Delta = gradient_steps(block.mlp.W, A_sequence(block, 1, cx, cy, cx[:, 0]))
+    assert Delta[:, 2].abs().max() < TOL
+    assert Delta[:, 1].abs().max() > 1e-6

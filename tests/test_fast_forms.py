@@ -5,14 +5,11 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
+from references import delta_W_sequence, output_with
 
 from icl_lightning.models import LSA, ContextualBlock
-from icl_lightning.theory.delta_w import (
-    A_sequence,
-    delta_W_sequence,
-    delta_W_sequence_norms,
-    delta_W_split,
-)
+from icl_lightning.theory.delta_w import A_sequence, delta_W_sequence_norms, delta_W_split
 from icl_lightning.theory.finetune import delta_W_predictions, sgd_on_W
 
 TOL = 1e-10
@@ -41,6 +38,16 @@ def random_block(attention="softmax", mlp_skip=False, layer_norm=False, activati
     return block
 
 
+def A(block, cx, cy, qx, keep=None) -> torch.Tensor:
+    """``A(S, x)`` of the block's layer on the prompt's tokens (``keep`` selects S)."""
+    return block.layers(1)[0](*block.tokens(cx, cy, qx), keep)
+
+
+def A_alone(block, x) -> torch.Tensor:
+    """``A(x)`` for inputs ``x`` ``(..., d)``: the token ``[x; 0]`` alone."""
+    return block.layers(1)[0].alone(F.pad(x, (0, 1)).flatten(0, -2)).reshape(*x.shape[:-1], -1)
+
+
 def prompts(batch=B, num_context=N, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, num_context + 1, d, generator=g, dtype=torch.float64)
@@ -54,13 +61,13 @@ def test_running_sums_equal_the_masked_passes(attention, mlp_skip, layer_norm):
     block = random_block(attention, mlp_skip, layer_norm)
     cx, cy, qx, _ = prompts()
     keep = torch.arange(N) < torch.arange(N + 1).unsqueeze(1)  # row i keeps c_1..c_i
-    masked = block.A(cx, cy, qx, keep.expand(B, -1, -1))
-    running = A_sequence(block, cx, cy, qx)
+    masked = A(block, cx, cy, qx, keep.expand(B, -1, -1))
+    running = A_sequence(block, 1, cx, cy, qx)
     assert (running - masked).abs().max() < TOL
-    assert (running[:, -1] - block.A(cx, cy, qx)).abs().max() < TOL
-    assert (running[:, 0] - block.A_alone(qx)).abs().max() < TOL
+    assert (running[:, -1] - A(block, cx, cy, qx)).abs().max() < TOL
+    assert (running[:, 0] - A_alone(block, qx)).abs().max() < TOL
     # and so the Delta W_i sequence: running sums == masked passes
-    W = block.W.detach()
+    W = block.mlp.W.detach()
     dW_running, dW_masked = delta_W_sequence(W, running), delta_W_sequence(W, masked)
     assert (dW_running - dW_masked).abs().max() < TOL * dW_masked.abs().max()
     assert (running[:, 1:] - running[:, :-1]).abs().max() > 1e-3  # the prefixes differ
@@ -71,9 +78,9 @@ def test_running_sums_share_one_maximum_without_overflow():
     block = random_block("softmax")
     cx, cy, qx, _ = prompts()
     cx = 300 * cx  # scores ~ |x|^2 * 300^2 / sqrt(k): far beyond exp's range
-    running = A_sequence(block, cx, cy, qx)
+    running = A_sequence(block, 1, cx, cy, qx)
     keep = torch.arange(N) < torch.arange(N + 1).unsqueeze(1)
-    masked = block.A(cx, cy, qx, keep.expand(B, -1, -1))
+    masked = A(block, cx, cy, qx, keep.expand(B, -1, -1))
     assert torch.isfinite(running).all()
     assert (running - masked).abs().max() < TOL * masked.abs().max()
 
@@ -83,11 +90,11 @@ def test_delta_W_is_the_hand_written_outer_product(attention):
     """Theorem 2.2's Delta W == outer(W dA, A_0) / |A_0|^2, written out here, per prompt."""
     block = random_block(attention)
     cx, cy, qx, _ = prompts()
-    W = block.W.detach()
-    split = delta_W_split(block, cx, cy, qx)
+    W = block.mlp.W.detach()
+    split = delta_W_split(block, 1, cx, cy, qx)
     for b in range(B):
-        A_0 = block.A(cx[b : b + 1, :0], cy[b : b + 1, :0], qx[b : b + 1])[0]  # A(x)
-        dA = block.A(cx[b : b + 1], cy[b : b + 1], qx[b : b + 1])[0] - A_0
+        A_0 = A(block, cx[b : b + 1, :0], cy[b : b + 1, :0], qx[b : b + 1])[0]  # A(x)
+        dA = A(block, cx[b : b + 1], cy[b : b + 1], qx[b : b + 1])[0] - A_0
         expected = torch.outer(W @ dA, A_0) / A_0.dot(A_0)
         assert (split.delta_W[b] - expected).abs().max() < TOL
         assert expected.abs().max() > 1e-3
@@ -97,9 +104,9 @@ def test_delta_W_is_the_hand_written_outer_product(attention):
 def test_norms_from_the_gram_matrix(attention):
     block = random_block(attention)
     cx, cy, qx, _ = prompts()
-    A_seq = A_sequence(block, cx, cy, qx)
-    dW = delta_W_sequence(block.W, A_seq)  # (B, N, m, D), the definition
-    norm, update = delta_W_sequence_norms(block.W, A_seq)
+    A_seq = A_sequence(block, 1, cx, cy, qx)
+    dW = delta_W_sequence(block.mlp.W, A_seq)  # (B, N, m, D), the definition
+    norm, update = delta_W_sequence_norms(block.mlp.W, A_seq)
     assert (norm - dW.norm(dim=(-2, -1))).abs().max() < TOL
     assert (update - dW.diff(dim=1).norm(dim=(-2, -1))).abs().max() < TOL
 
@@ -110,9 +117,9 @@ def test_delta_W_predictions_are_the_updated_block(mlp_skip, chunk):
     """M_{W + Delta W_i}(A_0)[-1] through the block's own head with W replaced, for all i."""
     block = random_block(mlp_skip=mlp_skip)
     cx, cy, qx, _ = prompts()
-    A_seq = A_sequence(block, cx, cy, qx)
-    dW = delta_W_sequence(block.W, A_seq)
-    expected = block.head(A_seq[:, :1].expand(-1, N, -1), block.W + dW)
+    A_seq = A_sequence(block, 1, cx, cy, qx)
+    dW = delta_W_sequence(block.mlp.W, A_seq)
+    expected = output_with(block.mlp, A_seq[:, :1].expand(-1, N, -1), block.mlp.W + dW)
     assert (delta_W_predictions(block.mlp, A_seq, chunk) - expected).abs().max() < TOL
 
 
@@ -123,19 +130,19 @@ def test_sgd_on_W_equals_autograd_sgd_task_by_task(activation, mlp_skip):
     block = random_block(mlp_skip=mlp_skip, activation=activation)
     cx, cy, qx, _ = prompts()
     with torch.no_grad():  # as the probe calls it
-        examples, test = block.A_alone(cx), block.A_alone(qx)
+        examples, test = A_alone(block, cx), A_alone(block, qx)
         fast = sgd_on_W(block.mlp, examples, cy, test, lr=0.05)
     for b in range(B):
-        W = block.W.detach().clone().requires_grad_()
+        W = block.mlp.W.detach().clone().requires_grad_()
         sgd = torch.optim.SGD([W], lr=0.05)
         for i in range(N):
-            loss = 0.5 * (block.head(examples[b, i], W) - cy[b, i]) ** 2
+            loss = 0.5 * (output_with(block.mlp, examples[b, i], W) - cy[b, i]) ** 2
             sgd.zero_grad()
             loss.backward()
             sgd.step()
-            expected = block.head(test[b], W.detach())
+            expected = output_with(block.mlp, test[b], W.detach())
             assert abs(fast[b, i] - expected) < TOL * max(1.0, abs(expected))
-    assert (fast[:, -1] - block.head(test)).abs().max() > 1e-3  # W moved
+    assert (fast[:, -1] - block.mlp(test)[:, -1]).abs().max() > 1e-3  # W moved
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
 """Plain ``nn.Module`` models, weights named as in the papers; no Lightning here."""
 
 from icl_lightning.models.contextual_block import ContextualBlock
+from icl_lightning.models.contextual_transformer import ContextualTransformer
 from icl_lightning.models.lsa import LSA, LSALayer
 from icl_lightning.models.mlp_transformer import FeatureGD, FeatureMap, MLPTransformer
 from icl_lightning.models.token_transformer import TokenTransformer
 
 __all__ = [
     "ContextualBlock",
+    "ContextualTransformer",
     "FeatureGD",
     "FeatureMap",
     "LSA",

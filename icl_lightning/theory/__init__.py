@@ -15,13 +15,10 @@ from icl_lightning.theory.alignment import (
 )
 from icl_lightning.theory.delta_w import (
     A_sequence,
-    block_A_sequence,
-    block_equivalence,
     delta_W,
-    delta_W_sequence,
+    delta_W_sequence_norms,
     delta_W_split,
-    gradient_steps,
-    implicit_prediction,
+    equivalence,
 )
 from icl_lightning.theory.gd import (
     best_eta,
@@ -71,11 +68,8 @@ __all__ = [
     "spectral_form",
     "spectral_predict",
     "A_sequence",
-    "block_A_sequence",
-    "block_equivalence",
     "delta_W",
-    "delta_W_sequence",
+    "delta_W_sequence_norms",
     "delta_W_split",
-    "gradient_steps",
-    "implicit_prediction",
+    "equivalence",
 ]

@@ -1,27 +1,25 @@
-"""Paper B's implicit weight updates of a contextual block (Dherin et al., 2025).
+"""Paper B's implicit weight updates (Dherin et al., 2025), for any block k of a contextual
+transformer (:class:`~icl_lightning.models.ContextualTransformer`; K = k = 1 is paper B's
+single block, :class:`~icl_lightning.models.ContextualBlock`).
 
-For a block ``T_W(C, x) = M_W(A(C, x))`` (:class:`~icl_lightning.models.ContextualBlock`) and
-a part Y of the context C:
+Block k is a contextual block ``M_{W_k}(A_k(C^k, x^k))`` on its own input tokens ``(C^k, x^k)``
+(the prompt's tokens for k = 1; the outputs of blocks 1..k-1 on the full prompt otherwise,
+:meth:`~icl_lightning.models.ContextualTransformer.block_input`). Dropping the block index, for
+a part Y of its context C:
 
 - Theorem 2.2: ``Delta W(Y) = (W Delta A(Y)) A(C \\ Y, x)^T / ||A(C \\ Y, x)||^2`` with
-  ``Delta A(Y) = A(C, x) - A(C \\ Y, x)``; then ``T_W(C, x) = T_{W + Delta W(Y)}(C \\ Y, x)``.
-  With the MLP's skip connection the same rank-1 update holds plus the output shift
-  ``Delta A(Y)`` (read at the prediction slot).
+  ``Delta A(Y) = A(C, x) - A(C \\ Y, x)``; then ``M_W(A(C, x)) = M_{W + Delta W(Y)}(A(C \\ Y, x))``
+  (the whole output token). With the MLP's skip connection the same rank-1 update holds plus
+  the output shift ``Delta A(Y)``.
 - Proposition 3.1: with ``A_i = A(c_1..c_i, x)`` and ``A_0 = A(x)``,
   ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2`` and ``W_i = W + Delta W_i`` satisfy
   ``W_i = W_{i-1} - h grad_W L_i(W_{i-1})``, ``h = 1 / ||A_0||^2``,
   ``L_i(W') = trace(Delta_i^T W')``, ``Delta_i = W (A_{i-1} - A_i) A_0^T``.
 
-All functions are batched over prompts (and over context prefixes) with no Python loops. They
-use only the block's public ``A``, ``A_alone``, ``W``, ``mlp_skip`` and ``head``.
-
-A stack of K blocks (``ContextualBlock(num_blocks=K)``): block k, with its own input tokens
-``(C^k, x^k)`` (blocks 1..k-1 run on the full prompt, :meth:`ContextualBlock.block_input`), is a
-contextual block ``M_{W_k}(A_k(C^k, x^k))`` whose output is a whole token. The ``block_*``
-functions apply both results to it through the token-level entries :func:`token_split` and
-:func:`token_implicit_output`: ``M_{W_k}(A_k(C^k, x^k)) = M_{W_k + Delta W_k}(A_k(x^k))``
-(+ ``Delta A_k`` with the MLP's skip). Context tokens never attend to the query, so replacing
-block k's query output by the right-hand side leaves the final prediction unchanged.
+Context tokens never attend to the query, so replacing block k's output token at the query by
+the right-hand side of Theorem 2.2 leaves the final prediction unchanged (for k = K = 1 the
+prediction is that token's last entry, paper B's ``T_W(C, x) = T_{W + Delta W}(x)``). All
+functions are batched over prompts (and over context prefixes) with no Python loops.
 """
 
 from typing import NamedTuple
@@ -29,16 +27,20 @@ from typing import NamedTuple
 import torch
 
 from icl_lightning.checks import require
-from icl_lightning.models.contextual_block import ContextualBlock, ContextualLayer, ContextualMLP
+from icl_lightning.models.contextual_transformer import (
+    ContextualLayer,
+    ContextualMLP,
+    ContextualTransformer,
+)
 
 
-def check_block(model: object) -> ContextualBlock:
-    """``model`` itself, or a clear error when it is not a :class:`ContextualBlock`."""
+def check_model(model: object) -> ContextualTransformer:
+    """``model`` itself, or a clear error when it is not a contextual block or stack of them."""
     require(
-        isinstance(model, ContextualBlock),
+        isinstance(model, ContextualTransformer),
         "model",
         type(model).__name__,
-        "a ContextualBlock (icl_lightning.models.ContextualBlock); the Delta-W theory "
+        "a ContextualBlock or ContextualTransformer (icl_lightning.models); the Delta-W theory "
         "needs its A(C, x), A(x) and W",
     )
     return model
@@ -63,6 +65,11 @@ def delta_W(W: torch.Tensor, A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.T
     return u.unsqueeze(-1) * v.unsqueeze(-2)
 
 
+def output_shift(A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:
+    """The skip-connection variant's additive output shift ``Delta A = A_C - A_rest``."""
+    return A_C - A_rest
+
+
 class Split(NamedTuple):
     """Theorem 2.2 for one split of each prompt's context into Y and C \\ Y."""
 
@@ -71,37 +78,28 @@ class Split(NamedTuple):
     A_rest: torch.Tensor  # A(C \ Y, x), (B, D)
 
 
-def delta_W_split(
-    model: ContextualBlock, context_x, context_y, query_x, Y: torch.Tensor | None = None
+def token_split(
+    layer: ContextualLayer, W: torch.Tensor, context, query, Y: torch.Tensor | None = None
 ) -> Split:
-    """``Delta W(Y)`` of Theorem 2.2; ``Y`` is a bool ``(B, N)`` mask (default: all of C)."""
-    model = check_block(model)
-    A_C = model.A(context_x, context_y, query_x)
-    A_rest = model.A_alone(query_x) if Y is None else model.A(context_x, context_y, query_x, ~Y)
-    return Split(delta_W(model.W, A_C, A_rest), A_C, A_rest)
-
-
-def implicit_prediction(
-    model: ContextualBlock, context_x, context_y, query_x, Y: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``T_{W + Delta W(Y)}(C \\ Y, x)`` ``(B,)``, plus ``Delta A(Y)[-1]`` when the MLP keeps
-    its skip connection; Theorem 2.2 says it equals ``T_W(C, x)`` exactly."""
-    split = delta_W_split(model, context_x, context_y, query_x, Y)
-    pred = model.head(split.A_rest, model.W + split.delta_W)
-    if model.mlp_skip:
-        pred = pred + output_shift(split.A_C, split.A_rest)[..., -1]
-    return pred
-
-
-def token_split(layer: ContextualLayer, W: torch.Tensor, context, query) -> Split:
-    """Theorem 2.2 for Y = C at token level, for any block: ``A_C = A(C^k, x^k)``,
-    ``A_rest = A(x^k)`` of the layer ``A`` on tokens ``context`` (B, N, D) and ``query`` (B, D),
-    and ``Delta W = (W (A_C - A_rest)) A_rest^T / ||A_rest||^2``."""
-    A_C, A_rest = layer(context, query), layer.alone(query)
+    """Theorem 2.2 on tokens: ``A_C = A(C, x)`` and ``A_rest = A(C \\ Y, x)`` of the layer
+    ``A`` on ``context`` ``(B, N, D)`` and ``query`` ``(B, D)`` (``Y``: a bool ``(B, N)`` mask;
+    default all of C, ``A_rest = A(x)``), and ``Delta W = (W Delta A) A_rest^T / ||A_rest||^2``."""
+    A_C = layer(context, query)
+    A_rest = layer.alone(query) if Y is None else layer(context, query, ~Y)
     return Split(delta_W(W, A_C, A_rest), A_C, A_rest)
 
 
-def token_implicit_output(mlp: ContextualMLP, split: Split) -> torch.Tensor:
+def delta_W_split(
+    model: ContextualTransformer, k: int, context_x, context_y, query_x, Y=None
+) -> Split:
+    """:func:`token_split` of block k (1-based) on its input ``(C^k, x^k)``; ``Y`` a bool
+    ``(B, N)`` mask of the context tokens (default: all of them)."""
+    context, query = check_model(model).block_input(k, context_x, context_y, query_x)
+    layer, mlp = model.layers(k)
+    return token_split(layer, mlp.W, context, query, Y)
+
+
+def implicit_output(mlp: ContextualMLP, split: Split) -> torch.Tensor:
     """``M_{W + Delta W}(A_rest)`` (+ ``Delta A`` with the skip), the whole output token
     ``(B, D)``, from the pre-activation ``u = (W + Delta W) A_rest + b``; Theorem 2.2 says it
     equals ``M_W(A_C)``."""
@@ -110,26 +108,27 @@ def token_implicit_output(mlp: ContextualMLP, split: Split) -> torch.Tensor:
     return out + output_shift(split.A_C, split.A_rest) if mlp.skip else out
 
 
-class BlockEquivalence(NamedTuple):
-    """Theorem 2.2 for block k of a stack, on its own input ``(C^k, x^k)``."""
+class Equivalence(NamedTuple):
+    """Theorem 2.2 for block k, on its own input ``(C^k, x^k)``."""
 
     output: torch.Tensor  # M_{W_k}(A_k(C^k, x^k)), (B, D)
-    implicit_output: torch.Tensor  # M_{W_k + Delta W_k}(A_k(x^k)) (+ Delta A_k), (B, D)
+    implicit_output: torch.Tensor  # M_{W_k + Delta W_k}(A_k(C^k \ Y, x^k)) (+ Delta A_k), (B, D)
     prediction: torch.Tensor  # T(C, x), (B,)
-    implicit_prediction: torch.Tensor  # T with block k's query output replaced, (B,)
+    implicit_prediction: torch.Tensor  # T with block k's output token replaced, (B,)
 
 
-def block_equivalence(model: ContextualBlock, k: int, context_x, context_y, query_x):
-    """:class:`BlockEquivalence` of block k (1-based): both output tokens of block k at the
-    query, and the final predictions through blocks k+1..K from each (equal, since context
-    tokens ``C^{k+1} = M_{W_k}(A_k,ctx(C^k))`` do not depend on the query)."""
-    context, query = check_block(model).block_input(k, context_x, context_y, query_x)
+def equivalence(
+    model: ContextualTransformer, k: int, context_x, context_y, query_x, Y=None
+) -> Equivalence:
+    """Both sides of Theorem 2.2 for block k (1-based; ``Y`` as in :func:`delta_W_split`):
+    block k's output token at the query and the final predictions from each (equal, since
+    the context tokens after block k do not depend on its query output). For K = k = 1:
+    ``T_W(C, x)`` and ``T_{W + Delta W(Y)}(C \\ Y, x)``, tokens and predictions."""
+    context, query = check_model(model).block_input(k, context_x, context_y, query_x)
     layer, mlp = model.layers(k)
-    split = token_split(layer, mlp.W, context, query)
-    output, implicit = mlp(split.A_C), token_implicit_output(mlp, split)
-    if k < model.num_blocks:
-        context = mlp(layer.context_only(context))
-    return BlockEquivalence(
+    split = token_split(layer, mlp.W, context, query, Y)
+    output, implicit = mlp(split.A_C), implicit_output(mlp, split)
+    return Equivalence(
         output,
         implicit,
         model.predict_from(k, context, output),
@@ -137,48 +136,21 @@ def block_equivalence(model: ContextualBlock, k: int, context_x, context_y, quer
     )
 
 
-def block_A_sequence(model: ContextualBlock, k: int, context_x, context_y, query_x):
-    """``A_k(c^k_1..c^k_i, x^k)`` for i = 0..N ``(B, N + 1, D)``: Proposition 3.1's sequence
-    for block k on its own input (running sums, :meth:`ContextualLayer.prefixes`)."""
-    context, query = check_block(model).block_input(k, context_x, context_y, query_x)
+def A_sequence(model: ContextualTransformer, k: int, context_x, context_y, query_x):
+    """``A_k,i = A_k(c^k_1..c^k_i, x^k)`` for i = 0..N, ``(B, N + 1, D)``: Proposition 3.1's
+    sequence for block k on its own input (``A_k,0 = A_k(x^k)``). From running sums over the
+    context (:meth:`ContextualLayer.prefixes`): O(N) time and memory per prompt, equal to
+    N + 1 masked passes."""
+    context, query = check_model(model).block_input(k, context_x, context_y, query_x)
     return model.layers(k)[0].prefixes(context, query)
-
-
-def output_shift(A_C: torch.Tensor, A_rest: torch.Tensor) -> torch.Tensor:
-    """The skip-connection variant's additive output shift ``Delta A = A_C - A_rest``."""
-    return A_C - A_rest
-
-
-def A_sequence(model: ContextualBlock, context_x, context_y, query_x) -> torch.Tensor:
-    """``A_i = A(c_1..c_i, x)``, i = 0..N, ``(B, N + 1, D)``; ``A_0 = A(x)``.
-
-    From running sums over the context (:meth:`ContextualBlock.A_prefixes`): O(N) time and
-    memory per prompt, equal to N + 1 masked passes ``A(C, x, keep=c_1..c_i)``.
-    """
-    return check_block(model).A_prefixes(context_x, context_y, query_x)
-
-
-def delta_W_sequence_factors(
-    W: torch.Tensor, A_seq: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors of ``Delta W_i = u_i v^T`` for i = 1..N: ``u_i = W (A_i - A_0)`` ``(B, N, m)``,
-    ``v = A_0 / ||A_0||^2`` ``(B, D)``; ``A_seq`` is ``(B, N + 1, D)`` from :func:`A_sequence`."""
-    A_0 = A_seq[:, :1]
-    u, v = delta_W_factors(W, A_seq[:, 1:], A_0.expand_as(A_seq[:, 1:]))
-    return u, v[:, 0]
-
-
-def delta_W_sequence(W: torch.Tensor, A_seq: torch.Tensor) -> torch.Tensor:
-    """Proposition 3.1: ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2``, ``(B, N, m, D)``."""
-    u, v = delta_W_sequence_factors(W, A_seq)
-    return u.unsqueeze(-1) * v[:, None, None, :]
 
 
 def delta_W_sequence_norms(
     W: torch.Tensor, A_seq: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``||Delta W_i||_F`` for i = 1..N ``(B, N)`` and ``||Delta W_{i+1} - Delta W_i||_F`` for
-    i = 1..N-1 ``(B, N - 1)``, without forming the ``(B, N, m)`` factors ``u_i``.
+    i = 1..N-1 ``(B, N - 1)``, with ``Delta W_i = W (A_i - A_0) A_0^T / ||A_0||^2`` and
+    ``A_seq`` from :func:`A_sequence`.
 
     Rank one: ``||Delta W_i|| = ||W (A_i - A_0)|| / ||A_0||`` and ``||Delta W_{i+1} - Delta
     W_i|| = ||W (A_{i+1} - A_i)|| / ||A_0||``, with ``||W a||^2 = a^T (W^T W) a`` (a ``D x D``
@@ -192,29 +164,3 @@ def delta_W_sequence_norms(
     A_0, A_i = A_seq[:, :1], A_seq[:, 1:]
     norm_A_0 = A_0.norm(dim=-1)
     return W_norm(A_i - A_0) / norm_A_0, W_norm(A_i.diff(dim=1)) / norm_A_0
-
-
-class GradientSteps(NamedTuple):
-    """Proposition 3.1's gradient-step form of token consumption."""
-
-    h: torch.Tensor  # step size 1 / ||A_0||^2, (B,)
-    Delta: torch.Tensor  # Delta_i = W (A_{i-1} - A_i) A_0^T, (B, N, m, D)
-
-
-def gradient_steps(W: torch.Tensor, A_seq: torch.Tensor) -> GradientSteps:
-    """``h = 1 / ||A(x)||^2`` and ``Delta_i = W (A_{i-1} - A_i) A(x)^T`` for i = 1..N."""
-    A_0 = A_seq[:, 0]
-    u = (A_seq[:, :-1] - A_seq[:, 1:]) @ W.transpose(-1, -2)  # (B, N, m)
-    Delta = u.unsqueeze(-1) * A_0[:, None, None, :]
-    return GradientSteps(1.0 / (A_0 * A_0).sum(-1), Delta)
-
-
-def token_loss(Delta_i: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``L_i(W) = trace(Delta_i^T W)`` (its gradient in W is ``Delta_i``)."""
-    return (Delta_i * W).sum((-2, -1))
-
-
-def unrolled_weights(W: torch.Tensor, steps: GradientSteps) -> torch.Tensor:
-    """``W_i = W - h sum_{j <= i} Delta_j`` for i = 1..N, the recursion
-    ``W_i = W_{i-1} - h grad L_i(W_{i-1})`` from ``W_0 = W`` in closed form, ``(B, N, m, D)``."""
-    return W - steps.h[:, None, None, None] * steps.Delta.cumsum(1)

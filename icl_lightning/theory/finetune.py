@@ -1,20 +1,18 @@
 """Paper B's Fig. 3 learners: finetuning the MLP weight W by SGD against the implicit Delta W_i.
 
-For a contextual block ``T_W(C, x) = M_W(A(C, x))[-1]`` with ``M_W(z) = W_2 f(u) + b_2`` and
-the pre-activation ``u = W z + b`` (:class:`~icl_lightning.models.ContextualBlock`), W enters
-only through u, so
+For block k of a contextual transformer (:class:`~icl_lightning.models.ContextualTransformer`;
+K = k = 1 is paper B's block) with ``M_W(z) = W_2 f(u) + b_2`` and the pre-activation
+``u = W z + b``, W enters only through u, so
 
     grad_W 0.5 (r(M_W(z)) - y)^2 = g z^T,    g = (r(M_W(z)) - y) d r(M_W(z))/du,
 
-a rank-one step, where the readout r maps the block's output token to the prediction: its
-last entry for a single block (and for block K of a stack).
+a rank-one step, where the readout r maps the block's output token to the prediction.
 
-A stack of K blocks (``ContextualBlock(num_blocks=K)``): both learners change block k's
-``W_k`` only and predict with the *context-free* network ``T_{W_k'}(x)``: the query token
-``[x; 0]`` alone through blocks 1..K (:func:`context_free_inputs`,
-:func:`context_free_readout`). Then z is ``A_k(x^k)`` with ``x^k`` the query token after blocks
-1..k-1 on the query alone, and r runs blocks k+1..K on the query alone. For K = 1 this is the
-single block.
+Both learners change block k's ``W_k`` only and predict with the *context-free* network
+``T_{W_k'}(x)``: the query token ``[x; 0]`` alone through blocks 1..K
+(:func:`context_free_inputs`, :func:`context_free_readout`). Then z is ``A_k(x^k)`` with
+``x^k`` the query token after blocks 1..k-1 on the query alone, and r runs blocks k+1..K on the
+query alone; for k = K, r reads the token's last entry. For K = 1: z = A(x), paper B's set-up.
 
 Both learners are batched over tasks (a leading B), have no host sync inside their loops, and
 cost O(M m D) per task for M examples (times the cost of r); memory stays O(B (M D + m D)).
@@ -26,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import vjp
 
-from icl_lightning.models.contextual_block import ContextualBlock, ContextualMLP
+from icl_lightning.models.contextual_transformer import ContextualMLP, ContextualTransformer
 
 #: the rest of the network after a block: output tokens ``(..., D)`` -> predictions ``(...)``,
 #: each row on its own; ``None``: the token's last entry
@@ -66,12 +64,12 @@ def read_and_slope(
 
 
 def context_free_inputs(
-    model: ContextualBlock, k: int, context_x: torch.Tensor, query_x: torch.Tensor
+    model: ContextualTransformer, k: int, context_x: torch.Tensor, query_x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block k's MLP inputs on context-free prompts: ``z_i = A_k(x^k(x_i))`` for the context
     inputs ``(B, M, d)`` -> ``(B, M, D)`` and ``z = A_k(x^k(x_q))`` for the queries ``(B, d)``
     -> ``(B, D)``, where ``x^k(x)`` is the token ``[x; 0]`` after blocks 1..k-1 on it alone
-    (k = 1: the token itself; for a single block ``z = A(x)``)."""
+    (k = 1: the token itself, so ``z = A_1(x)``)."""
     layer = model.layers(k)[0]
     points = torch.cat([context_x, query_x.unsqueeze(1)], dim=1).flatten(0, 1)  # (B (M + 1), d)
     no_x, no_y = points.new_zeros(len(points), 0, model.input_dim), points.new_zeros(len(points), 0)
@@ -80,7 +78,7 @@ def context_free_inputs(
     return z[:, :-1], z[:, -1]
 
 
-def context_free_readout(model: ContextualBlock, k: int) -> Readout:
+def context_free_readout(model: ContextualTransformer, k: int) -> Readout:
     """r of block k: its output tokens ``(..., D)`` through blocks k+1..K on the query alone, to
     the predictions ``(...)``; ``None`` (the token's last entry) for k = K."""
     if k == model.num_blocks:
@@ -113,9 +111,9 @@ def sgd_on_W(
 
     with ``z_i = examples[:, i]`` ``(B, M, D)`` (paper B: ``A(x_i)``, each example a prompt with
     no context; :func:`context_free_inputs`), ``y_i = targets[:, i]`` ``(B, M)``, the readout r
-    (default: the token's last entry; :func:`context_free_readout` for block k < K of a stack)
-    and the test prediction after step i ``r(M_{W_i}(z))`` at ``z = test`` ``(B, D)`` (paper
-    B: ``A(x_q)``). ``g_i`` is taken at ``u_i = W_{i-1} z_i + b`` (:func:`read_and_slope`); the
+    (:func:`context_free_readout`; default: the token's last entry, for k = K) and the test
+    prediction after step i ``r(M_{W_i}(z))`` at ``z = test`` ``(B, D)`` (paper B: ``A(x_q)``).
+    ``g_i`` is taken at ``u_i = W_{i-1} z_i + b`` (:func:`read_and_slope`); the
     test pre-activation is carried along as ``W_i z = W_{i-1} z - lr g_i (z_i . z)``.
     """
     W, b, examples, test = (t.detach() for t in (mlp.W, mlp.b, examples, test))
@@ -124,7 +122,7 @@ def sgd_on_W(
     u_test = F.linear(test, W, b)  # W_i z + b, (B, m)
     similarity = (examples * test.unsqueeze(1)).sum(-1)  # z_i . z, (B, M)
     predictions = targets.new_empty(targets.shape[::-1])  # (M, B): row i written at step i
-    # reused every step (allocating them was a fifth of the loop's time)
+    # buffers reused every step: the loop allocates nothing
     u, hidden, slope_buffer = u_test.new_empty((3, *u_test.shape))
     for i, (z, y) in enumerate(zip(examples.unbind(1), targets.unbind(1), strict=True)):
         z_columns = z.T.unsqueeze(-1)  # (D, B, 1)
@@ -149,8 +147,8 @@ def delta_W_predictions(
     """``r(M_{W + Delta W_i}(z))`` for i = 1..N, ``(B, N)``; ``W = mlp.W``.
 
     ``Delta W_i = u_i v^T`` with ``u_i = W (A_i - A_0)``, ``v = A_0 / ||A_0||^2``
-    (Proposition 3.1; ``A_seq`` from :func:`~icl_lightning.theory.delta_w.A_sequence`, or
-    :func:`~icl_lightning.theory.delta_w.block_A_sequence` for block k of a stack), applied at
+    (Proposition 3.1; ``A_seq`` of block k from :func:`~icl_lightning.theory.delta_w.A_sequence`),
+    applied at
     ``z = test`` ``(B, D)`` (default ``A_0``: then ``T_{W + Delta W_i}(x)``, which Theorem 2.2
     makes the block's prediction from ``c_1..c_i``), read by ``readout`` r (default: the last
     entry). The pre-activation is ``(W + Delta W_i) z + b = W (z + (v . z) (A_i - A_0)) + b``:
