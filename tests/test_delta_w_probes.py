@@ -129,3 +129,64 @@ def test_ddp_two_processes_match_one(tmp_path):
         # have other row counts, so they agree to rounding, not bit for bit
         rounding = 1e-13 if "max_" in tag else 1e-30
         assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=rounding), tag
+
+
+def one_probe_yaml(tmp_path, name: str, **init_args) -> str:
+    """A config holding only the probe ``name`` with ``init_args`` (YAML flow values)."""
+    args = ", ".join(f"{k}: {v}" for k, v in {"num_tasks": 32, **init_args}.items())
+    path = tmp_path / "probe.yaml"
+    path.write_text(
+        f"trainer:\n  callbacks:\n    - class_path: icl_lightning.callbacks.{name}\n"
+        f"      init_args: {{{args}}}\n"
+    )
+    return f"--config={path}"
+
+
+@pytest.mark.parametrize(
+    ("probe_args", "data_N", "named"),
+    [({}, 1, "data.init_args.num_context=1"), ({"num_context": 1}, 6, "Convergence.num_context=1")],
+)
+def test_convergence_on_one_context_point_is_a_usage_error(
+    tmp_path, capsys, probe_args, data_N, named
+):
+    """||Delta W_2 - Delta W_1|| needs N >= 2: exit 2 naming the option, before any file."""
+    logs = tmp_path / "logs"
+    args = ["fit", f"--config={CONFIGS / 'contextual_block.yaml'}"]
+    args += [one_probe_yaml(tmp_path, "DeltaWConvergence", **probe_args)]
+    args += [*tiny_args(logs), f"--data.init_args.num_context={data_N}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not logs.exists()
+
+
+def test_finetune_on_one_context_point_measures_one_step(tmp_path):
+    """M = 1 is a legal comparison: one SGD step against Delta W_1."""
+    args = ["fit", f"--config={CONFIGS / 'contextual_block.yaml'}"]
+    args += [one_probe_yaml(tmp_path, "FinetuneComparison"), *tiny_args(tmp_path, steps=2)]
+    cli = run_cli([*args, "--data.init_args.num_context=1"])
+    results = cli.trainer.callbacks[0].last_results
+    assert {"ft/loss_i0", "ft/sgd_loss_i1", "ft/dw_loss_i1"} <= set(results)
+    assert "ft/sgd_loss_i2" not in results
+    assert all(math.isfinite(v) for v in results.values())
+    assert results["ft/sgd_loss_i1"] != results["ft/loss_i0"]
+
+
+def test_finetune_warns_once_where_sgd_diverges(tmp_path):
+    """Inputs scaled by 1e4 make SGD at lr 0.01 blow up: one warning over three measurements,
+    naming lr and the first example i whose test loss is not finite (as logged)."""
+    task = (
+        "{class_path: icl_lightning.data.LinearRegression, init_args: {input_dim: 4, "
+        "input_distribution: normal, input_range: 10000.0}}"
+    )
+    probe = one_probe_yaml(tmp_path, "FinetuneComparison", every_n_steps=3, task=task)
+    args = ["fit", f"--config={CONFIGS / 'contextual_block.yaml'}", probe]
+    with pytest.warns(UserWarning, match="SGD on W diverged") as warned:
+        cli = run_cli([*args, *tiny_args(tmp_path, steps=6), f"--data.init_args.num_context={N}"])
+    messages = [str(w.message) for w in warned if "SGD on W diverged" in str(w.message)]
+    results = cli.trainer.callbacks[0].last_results
+    first = min(i for i in range(1, N + 1) if not math.isfinite(results[f"ft/sgd_loss_i{i}"]))
+    assert len(messages) == 1
+    assert "lr=0.01" in messages[0] and f"from example i = {first}" in messages[0]
+    assert all(math.isfinite(results[f"ft/dw_loss_i{i}"]) for i in range(1, N + 1))
