@@ -47,3 +47,17 @@ def test_readme_task_subclass_and_its_yaml_train(tmp_path, monkeypatch):
     assert type(cli.datamodule.task).__name__ == "Quadratic"
     assert any(name.startswith("deep/") for name in cli.trainer.callback_metrics)
     sys.modules.pop("my_tasks", None)
+
+
+def test_readme_probe_sees_a_learner_read_its_pairs(tmp_path, monkeypatch):
+    (tmp_path / "my_probes.py").write_text(_block_starting_with("# my_probes.py"))
+    (tmp_path / "my_models.py").write_text(_block_starting_with("# my_models.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", "--model.model", "my_models.RidgeReadout"]
+    cli = run_cli([*args, "--trainer.callbacks+=my_probes.ShuffledLabels", *tiny_args(tmp_path)])
+    metrics = cli.trainer.callback_metrics
+    # ridge regression on d = 5, N = 20 fits the true pairs; y_{i-1} next to x_i defeats it
+    assert metrics["shuffled/loss_true"] < 0.25 * metrics["shuffled/loss_rolled"]
+    assert metrics["shuffled/loss_rolled"] > 0.5 * metrics["val/zero_loss"]
+    sys.modules.pop("my_probes", None)
+    sys.modules.pop("my_models", None)
