@@ -6,18 +6,25 @@ checkpoint (``--ckpt_path``). Model and data are chosen by ``class_path`` (any s
 ``model.model.class_path`` and the data's ``input_dim`` is linked into it. Defaults: a
 TensorBoardLogger under ``logs/``, a rich progress bar counting steps, a
 :class:`~icl_lightning.checkpointing.RunCheckpoint` (``--checkpoint.*``: ``last.ckpt`` every
-100 steps, at the end, and on SIGTERM/Ctrl+C) and the resolved config saved in the run's
+100 steps and at the end) with the other parts of :mod:`icl_lightning.checkpointing` (save on
+SIGTERM/Ctrl+C, exact resume, atomic writes), and the resolved config saved in the run's
 directory. The optimizer and LR scheduler come from ``--optimizer`` / ``--lr_scheduler``.
 
 Runs and their directories:
 
-- ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues that run: the logger writes into
-  ``<run>`` again, so its TensorBoard curves stay one run.
+- ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues that run, any number of times and
+  from a relative or absolute path: the logger writes into ``<run>`` again (its TensorBoard
+  curves stay one run) and ``last.ckpt`` stays the one checkpoint.
 - ``--trainer.logger false``: the run's files (``config.yaml``, ``checkpoints/``) go to a new
-  ``<trainer.default_root_dir>/version_<k>`` (default root ``logs/unlogged``), never the cwd.
+  ``<trainer.default_root_dir>/version_<k>`` (default root ``logs/unlogged``), never the cwd;
+  a resume continues its own ``version_<k>``.
+- A fit into a directory that already holds another run (an explicit
+  ``--trainer.logger.init_args.version``) is refused, unless it resumes that run or
+  ``--overwrite=true`` asks to delete the earlier run's event files and checkpoints first.
 - Before anything is written, the checkpoint is checked (a readable checkpoint of the same
-  network, with the same parameter shapes) and every probe checks that it can measure this
-  model on this data; a failure is a usage error (exit 2) naming the option or file.
+  network, with the same parameter shapes), the output folder must be writable, and every
+  probe checks that it can measure this model on this data; a failure is a usage error
+  (exit 2) naming the option or file.
 """
 
 import re
@@ -27,29 +34,41 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from icl_lightning.callbacks.probe import Probe
-from icl_lightning.checkpointing import RunCheckpoint
+from icl_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    ExactResume,
+    InterruptCheckpoint,
+    RunCheckpoint,
+)
+from icl_lightning.checkpointing.lightning_private import add_link_parents
+from icl_lightning.cli_defaults import add_optimizer_with_default, with_run_name
 from icl_lightning.data.datamodule import ICLDataModule
-from icl_lightning.hparams import FinalMetrics
+from icl_lightning.final_metrics import FinalMetrics
+from icl_lightning.loggers import tensorboard_loggers
 from icl_lightning.modules.base import ICLRegressionModule
-from icl_lightning.profiling import NoProfiler
-from icl_lightning.progress import StepProgressBar
-from icl_lightning.run_checks import (
+from icl_lightning.preflight import (
     LIGHTNING_CKPT_NAMES,
     check_checkpoint_module,
     check_checkpoint_network,
     check_linked_unset,
     check_memory,
+    check_optimizer,
     check_validation_schedule,
+    check_writable,
+    earlier_run_files,
     free_memory,
     load_checkpoint,
     prompt_bytes,
+    run_directory,
 )
+from icl_lightning.profiling import NoProfiler
+from icl_lightning.progress import StepProgressBar
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 #: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
@@ -84,6 +103,26 @@ def summary_lines(metrics: dict) -> list[str]:
     return [lines[name] for name in sorted(lines, key=_natural_key)]
 
 
+def _resumed_run(ckpt_path: str | None) -> Path | None:
+    """``<run>`` when ``ckpt_path`` is ``<run>/checkpoints/<name>.ckpt`` (a run's own file)."""
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        return None
+    folder = Path(ckpt_path).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else None
+
+
+def _continue_run(logger_args, run: Path) -> None:
+    """Point TensorBoardLogger options at ``run`` (``<save_dir>/<name>/<version>``)."""
+    logger_args.save_dir = str(run.parent.parent)
+    logger_args.name = run.parent.name
+    logger_args.version = int(run.name[8:]) if re.fullmatch(r"version_\d+", run.name) else run.name
+
+
+def _as_dict(options) -> dict | None:
+    """A parsed ``class_path``/``init_args`` option as a plain dict (None stays None)."""
+    return options.as_dict() if hasattr(options, "as_dict") else options
+
+
 def _next_version(root: Path) -> Path:
     """``root/version_<k>`` with ``k`` one more than the largest there (0 if none)."""
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
@@ -113,6 +152,8 @@ class ICLLightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # in every run, next to the --trainer.callbacks given (Lightning appends these)
+        kwargs.setdefault("trainer_defaults", {"callbacks": [InterruptCheckpoint(), ExactResume()]})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -120,6 +161,15 @@ class ICLLightningCLI(LightningCLI):
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(StepProgressBar, "progress_bar")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: start again in a run directory that already holds a run (an explicit "
+            "--trainer.logger.init_args.version), deleting its event files and checkpoints "
+            "first; without it such a fit is refused.",
+        )
+        add_optimizer_with_default(parser)  # paper A's AdamW, as the module's own default
         parser.set_defaults(
             {
                 "model": {"class_path": "icl_lightning.modules.ICLRegressionModule"},
@@ -147,9 +197,10 @@ class ICLLightningCLI(LightningCLI):
                 _check_yaml(parser, arg.split("=", 1)[1])
             elif arg in ("-c", "--config") and i + 1 < len(given):
                 _check_yaml(parser, given[i + 1])
-        super().parse_arguments(parser, args)
+        super().parse_arguments(parser, with_run_name(args))  # logs/<config's name>/
+        self._check_parsed()
 
-    def _parse_ckpt_path(self) -> None:
+    def _check_parsed(self) -> None:
         """Check the parsed options before Lightning reads the checkpoint's into them: no option
         the CLI links from the data, and a complete checkpoint of the configured module
         (Lightning would otherwise swap the configured model for the checkpoint's)."""
@@ -164,7 +215,6 @@ class ICLLightningCLI(LightningCLI):
                 check_checkpoint_module(checkpoint, config.ckpt_path, config.model.class_path)
         except ValueError as error:
             self.parser.error(str(error))
-        super()._parse_ckpt_path()
 
     @property
     def run_config(self):
@@ -173,8 +223,8 @@ class ICLLightningCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        """Refuse options that cannot work; choose the run directory (a resumed run's own, or a
-        new one when there is no logger)."""
+        """Refuse options that cannot work (usage errors naming them); choose the run directory
+        (:meth:`_choose_run_directory`)."""
         config = self.run_config
         trainer = config.trainer
         if str(trainer.precision) == "16-true":
@@ -192,26 +242,40 @@ class ICLLightningCLI(LightningCLI):
                 "clip: Lightning refuses a fused one under mixed precision. Set "
                 "--optimizer.init_args.fused=false (or drop one of the two flags)."
             )
+        try:
+            check_optimizer(*(_as_dict(config.get(key)) for key in ("optimizer", "lr_scheduler")))
+            self._choose_run_directory(config)
+        except ValueError as error:
+            self.parser.error(str(error))
+        add_link_parents(self, _LINKS)
+
+    def _choose_run_directory(self, config) -> None:
+        """Point the logger (or ``default_root_dir``) at a resumed run's own directory, check
+        that the output folder is writable, and that a fit starts no run over another."""
+        trainer, fit = config.trainer, self.subcommand == "fit"
+        resumed = _resumed_run(config.get("ckpt_path")) if fit else None
         if not trainer.logger:
-            trainer.default_root_dir = str(_next_version(Path(trainer.default_root_dir)))
+            root = Path(trainer.default_root_dir)
+            check_writable("trainer.default_root_dir", str(root))
+            is_resume = resumed is not None and resumed.is_dir()
+            trainer.default_root_dir = str(resumed if is_resume else _next_version(root))
             return
+        logger = getattr(trainer.logger, "init_args", None)
         if getattr(trainer.logger, "class_path", None) == _TENSORBOARD:
             # the final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
-            trainer.logger.init_args.default_hp_metric = False
-            if self.subcommand == "fit" and config.get("ckpt_path"):
-                self._continue_run(trainer.logger.init_args, Path(config.ckpt_path))
-
-    @staticmethod
-    def _continue_run(logger_args, ckpt_path: Path) -> None:
-        """Point TensorBoardLogger options at the run holding ``<run>/checkpoints/<x>.ckpt``."""
-        run = ckpt_path.resolve().parent.parent
-        if ckpt_path.resolve().parent.name != "checkpoints" or not any(run.glob("events.*")):
+            logger.default_hp_metric = False
+            if resumed is not None and any(resumed.glob("events.*")):
+                _continue_run(logger, resumed)
+        if logger is None or logger.get("save_dir") is None:
             return
-        logger_args.save_dir = str(run.parent.parent)
-        logger_args.name = run.parent.name
-        logger_args.version = (
-            int(run.name[8:]) if re.fullmatch(r"version_\d+", run.name) else run.name
-        )
+        check_writable("trainer.logger.init_args.save_dir", logger.save_dir)
+        run = run_directory(logger.save_dir, logger.get("name"), logger.get("version"))
+        if fit and run is not None and rank_zero_only.rank == 0:
+            option = "trainer.logger.init_args.version"
+            for path in earlier_run_files(
+                run, option, config.get("ckpt_path"), config.get("overwrite")
+            ):
+                path.unlink()
 
     # ------------------------------------------------------------------- building the run
     def instantiate_classes(self) -> None:
@@ -231,6 +295,9 @@ class ICLLightningCLI(LightningCLI):
             )
         if type(self.trainer.profiler) is PassThroughProfiler:  # no --trainer.profiler given
             self.trainer.profiler = NoProfiler()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # no --trainer.plugins of its own
+            strategy.checkpoint_io = AtomicCheckpointIO()
         options = self.run_config.as_dict()
         params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
         self.trainer.callbacks.append(FinalMetrics(params))
@@ -271,15 +338,9 @@ class ICLLightningCLI(LightningCLI):
                 needs[option] = prompt_bytes(probe.num_tasks, probe.num_context or N, dim, size)
         return needs
 
-    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
-        """As LightningCLI's (which builds the optimizer once), naming the options on failure."""
-        try:
-            super()._add_configure_optimizers_method_to_model(subcommand)
-        except ValueError as error:
-            raise ValueError(f"--optimizer / --lr_scheduler: {error}") from error
-
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
-        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false."""
+        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false
+        (a private override: see :mod:`icl_lightning.checkpointing.lightning_private`)."""
         if config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         return super()._instantiate_trainer(config, callbacks)
@@ -289,8 +350,7 @@ class ICLLightningCLI(LightningCLI):
     def _summary(self, subcommand: str) -> None:
         trainer = self.trainer
         print(f"\n=== icl-lightning {subcommand}: done ===")
-        boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        for board in boards:
+        for board in tensorboard_loggers(trainer):
             print(f"TensorBoard logs: {board.log_dir}")
             print(f"  view them with: tensorboard --logdir {board.save_dir}")
         if trainer.checkpoint_callback and trainer.checkpoint_callback.last_model_path:

@@ -204,6 +204,19 @@ CASES = [
         r"every_n_train_steps=-1.*>= 0",
     ),
     ("checkpoint_top_k_negative", DEMO, ["--checkpoint.save_top_k=-2"], r"save_top_k=-2.*>= -1"),
+    # output folders (sysfs: no file can be created there, even by root)
+    (
+        "save_dir_read_only",
+        DEMO,
+        ["--trainer.logger.init_args.save_dir=/sys/icl_logs"],
+        r"--trainer.logger.init_args.save_dir=/sys/icl_logs cannot be written: /sys is read-only",
+    ),
+    (
+        "default_root_dir_read_only",
+        DEMO,
+        ["--trainer.logger=false", "--trainer.default_root_dir=/sys/icl_logs"],
+        r"--trainer.default_root_dir=/sys/icl_logs cannot be written",
+    ),
     # checkpoint files
     ("ckpt_missing", DEMO, ["--ckpt_path={inputs}/nope.ckpt"], r"nope.ckpt: no such file"),
     ("ckpt_directory", DEMO, ["--ckpt_path={inputs}"], r"no such file; expected a .ckpt"),

@@ -12,6 +12,8 @@ import torch
 from conftest import CONFIGS, ROOT, run_cli, tiny_args
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from icl_lightning.cli import main
+
 DEMO = str(CONFIGS / "demo.yaml")
 
 
@@ -108,3 +110,34 @@ def test_signal_writes_last_checkpoint_that_resumes(tmp_path, signum):
     resume = [f"--ckpt_path={last}", f"--trainer.max_steps={stopped + 2}"]
     cli = run_cli(["fit", f"--config={DEMO}", *args, *resume])
     assert cli.trainer.global_step == stopped + 2
+
+
+def test_three_resumes_from_a_relative_path_continue_one_run(tmp_path, monkeypatch):
+    """The README's resume, three times, from a working directory with a relative save_dir:
+    one run folder, one ``last.ckpt`` (at the last step), and every TensorBoard tag equal to a
+    straight run's, step for step."""
+    monkeypatch.chdir(tmp_path)
+
+    def fit(save_dir: str, steps: int, *extra: str) -> None:
+        args = [*tiny_args(Path(save_dir), steps=steps), "--checkpoint.every_n_train_steps=20"]
+        main(["fit", f"--config={DEMO}", *args, *extra])
+
+    fit("straight", 90)
+    fit("logs", 30)
+    (run,) = Path("logs").glob("*/version_*")
+    last = run / "checkpoints" / "last.ckpt"
+    assert not last.is_absolute()
+    for steps in (60, 90):
+        fit("logs", steps, f"--ckpt_path={last}")
+        assert _steps(last) == steps
+
+    assert list(Path("logs").glob("*/version_*")) == [run]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    (straight_run,) = Path("straight").glob("*/version_*")
+    straight, resumed = _events(straight_run), _events(run)
+    assert {"train/loss", "val/loss", "gd/loss_ratio", "context/loss_n1"} <= set(straight)
+    assert set(resumed) == set(straight)
+    for tag in straight:
+        # each fit's end: its final numbers (hp/*) and the probes' end-of-fit measurement
+        fit_ends = {30, 60} if tag.startswith(("hp/", "gd/", "context/")) else set()
+        assert [(s, v) for s, v in resumed[tag] if s not in fit_ends] == straight[tag], tag

@@ -1,5 +1,7 @@
 """ICLRegressionModule: the training logic every model family shares."""
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch import nn
@@ -8,6 +10,42 @@ from typing_extensions import override
 
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.theory.loss import prediction_loss
+
+#: checkpoint key holding the trained network's class, checked before a checkpoint is loaded
+NETWORK_CLASS_KEY = "icl_network_class"
+
+
+def network_class(pl_module: L.LightningModule) -> str:
+    """``module.qualname`` of the trained network: ``pl_module.model`` if there is one."""
+    network = getattr(pl_module, "model", pl_module)
+    return f"{type(network).__module__}.{type(network).__qualname__}"
+
+
+def weights_are_finite(pl_module: L.LightningModule) -> bool:
+    """``all_p isfinite(p)`` over the module's floating parameters and buffers (one host sync)."""
+    tensors = [t for t in (*pl_module.parameters(), *pl_module.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
+def check_prediction_shape(network: nn.Module, prediction: torch.Tensor, batch: ICLBatch) -> None:
+    """Raise ``ValueError`` unless ``network`` predicted one number per prompt, shape ``(B,)``
+    (a ``(B, 1)`` output would broadcast against the ``(B,)`` targets into a ``(B, B)`` loss)."""
+    expected = tuple(batch.query_y.shape)
+    if tuple(prediction.shape) != expected:
+        raise ValueError(
+            f"{type(network).__name__}(context_x, context_y, query_x) returned predictions of "
+            f"shape {tuple(prediction.shape)}; expected {expected}, one number per prompt "
+            f"(B = {expected[0]}). Return e.g. `output.squeeze(-1)` from its forward."
+        )
+
+
+def kept_checkpoint(trainer: L.Trainer) -> str:
+    """What a run stopped now leaves to resume from: the checkpoint callback's last file if it
+    exists on disk, else a sentence saying that no checkpoint was written."""
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    if last and Path(last).is_file():
+        return f"The last checkpoint, {last}, is kept (finite weights); resume from it."
+    return "No checkpoint was written before this step."
 
 
 class ICLRegressionModule(L.LightningModule):
@@ -46,6 +84,7 @@ class ICLRegressionModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_zero_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self._prediction_checked = False
 
     def __setattr__(self, name: str, value) -> None:
         """As ``nn.Module.__setattr__``, except for ``_current_fx_name``: Lightning sets that
@@ -59,8 +98,13 @@ class ICLRegressionModule(L.LightningModule):
 
     @override
     def forward(self, batch: ICLBatch) -> torch.Tensor:
-        """Query predictions of shape ``(B,)``."""
-        return self.model(batch.context_x, batch.context_y, batch.query_x)
+        """Query predictions of shape ``(B,)``; the first batch checks that shape
+        (:func:`check_prediction_shape`)."""
+        prediction = self.model(batch.context_x, batch.context_y, batch.query_x)
+        if not self._prediction_checked:
+            check_prediction_shape(self.model, prediction, batch)
+            self._prediction_checked = True
+        return prediction
 
     @override
     def training_step(self, batch: ICLBatch, batch_idx: int) -> torch.Tensor:
@@ -79,8 +123,8 @@ class ICLRegressionModule(L.LightningModule):
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"train/loss is {loss.item()} at step {self.global_step}: training "
-                    "diverged. Lower the optimizer's lr or set trainer.gradient_clip_val; "
-                    "checkpoints already written are kept."
+                    "diverged (or the data holds NaN/inf). Lower the optimizer's lr or set "
+                    f"trainer.gradient_clip_val. {kept_checkpoint(self.trainer)}"
                 )
 
     @override
@@ -95,6 +139,20 @@ class ICLRegressionModule(L.LightningModule):
     def test_step(self, batch: ICLBatch, batch_idx: int) -> None:
         self.test_loss.update(prediction_loss(self(batch), batch.query_y))
         self.log("test/loss", self.test_loss)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Before every checkpoint write: refuse non-finite weights (raising here writes
+        nothing, so the files on disk stay the last finite ones), and store the network's class
+        under :data:`NETWORK_CLASS_KEY` (a checkpoint of another network is then refused before
+        it is loaded)."""
+        if not weights_are_finite(self):
+            raise FloatingPointError(
+                f"The weights are not finite at step {self.global_step}: training diverged, and "
+                f"no checkpoint was written now. {kept_checkpoint(self.trainer)} Lower the "
+                "optimizer's lr or set trainer.gradient_clip_val."
+            )
+        checkpoint[NETWORK_CLASS_KEY] = network_class(self)
 
     @override
     def configure_optimizers(self):

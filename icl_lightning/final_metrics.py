@@ -2,8 +2,9 @@
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
+
+from icl_lightning.loggers import tensorboard_loggers
 
 
 class FinalMetrics(Callback):
@@ -27,6 +28,6 @@ class FinalMetrics(Callback):
             for name, value in trainer.callback_metrics.items()
             if value.numel() == 1 and not name.startswith("train/")
         }
-        for board in trainer.loggers:
-            if isinstance(board, TensorBoardLogger) and metrics:
+        if metrics:
+            for board in tensorboard_loggers(trainer):
                 board.log_hyperparams(self.params, metrics, step=trainer.global_step)

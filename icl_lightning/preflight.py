@@ -3,13 +3,15 @@ what was expected (the CLI turns it into a usage error, exit 2)."""
 
 import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import instantiate_class
 
-from icl_lightning.checkpointing import NETWORK_CLASS_KEY, network_class
+from icl_lightning.modules.base import NETWORK_CLASS_KEY, network_class
 
 #: ``--ckpt_path`` values that Lightning resolves itself
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
@@ -122,3 +124,63 @@ def check_memory(needs: dict[str, int], available: int | None) -> None:
                 f"--{option} needs {needed / 2**30:.1f} GiB for its prompts alone, but only "
                 f"{available / 2**30:.1f} GiB are free on this device: expected a smaller value."
             )
+
+
+def check_optimizer(optimizer: dict | None, lr_scheduler: dict | None) -> None:
+    """Build the configured optimizer (and LR scheduler) once, on a stand-in parameter: an
+    impossible value (a negative ``lr``) is named now, before the model is built."""
+    if not optimizer:
+        return
+    try:
+        built = instantiate_class([torch.nn.Parameter(torch.zeros(1))], optimizer)
+        if lr_scheduler:
+            instantiate_class(built, lr_scheduler)
+    except ValueError as error:
+        raise ValueError(f"--optimizer / --lr_scheduler: {error}") from error
+
+
+def check_writable(option: str, folder: str) -> None:
+    """``folder`` (created later if missing) must be writable: a file can be created in it or
+    in its nearest existing parent."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(0, "a file, not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ValueError(
+            f"--{option}={folder} cannot be written: {existing} is read-only or not writable "
+            f"({error.strerror}); expected a folder this user can write to."
+        ) from error
+
+
+#: what marks a directory as holding a run: TensorBoard or CSV logs, checkpoints
+RUN_FILES = ("events.out.tfevents.*", "metrics.csv", "checkpoints/*.ckpt")
+
+
+def run_directory(save_dir: str, name: str | None, version: int | str | None) -> Path | None:
+    """``<save_dir>/<name>/version_<k>`` (or ``/<version>`` for a string): the directory of a
+    logger given an explicit ``version``; None when the logger picks a new one itself."""
+    if version is None:
+        return None
+    folder = f"version_{version}" if isinstance(version, int) else str(version)
+    return Path(save_dir) / (name or "") / folder
+
+
+def earlier_run_files(run: Path, option: str, ckpt_path: str | None, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in ``run`` (the directory ``option`` chose) that this fit
+    replaces: none when there are none or the fit resumes from a checkpoint inside ``run``.
+    Otherwise a ValueError (two runs would mix in one folder), unless ``overwrite``: then
+    those files (and the earlier ``hparams.yaml``), for the caller to delete."""
+    if ckpt_path and run.resolve() in Path(ckpt_path).resolve().parents:
+        return []
+    held = [path for pattern in RUN_FILES for path in sorted(run.glob(pattern))]
+    if held and not overwrite:
+        raise ValueError(
+            f"--{option}: the run directory {run} already holds a run ({held[0].name}): "
+            "expected a new version, or --ckpt_path "
+            f"{run / 'checkpoints' / 'last.ckpt'} to continue that run, or --overwrite=true "
+            "to delete its event files and checkpoints and start again there."
+        )
+    return [*held, *run.glob("hparams.yaml")] if held else []

@@ -1,0 +1,51 @@
+"""ExactResume: a resumed run continues at the very step, epoch and curve point it stopped at."""
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from icl_lightning.checkpointing.lightning_private import fit_loop_progress, set_logging_step
+
+
+class ExactResume(Callback):
+    """Corrects the two loop counters Lightning restores off by one here.
+
+    - The epoch: Lightning marks the current epoch finished when training ends, even between
+      two epoch ends (``max_steps`` reached mid-epoch), and resumes a finished epoch's
+      checkpoint into an empty epoch; either way a resumed run's epoch counter (and epoch-wise
+      LR schedulers) would run one ahead of an uninterrupted run. So every checkpoint stores an
+      epoch stopped midway as unfinished, and a finished one as the next epoch's start.
+    - The logging step (the x of every curve): a checkpoint written at a run's end restores it
+      one ahead of ``global_step``, which would shift every curve of a resumed run by one step.
+      At the first batch of every fit it is set to ``global_step``; with one optimizer the two
+      are equal at every step of an uninterrupted run.
+
+    The CLI adds it to every run. Example::
+
+        trainer = L.Trainer(callbacks=[ExactResume(), RunCheckpoint(save_last=True)])
+    """
+
+    _align_logging_step = False
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._align_logging_step = True
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # Lightning restores the logging step when the epoch loop restarts, after on_train_start
+        if self._align_logging_step:
+            set_logging_step(trainer, trainer.global_step)
+            self._align_logging_step = False
+
+    @override
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        epochs, batches = fit_loop_progress(checkpoint)
+        if not (epochs and batches) or epochs["total"]["processed"] != epochs["total"]["started"]:
+            return  # no loop state, or the epoch is (correctly) stored as running
+        if batches["is_last_batch"]:  # a finished epoch: store the next one's start
+            batches["current"] = dict.fromkeys(batches["current"], 0)
+            batches["is_last_batch"] = False
+        elif batches["current"]["completed"] > 0:  # stopped midway: store it as running
+            for count in (epochs["total"], epochs["current"]):
+                count["processed"] = count["completed"] = count["started"] - 1
