@@ -1,8 +1,8 @@
 """Every shell command that README.md and docs/*.md show runs as written.
 
 The commands are read from the markdown's fenced ``bash`` blocks (a trailing ``\\`` joins
-lines, ``#`` starts a comment) and run from a temporary working directory that holds a link to
-``configs/`` and the files the same page writes in its ``# <file>`` code blocks:
+lines, ``#`` starts a comment) and run from a temporary working directory that holds
+``configs/`` (a copy) and the files the same page writes in its ``# <file>`` code blocks:
 
 - ``icl-lightning ...`` (or ``python -m icl_lightning ...``) of the README trains through the
   real CLI with tiny sizes appended (``--trainer.max_steps 2`` and smaller batches); those of
@@ -48,7 +48,9 @@ TINY = [
     "--data.init_args.num_val_tasks=64",
     "--data.init_args.batches_per_epoch=2",
 ]
-#: the config trained for a ``<run>`` placeholder when the command names no shipped config
+#: where a ``<run>`` placeholder points, and the config trained for it when the command names
+#: no shipped config
+RUN = "runs/example"
 RUN_CONFIG = "configs/lsa_linear.yaml"
 TOOLING = {"pytest", "ruff", "pip", "test", "touch", "rm", "mkdir"}
 
@@ -93,7 +95,7 @@ CASES = [
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A reader's working directory: ``configs/`` and the page's own files, importable."""
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # a copy: nothing writes into ROOT
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
@@ -123,25 +125,26 @@ def needs_other_hardware(args: list[str]) -> bool:
 
 
 def make_prerequisites(args: list[str], train: bool) -> None:
-    """Make the ``--ckpt_path`` (and a ``--config`` inside a run folder) that ``args`` name by a
-    tiny ``fit`` of the command's shipped config, when they do not exist yet; only to parse
-    (not ``train``), a missing config is a copy of ``RUN_CONFIG``."""
+    """Make the ``--ckpt_path`` (and a ``--config`` in the ``<run>`` folder) that ``args`` name
+    by a tiny ``fit`` of the command's shipped config, when they do not exist yet; only to parse
+    (not ``train``), the ``<run>`` folder's config is a copy of ``RUN_CONFIG``."""
     config = option(args, "--config")
+    in_run = config is not None and config.startswith(RUN + "/")
     if not train:
-        if config and not Path(config).exists():
+        if in_run:
             Path(config).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(RUN_CONFIG, config)
         return
     ckpt = option(args, "--ckpt_path")
     if ckpt is None or Path(ckpt).exists():
         return
-    shipped = config if config and Path(config).exists() else RUN_CONFIG
+    shipped = config if config and not in_run else RUN_CONFIG
     name = "--trainer.logger.init_args.name=prereq"
     icl_lightning(["fit", f"--config={shipped}", *TINY, "--trainer.max_steps=1", name])
     (run,) = Path("logs/prereq").glob("version_*")
     Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "checkpoints" / "last.ckpt", ckpt)
-    if config and not Path(config).exists():
+    if in_run:
         Path(config).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(run / "config.yaml", config)
 
@@ -155,7 +158,7 @@ def exits_zero(function, *args) -> None:
 def run_icl_lightning(args: list[str], train: bool) -> None:
     """One ``icl-lightning`` command as the reader would run it, at tiny sizes (``train``), or
     parsed with its config (``--print_config``)."""
-    args = [arg.replace("<run>", "runs/example") for arg in args]
+    args = [arg.replace("<run>", RUN) for arg in args]
     if {"--help", "-h", "--print_config"} & set(args):
         exits_zero(icl_lightning, args)
         return
