@@ -41,12 +41,8 @@ def tiny(steps: int) -> Experiment:
             "data.init_args.num_val_tasks": 96,
             "data.init_args.batches_per_epoch": 10,
         },
-        checks=(
-            Check(
-                "val / zero loss", "val/loss", "falls", lambda v: v < 0.9, "< 0.9", "val/zero_loss"
-            ),
-        ),
-        figures=(StepFigure("loss", "Tiny: validation loss", "loss", tags={"val": "val/loss"}),),
+        checks=(Check("val / zero loss", "val/loss", "falls", "< 0.9", "val/zero_loss"),),
+        figures=(StepFigure("loss", "Tiny: validation loss", {"val": "val/loss"}),),
     )
 
 
@@ -169,7 +165,8 @@ def test_parallel_runs_train_and_report(tmp_path, capsys):
     assert "all runs finished" in capsys.readouterr().out
 
 
-def wait_for(path: Path, text: str, timeout: float = 120) -> None:
+def wait_for(path: Path, text: str = "", timeout: float = 120) -> None:
+    """Wait until ``path`` exists and holds ``text``."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if path.exists() and text in path.read_text(errors="replace"):
@@ -272,3 +269,39 @@ def test_a_preempted_job_stops_its_fit_and_requeues_resuming_from_last_ckpt(tmp_
     run.checkpoint.parent.mkdir()
     run.checkpoint.write_bytes(b"")
     assert requeued.command()[-1] == f"--ckpt_path={run.checkpoint}"
+
+
+@pytest.mark.slow
+def test_a_preempted_job_requeues_and_resumes_from_last_ckpt(tmp_path):
+    """A real submitit job (local executor) gets SLURM's preemption signal (SIGUSR2) while its
+    fit trains: the fit saves last.ckpt, the job is requeued and resumes there to the end; its
+    curves continue across the two attempts."""
+    slurm = pytest.importorskip("icl_lightning.reproduce.slurm")
+    run = Run(tiny(3000), "default", 0, False, tmp_path / "full")
+    run.prepare()
+    ex = slurm.submitit.LocalExecutor(tmp_path / "submitit")
+    ex.update_parameters(timeout_min=10)
+    job = ex.submit(slurm.FitJob(str(run.directory), run.steps, threads=1))
+    wait_for(run.checkpoint)  # written every 100 steps
+    controller = job._process.pid  # the local executor's controller; the job is its child
+    (task,) = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    os.kill(int(task), signal.SIGUSR2)
+    assert job.result() > 0
+    log = run.log.read_text()
+    assert "Interrupted at step" in log and log.count("Training;") == 2
+    checkpoint = torch.load(run.checkpoint, weights_only=False, map_location="cpu")
+    assert checkpoint["global_step"] == 3000
+    steps = event_steps(run.directory)
+    assert len(steps) == 2 and steps[0][-1] < steps[1][0]
+    assert json.loads((run.directory / "done.json").read_text())["steps"] == 3000
+
+
+def test_a_submitit_launcher_without_submitit_is_a_usage_error(monkeypatch, capsys):
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name: None if name == "submitit" else real(name)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--launcher", "slurm", "--report-only"])
+    assert exit_info.value.code == 2
+    assert "--launcher slurm needs submitit" in capsys.readouterr().err

@@ -78,11 +78,11 @@ def test_check_rows_give_ratio_and_a_verdict_only_at_the_papers_scale(tmp_path):
     write_run(tmp_path / "s0", {"train/loss": [(9, 1.0)]})
     write_run(tmp_path / "s1", {"train/loss": [(9, 1.0)]})
     runs = [read_scalars(tmp_path / "s0"), read_scalars(tmp_path / "s1")]
-    ratio = Check("ratio", "m", "paper", lambda v: v < 1, "< 1", over="g")
+    ratio = Check("ratio", "m", "paper", "< 1", over="g")
     row = ratio.row(runs, Scale(5000, 5000))
     assert row["value"] == 1.0 and row["std"] == 0.5 and row["step"] == 5
     assert row["verdict"] == "differs (needs < 1)"
-    at_least = Check("m", "m", "p", lambda v: v >= 2, ">= 2")
+    at_least = Check("m", "m", "p", ">= 2")
     assert at_least.row(runs, Scale(6000, 5000))["verdict"] == "reproduced"
     reduced = at_least.row(runs, Scale(200, 50000))["verdict"]
     assert reduced == "reduced run (200 of 50000 steps), not comparable; >= 2: met here"
@@ -129,7 +129,8 @@ def test_report_writes_tables_figures_and_results(tmp_path):
     assert rows["preds diff"]["value"] is None  # not logged: the report says so
     text = (out / "report.md").read_text()
     assert "| model cos |" in text and "not logged (`gd/preds_diff`)" in text
-    assert "![Paper A, Fig. 2: loss of the trained layer" in text and "its own axis" in text
+    assert "![Paper A, Fig. 2: one LSA layer against one GD step: loss" in text
+    assert "its own axis" in text
     assert "lsa_one_layer: fig2_loss" not in text
     assert (out / "lsa_one_layer_default_fig2_loss.png").stat().st_size > 1000
     assert (out / "lsa_one_layer_default_ood_inputs.png").exists()

@@ -17,6 +17,7 @@ goes to ``<--out>/<quick|full>/``: ``report.md``, ``results.json`` and one PNG p
 """
 
 import argparse
+import importlib.util
 import shlex
 import sys
 import time
@@ -76,6 +77,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{option}={value} is invalid: expected an integer >= 1")
     if args.gpus_per_run < 0:
         parser.error(f"--gpus-per-run={args.gpus_per_run} is invalid: expected an integer >= 0")
+    if args.launcher != "processes" and importlib.util.find_spec("submitit") is None:
+        parser.error(
+            f"--launcher {args.launcher} needs submitit, which is not installed: expected "
+            "`pip install -e '.[cluster]'` first (or --launcher processes)."
+        )
 
 
 def check_logs_hold_runs(parser: argparse.ArgumentParser, logs: Path, runs: list[Run]) -> None:
@@ -88,33 +94,33 @@ def check_logs_hold_runs(parser: argparse.ArgumentParser, logs: Path, runs: list
         )
 
 
-def train(args: argparse.Namespace, runs: list[Run], jobs: int, threads: int) -> list[Outcome]:
-    """Train the runs with the chosen launcher; return their outcomes."""
+def train(
+    args: argparse.Namespace, runs: list[Run], logs: Path, jobs: int, threads: int
+) -> list[Outcome]:
+    """Train the runs (under ``logs``) with the chosen launcher; return their outcomes."""
     progress = Progress(runs, jobs if args.launcher == "processes" else len(runs))
     if args.launcher == "processes":
         return run_local(runs, jobs, threads, progress)
-    try:
-        from icl_lightning.reproduce import slurm
-    except ImportError as error:
-        raise SystemExit(
-            f"--launcher {args.launcher} needs submitit: pip install -e '.[cluster]' ({error})"
-        ) from error
+    from icl_lightning.reproduce import slurm  # needs submitit (checked by check_args)
+
     options = slurm.ClusterOptions(
         args.partition, args.time, args.gpus_per_run, args.account, cpus=threads
     )
     cluster = "slurm" if args.launcher == "slurm" else "local"
-    folder = runs[0].logs / "submitit" if runs else args.logs
-    executor = slurm.executor(cluster, folder, options)
+    executor = slurm.executor(cluster, logs / "submitit", options)
     poll = 10.0 if cluster == "slurm" else 1.0  # seconds between looks at the jobs' states
     return slurm.run_submitit(runs, executor, threads, progress, poll)
 
 
-def summarize_interrupt(outcomes: list[Outcome], command: str) -> str:
+def summarize_interrupt(stopped: Interrupted, command: str) -> str:
     """What an interrupted reproduction saved, and how to continue it."""
+    outcomes = stopped.outcomes
     lines = ["Stopped by Ctrl+C."]
     lines += [f"  {o.run.name}: {o.message}" for o in outcomes if o.status == "interrupted"]
     done = sum(o.status in ("trained", "skipped") for o in outcomes)
     lines.append(f"  {done} run(s) finished before; they are kept.")
+    if stopped.note:
+        lines.append(stopped.note)
     lines.append(f"Continue (finished runs are skipped, the others resume): {command}")
     return "\n".join(lines)
 
@@ -149,9 +155,9 @@ def main(
     if not args.report_only:
         start = time.perf_counter()
         try:
-            outcomes = train(args, runs, jobs, threads)
+            outcomes = train(args, runs, logs, jobs, threads)
         except Interrupted as stopped:
-            print(summarize_interrupt(stopped.outcomes, shlex.join([prog, *argv])))
+            print(summarize_interrupt(stopped, shlex.join([prog, *argv])))
             raise SystemExit(130) from None
         unfinished = [o for o in outcomes if o.status in ("failed", "interrupted")]
         if unfinished:

@@ -53,12 +53,13 @@ def _present(curves: Mapping[str, Curve | None]) -> dict[str, Curve]:
 
 @dataclass(frozen=True)
 class ReportFigure:
-    """A figure of one variant's seeds: ``file`` names its PNG, ``title`` is shown above it."""
+    """A figure of one variant's seeds: ``file`` names its PNG, ``title`` is shown above it;
+    the y axis is ``ylabel``, logarithmic when ``logy``."""
 
     file: str
     title: str
-    ylabel: str
-    logy: bool = False
+    ylabel: str = field(default="loss", kw_only=True)
+    logy: bool = field(default=True, kw_only=True)
     #: whether it is drawn once over all variants (:meth:`draw_variants`) instead of per variant
     across_variants = False
 
@@ -83,7 +84,7 @@ class ReportFigure:
 class StepFigure(ReportFigure):
     """Tags over training steps: ``tags`` maps a legend label to a tag."""
 
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str]
 
     def curves(self, runs: Sequence[Scalars]) -> tuple[dict[str, Curve], str]:
         return _present({label: aggregate(runs, tag) for label, tag in self.tags.items()}), "step"
@@ -96,9 +97,9 @@ class InterpolationFigure(StepFigure):
     which ``defined_by`` (the model's cosine to GD) stays >= ``threshold``: before that the
     trained layer's diagonal, by which the interpolation normalises, is near zero."""
 
-    interpolation: str = "gd/loss_interp"
-    defined_by: str = "gd/model_cos"
-    threshold: float = 0.9
+    interpolation: str = field(default="gd/loss_interp", kw_only=True)
+    defined_by: str = field(default="gd/model_cos", kw_only=True)
+    threshold: float = field(default=0.9, kw_only=True)
 
     @property
     def caption(self) -> str:
@@ -140,7 +141,7 @@ class PerIndexFigure(ReportFigure):
     """The last value of tags ``<prefix><i>`` over the context index i: ``prefixes`` maps a
     legend label to a prefix."""
 
-    prefixes: Mapping[str, str] = field(default_factory=dict)
+    prefixes: Mapping[str, str]
 
     def curves(self, runs: Sequence[Scalars]) -> tuple[dict[str, Curve], str]:
         curves = {label: final_values(runs, prefix, int) for label, prefix in self.prefixes.items()}
@@ -151,8 +152,8 @@ class PerIndexFigure(ReportFigure):
 class ShiftFigure(ReportFigure):
     """OODProbe's last losses of the model and of GD over the shift alpha of ``shift``."""
 
-    namespace: str = "ood"
-    shift: str = "inputs"
+    shift: str
+    namespace: str = field(default="ood", kw_only=True)
 
     def curves(self, runs: Sequence[Scalars]) -> tuple[dict[str, Curve], str]:
         prefix = f"{self.namespace}/loss_{{}}_{self.shift}_a"
@@ -175,9 +176,9 @@ class LengthFigure(ReportFigure):
     ``<tag with N'>loss_model`` and ``loss_gd``), on log axes with N' as ticks and a dashed
     line at the training length ``trained_at``; also a table (:meth:`table`)."""
 
-    tag: str = "gd/N{}/"
-    lengths: tuple[int, ...] = ()
-    trained_at: int = 0
+    lengths: tuple[int, ...]
+    trained_at: int
+    tag: str = field(default="gd/N{}/", kw_only=True)
 
     def _curve(self, runs: Sequence[Scalars], name: str) -> Curve | None:
         return final_curve(runs, {n: self.tag.format(n) + name for n in self.lengths})
@@ -230,8 +231,8 @@ class VariantsFigure(ReportFigure):
     """One ``tag`` over steps for every variant of the experiment, with a dashed line at each
     step (after 0) where ``marks`` was logged (e.g. a curriculum stage starting)."""
 
-    tag: str = "val/loss"
-    marks: str = ""
+    tag: str
+    marks: str
     across_variants = True
 
     def draw_variants(self, runs: Mapping[str, Sequence[Scalars]], title: str) -> Figure | None:

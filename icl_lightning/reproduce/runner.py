@@ -73,11 +73,12 @@ class Child:
 
 
 class Interrupted(Exception):
-    """Ctrl+C stopped the runs; ``outcomes`` holds every run's ending so far."""
+    """Ctrl+C stopped the runs (or the waiting for them); ``outcomes`` holds every run's ending
+    so far, ``note`` what else the user must know."""
 
-    def __init__(self, outcomes: list[Outcome]):
+    def __init__(self, outcomes: list[Outcome], note: str = ""):
         super().__init__("interrupted")
-        self.outcomes = outcomes
+        self.outcomes, self.note = outcomes, note
 
 
 def run_local(

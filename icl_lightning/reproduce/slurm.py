@@ -16,6 +16,7 @@ from pathlib import Path
 import submitit
 
 from icl_lightning.reproduce.progress import Outcome, Progress
+from icl_lightning.reproduce.runner import Interrupted
 from icl_lightning.reproduce.runs import (
     Run,
     child_environment,
@@ -57,7 +58,10 @@ class FitJob(submitit.helpers.Checkpointable):
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(self.threads)
             )
-            code = self._process.wait()
+            # poll, not wait(): a blocking wait holds the Popen's lock, and checkpoint() (run as
+            # a signal handler in this thread) could then never see the child exit
+            while (code := self._process.poll()) is None:
+                time.sleep(0.5)
         seconds = time.perf_counter() - start
         if code != 0:
             raise RuntimeError(f"{' '.join(command)} failed (rc {code}); see {log.name}")
@@ -93,8 +97,8 @@ class ClusterOptions:
 def executor(cluster: str, folder: Path, options: ClusterOptions) -> submitit.AutoExecutor:
     """A submitit executor for ``cluster`` (``slurm`` or ``local``) writing its files under
     ``folder``."""
-    kwargs = {"slurm_max_num_timeout": options.max_requeues} if cluster == "slurm" else {}
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+    requeues = {f"{c}_max_num_timeout": options.max_requeues for c in ("slurm", "local")}
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **requeues)
     ex.update_parameters(
         timeout_min=options.minutes,
         gpus_per_node=options.gpus,
@@ -126,11 +130,19 @@ def run_submitit(
         progress.started(run)
         print(f"submitted {run.name}: job {job.job_id}", flush=True)
     waiting = dict(zip(jobs, pending, strict=True))
-    while waiting:
-        for job in [j for j in waiting if j.done()]:
-            outcomes.append(job_outcome(waiting.pop(job), job))
-            progress.ended_run(outcomes[-1])
-        time.sleep(poll if waiting else 0)
+    try:
+        while waiting:
+            for job in [j for j in waiting if j.done()]:
+                outcomes.append(job_outcome(waiting.pop(job), job))
+                progress.ended_run(outcomes[-1])
+            time.sleep(poll if waiting else 0)
+    except KeyboardInterrupt:
+        ids = " ".join(job.job_id for job in waiting)
+        note = (
+            f"The jobs still queued or running ({ids}) go on; cancel them with `scancel {ids}`. "
+            "Once they end, build the report with the same command and --report-only."
+        )
+        raise Interrupted(outcomes, note) from None
     return outcomes
 
 

@@ -8,7 +8,8 @@ the criterion). :class:`LossFalls` is the check meant for a reduced run: the tra
 """
 
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from icl_lightning.reproduce.scalars import Scalars, aggregate
@@ -37,6 +38,35 @@ class Scale:
         )
 
 
+#: ``<op> <number>`` or ``within <low>-<high>``, then optionally a remark, e.g. ``"<= 0.1 (10x)"``
+_CRITERION = re.compile(r"(?:(<=|>=|<|>) (\S+)|within (\S+?)-(\S+))(?: \(.*\))?")
+_COMPARE = {
+    "<": lambda v, x: v < x,
+    "<=": lambda v, x: v <= x,
+    ">": lambda v, x: v > x,
+    ">=": lambda v, x: v >= x,
+}
+
+
+def passes(criterion: str, value: float) -> bool:
+    """Whether ``value`` meets ``criterion``: ``"< 1"``, ``">= 0.999"``, ``"within 0.8-1.25"``
+    (both ends included), each optionally followed by a remark in parentheses.
+
+    Raises:
+        ValueError: for a criterion of another form.
+    """
+    match = _CRITERION.fullmatch(criterion)
+    if match is None:
+        raise ValueError(
+            f"criterion {criterion!r}: expected '<op> <number>' (op one of < <= > >=) or "
+            "'within <low>-<high>', optionally followed by a remark in parentheses"
+        )
+    op, bound, low, high = match.groups()
+    if op is not None:
+        return _COMPARE[op](value, float(bound))
+    return float(low) <= value <= float(high)
+
+
 @dataclass(frozen=True)
 class Check:
     """One row of a report table: a final value against the paper's.
@@ -45,17 +75,21 @@ class Check:
         label: what is measured, e.g. ``"model cos (trained vs GD)"``.
         tag: the TensorBoard tag (its last logged value).
         paper: the paper's number or statement, as text.
-        passes: ``value -> bool``, the criterion for "reproduced".
-        criterion: the criterion as text, e.g. ``">= 0.999"``.
+        criterion: what "reproduced" needs, as :func:`passes` reads it, e.g. ``">= 0.999"``.
         over: another tag; the value is then the ratio ``tag / over`` per seed.
+
+    Raises:
+        ValueError: for a criterion :func:`passes` cannot read.
     """
 
     label: str
     tag: str
     paper: str
-    passes: Callable[[float], bool]
     criterion: str
     over: str | None = None
+
+    def __post_init__(self) -> None:
+        passes(self.criterion, 0.0)  # refuse an unreadable criterion now, not in the report
 
     def series(self, run: Scalars) -> dict[int, float] | None:
         """The run's values of this row over steps: ``tag``, or ``tag / over`` at the steps
@@ -76,7 +110,7 @@ class Check:
         if curve is None:
             return row
         mean, std = curve.final
-        verdict = (scale or Scale(1, 1)).verdict(self.passes(mean), self.criterion)
+        verdict = (scale or Scale(1, 1)).verdict(passes(self.criterion, mean), self.criterion)
         step = curve.steps[-1]
         row.update(value=mean, std=std, seeds=curve.seeds, step=step, verdict=verdict)
         return row
@@ -90,7 +124,6 @@ class LossFalls(Check):
     label: str = "training loss, last / first logged"
     tag: str = "train/loss"
     paper: str = "(reduced-scale check) training works: the loss falls"
-    passes: Callable[[float], bool] = lambda v: v < 0.9  # noqa: E731
     criterion: str = "< 0.9"
 
     def series(self, run: Scalars) -> dict[int, float] | None:
