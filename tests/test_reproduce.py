@@ -88,7 +88,7 @@ def test_check_rows_give_ratio_and_a_verdict_only_at_the_papers_scale(tmp_path):
     assert reduced == "reduced run (200 of 50000 steps), not comparable; >= 2: met here"
     assert "not met here" in ratio.row(runs, Scale(200, 50000))["verdict"]
     falls = LossFalls().row(runs, Scale(200, 50000))
-    assert falls["value"] == pytest.approx(0.375) and falls["verdict"] == "reproduced"
+    assert falls["value"] == pytest.approx(0.375) and falls["verdict"] == "falls"
 
 
 def one_layer_run(cos: float, interp_at_250: float) -> dict:
@@ -125,7 +125,7 @@ def test_report_writes_tables_figures_and_results(tmp_path):
         "reduced run (1000 of 5000 steps), not comparable"
     )
     assert rows["model cos"]["seeds"] == 2
-    assert rows["training loss, last / first logged"]["verdict"] == "reproduced"
+    assert rows["training loss, last / first logged"]["verdict"] == "falls"
     assert rows["preds diff"]["value"] is None  # not logged: the report says so
     text = (out / "report.md").read_text()
     assert "| model cos |" in text and "not logged (`gd/preds_diff`)" in text
@@ -148,8 +148,10 @@ def test_figure_2_draws_the_interpolation_from_where_it_is_defined(tmp_path):
     drawn = figure.draw(runs, figure.title)
     left, right = drawn.axes
     assert [line.get_label().split(" (")[0] for line in left.get_lines()] == ["trained LSA", "GD"]
-    (line,) = right.get_lines()
-    assert list(line.get_xdata()) == [500, 1000] and max(line.get_ydata()) < 1
+    lines = {line.get_label().split(" (")[0]: line for line in right.get_lines()}
+    assert list(lines) == ["trained LSA", "GD", "interpolation"]
+    interpolation = lines["interpolation"]
+    assert list(interpolation.get_xdata()) == [500, 1000] and max(interpolation.get_ydata()) < 1
     assert drawn._suptitle.get_text().startswith("Paper A, Fig. 2:")
 
 

@@ -92,10 +92,11 @@ class StepFigure(ReportFigure):
 
 @dataclass(frozen=True)
 class InterpolationFigure(StepFigure):
-    """Paper A's Figure 2 loss panel: ``tags`` (trained model and GD) over steps, and the model
-    halfway between them (``interpolation``) on its own axis, from the first measurement after
-    which ``defined_by`` (the model's cosine to GD) stays >= ``threshold``: before that the
-    trained layer's diagonal, by which the interpolation normalises, is near zero."""
+    """Paper A's Figure 2 loss panel: left, ``tags`` (trained model and GD) over the whole run;
+    right, on its own axis, the same with the model halfway between them (``interpolation``)
+    from the first measurement after which ``defined_by`` (the model's cosine to GD) stays >=
+    ``threshold``: before that the trained layer's diagonal, by which the interpolation
+    normalises, is near zero."""
 
     interpolation: str = field(default="gd/loss_interp", kw_only=True)
     defined_by: str = field(default="gd/model_cos", kw_only=True)
@@ -104,9 +105,10 @@ class InterpolationFigure(StepFigure):
     @property
     def caption(self) -> str:
         return (
-            "Right: the layer halfway between the trained one and the GD construction, on its "
-            f"own axis, from the step where model cos stays >= {self.threshold} (before, the "
-            "trained diagonal it normalises by is near zero and its loss is not meaningful)."
+            "Right, on its own axis: the same with the layer halfway between the trained one and "
+            f"the GD construction, from the step where model cos stays >= {self.threshold} "
+            "(before, the trained diagonal it normalises by is near zero and its loss is not "
+            "meaningful)."
         )
 
     def start(self, runs: Sequence[Scalars]) -> int:
@@ -126,12 +128,14 @@ class InterpolationFigure(StepFigure):
             return None
         figure = Figure(figsize=(8.5, 3.8), layout="constrained")
         left, right = figure.subplots(1, 2)
+        yscale = "log" if self.logy else "linear"
         draw_bands(left, curves)
-        left.set(xlabel="step", ylabel=self.ylabel, yscale="log" if self.logy else "linear")
+        left.set(xlabel="step", ylabel=self.ylabel, yscale=yscale, title="the whole run")
         if interpolation is not None:
             start = self.start(runs)
-            draw_bands(right, {"interpolation": interpolation.since(start)})
-            right.set(xlabel="step", ylabel=self.ylabel, title=f"from step {start}")
+            curves = {**curves, "interpolation": interpolation}
+            draw_bands(right, {label: curve.since(start) for label, curve in curves.items()})
+            right.set(xlabel="step", ylabel=self.ylabel, yscale=yscale, title=f"from step {start}")
         figure.suptitle(title, fontsize=9)
         return figure
 

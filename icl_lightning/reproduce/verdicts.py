@@ -101,6 +101,10 @@ class Check:
         over = run[self.over]
         return {t: v / over[t] for t, v in run[self.tag].items() if t in over}
 
+    def verdict(self, value: float, scale: Scale) -> str:
+        """What ``value`` shows at ``scale`` (:meth:`Scale.verdict`)."""
+        return scale.verdict(passes(self.criterion, value), self.criterion)
+
     def row(self, runs: Sequence[Scalars], scale: Scale | None = None) -> dict:
         """The row: value ``mean +- std (n seeds, step s)`` and the verdict at ``scale`` (the
         paper's when None)."""
@@ -110,7 +114,7 @@ class Check:
         if curve is None:
             return row
         mean, std = curve.final
-        verdict = (scale or Scale(1, 1)).verdict(passes(self.criterion, mean), self.criterion)
+        verdict = self.verdict(mean, scale or Scale(1, 1))
         step = curve.steps[-1]
         row.update(value=mean, std=std, seeds=curve.seeds, step=step, verdict=verdict)
         return row
@@ -133,9 +137,12 @@ class LossFalls(Check):
         first = values[min(values)]
         return {t: v / first for t, v in values.items()}
 
-    def row(self, runs: Sequence[Scalars], scale: Scale | None = None) -> dict:
-        """As :meth:`Check.row`, judged at every scale (it is the reduced run's own check)."""
-        return super().row(runs)
+    def verdict(self, value: float, scale: Scale) -> str:
+        """``falls`` or ``does not fall (needs < 0.9)``, at every scale (it is the reduced
+        run's own check, not a paper's claim)."""
+        return (
+            "falls" if passes(self.criterion, value) else f"does not fall (needs {self.criterion})"
+        )
 
 
 def format_value(value: float) -> str:
