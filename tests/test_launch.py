@@ -305,3 +305,22 @@ def test_a_submitit_launcher_without_submitit_is_a_usage_error(monkeypatch, caps
         cli.main(["--launcher", "slurm", "--report-only"])
     assert exit_info.value.code == 2
     assert "--launcher slurm needs submitit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_runs_like_ctrl_c(tmp_path, capsys):
+    """SIGTERM to the reproduction (e.g. its own job ending) stops and saves its children too,
+    instead of leaving them training in their own sessions."""
+    experiment = tiny(100_000)
+    run = Run(experiment, "default", 0, False, tmp_path / "full")
+    terminate = threading.Thread(
+        target=lambda: (wait_for(run.log, "Training;"), os.kill(os.getpid(), signal.SIGTERM))
+    )
+    terminate.start()
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path))
+    terminate.join()
+    assert exit_info.value.code == 130
+    assert "interrupted: Interrupted at step" in capsys.readouterr().out
+    assert run.checkpoint.exists()
+    assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # restored

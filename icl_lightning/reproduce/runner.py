@@ -8,6 +8,7 @@ waits for them to save, and raises :class:`Interrupted` with what each one saved
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,14 @@ class Child:
         return Outcome(run, "failed", f"failed (rc {code}); see {run.log}", seconds)
 
 
+def handle(signum: int, handler):
+    """``signal.signal(signum, handler)`` in the main thread (the only one that may set it);
+    returns the previous handler, or None (and sets nothing) elsewhere or for a None handler."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
+
+
 class Interrupted(Exception):
     """Ctrl+C stopped the runs (or the waiting for them); ``outcomes`` holds every run's ending
     so far, ``note`` what else the user must know."""
@@ -84,13 +93,16 @@ class Interrupted(Exception):
 def run_local(
     runs: list[Run], jobs: int, threads: int, progress: Progress, poll: float = 0.2
 ) -> list[Outcome]:
-    """Train the unfinished ``runs``, ``jobs`` at a time; return every run's :class:`Outcome`."""
+    """Train the unfinished ``runs``, ``jobs`` at a time; return every run's :class:`Outcome`.
+    SIGTERM stops them as Ctrl+C does (the children, in their own sessions, would outlive
+    this process otherwise)."""
     waiting, running, outcomes = list(runs), [], []
 
     def end(child: Child, stopped: bool = False) -> None:
         outcomes.append(child.outcome(stopped))
         progress.ended_run(outcomes[-1])
 
+    previous = handle(signal.SIGTERM, signal.default_int_handler)
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -110,16 +122,18 @@ def run_local(
         for child in running:
             end(child, stopped=True)
         raise Interrupted(outcomes) from None
+    finally:
+        handle(signal.SIGTERM, previous)
     return outcomes
 
 
 def stop(children: list[Child], grace: float = SAVE_GRACE_SECONDS) -> None:
     """Send each child SIGINT (it stops after its current step and writes ``last.ckpt``) and
     wait for them, ``grace`` seconds at most (then kill); further Ctrl+C are ignored meanwhile."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = handle(signal.SIGINT, signal.SIG_IGN)
     try:
         if children:
-            print(f"\nCtrl+C: stopping {len(children)} run(s); each saves its last.ckpt ...")
+            print(f"\nStopping {len(children)} run(s); each saves its last.ckpt ...")
         for child in children:
             child.process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + grace
@@ -130,7 +144,7 @@ def stop(children: list[Child], grace: float = SAVE_GRACE_SECONDS) -> None:
                 child.process.kill()
                 child.process.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        handle(signal.SIGINT, previous)
 
 
 def log_tail(log: Path, lines: int = 5) -> str:
