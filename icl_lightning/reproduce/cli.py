@@ -11,7 +11,7 @@
 report then says "K of the paper's S steps" for each experiment, and a later call with a larger
 K resumes those runs from their ``last.ckpt`` instead of starting again.
 
-Runs live in ``<--logs>/<quick|full>/<experiment>/<variant>/seed<k>/`` (:mod:`.runs`); a
+Runs live in ``<--logs>/<quick|full>/<experiment>/<variant>/seed<k>/``; a
 finished run is not run again, an interrupted one resumes from its ``last.ckpt``. The report
 goes to ``<--out>/<quick|full>/``: ``report.md``, ``results.json`` and one PNG per figure.
 """
@@ -41,7 +41,11 @@ LAUNCHERS = ("processes", "slurm", "submitit-local")
 
 def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.ArgumentParser:
     names = [e.name for e in experiments]
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add = parser.add_argument
     add("--quick", action="store_true", help="reduced size, <= 15 min on 2 cores")
     add("--seeds", type=int, default=3, help="seeds per run (default 3)")
@@ -52,13 +56,26 @@ def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.
     add("--out", type=Path, default=ROOT / "reports", help="the report's folder")
     add("--jobs", type=int, help="runs at once here (default: as many as the cores allow)")
     add("--threads", type=int, help="torch threads per run (default: cores / jobs)")
-    add("--launcher", choices=LAUNCHERS, default="processes", help="where the runs train")
+    add(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="processes",
+        help="processes: --jobs at once here (default); slurm: one SLURM job per run "
+        "(submitit); submitit-local: the same jobs through submitit's local executor",
+    )
     cluster = parser.add_argument_group(
         "--launcher slurm (needs the extra: pip install '.[cluster]')"
     )
     cluster.add_argument("--partition", help="SLURM partition")
-    cluster.add_argument("--time", type=int, default=120, metavar="MIN", help="limit per job")
-    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="G")
+    cluster.add_argument(
+        "--time",
+        type=int,
+        default=120,
+        metavar="MIN",
+        help="time limit of each job in minutes (default 120); a job reaching it (or "
+        "preempted) saves, requeues and resumes",
+    )
+    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="G", help="default 0")
     cluster.add_argument("--account", help="SLURM account")
     return parser
 
