@@ -72,6 +72,10 @@ class ReportFigure:
         """The curves to draw, and the x axis' label."""
         raise NotImplementedError
 
+    def table(self, runs: Sequence[Scalars]) -> tuple[str, dict] | None:
+        """The markdown table that goes with the figure and its values (None: no table)."""
+        return None
+
     def draw(self, runs: Sequence[Scalars], title: str) -> Figure | None:
         """The figure of ``runs`` (None when no run logged its tags)."""
         curves, xlabel = self.curves(runs)

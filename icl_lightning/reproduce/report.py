@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from icl_lightning.reproduce.experiments import Experiment
-from icl_lightning.reproduce.figures import LengthFigure, ReportFigure
+from icl_lightning.reproduce.figures import ReportFigure
 from icl_lightning.reproduce.runs import Run, planned_steps
 from icl_lightning.reproduce.scalars import Scalars, read_scalars
 from icl_lightning.reproduce.verdicts import LossFalls, Scale, markdown_table
@@ -54,10 +54,10 @@ def variant_section(
     sections.append(markdown_table(rows) + "\n")
     suffix = "" if variant == "default" else f" ({variant})"
     for figure in (f for f in e.figures if not f.across_variants):
-        if isinstance(figure, LengthFigure):
-            table, values = figure.table(runs)
-            results[e.name][f"{variant}/{figure.file}"] = values
-            sections.append(table)
+        table = figure.table(runs)
+        if table is not None:
+            results[e.name][f"{variant}/{figure.file}"] = table[1]
+            sections.append(table[0])
         drawn = figure.draw(runs, figure.title + suffix)
         if drawn is not None:
             name = f"{e.name}_{variant}_{figure.file}.png"
