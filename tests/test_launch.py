@@ -175,20 +175,27 @@ def wait_for(path: Path, text: str = "", timeout: float = 120) -> None:
     raise AssertionError(f"{path} never said {text!r}")
 
 
+def signal_while_training(signum: int, tmp_path: Path) -> tuple[int, Run]:
+    """Run a long tiny experiment and send this process ``signum`` once its child trains;
+    return the reproduction's exit code and the run."""
+    experiment = tiny(100_000)
+    run = Run(experiment, "default", 0, False, tmp_path / "full")
+    sender = threading.Thread(
+        target=lambda: (wait_for(run.log, "Training;"), os.kill(os.getpid(), signum))
+    )
+    sender.start()
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path))
+    sender.join()
+    return exit_info.value.code, run
+
+
 def test_ctrl_c_saves_every_run_and_says_how_to_continue(tmp_path, capsys):
     """A Ctrl+C during training: each child stops after its step and writes last.ckpt, the
     runs are reported interrupted (not failed), with the command that continues them; no
     traceback, exit 130."""
-    experiment = tiny(100_000)
-    run = Run(experiment, "default", 0, False, tmp_path / "full")
-    interrupt = threading.Thread(
-        target=lambda: (wait_for(run.log, "Training;"), os.kill(os.getpid(), signal.SIGINT))
-    )
-    interrupt.start()
-    with pytest.raises(SystemExit) as exit_info:
-        reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path))
-    interrupt.join()
-    assert exit_info.value.code == 130
+    code, run = signal_while_training(signal.SIGINT, tmp_path)
+    assert code == 130
     out = capsys.readouterr().out
     assert "tiny/default seed 0: interrupted: Interrupted at step" in out
     command = f"icl-reproduce --seeds 1 --jobs 1 --logs {tmp_path}"
@@ -311,16 +318,8 @@ def test_a_submitit_launcher_without_submitit_is_a_usage_error(monkeypatch, caps
 def test_sigterm_stops_the_runs_like_ctrl_c(tmp_path, capsys):
     """SIGTERM to the reproduction (e.g. its own job ending) stops and saves its children too,
     instead of leaving them training in their own sessions."""
-    experiment = tiny(100_000)
-    run = Run(experiment, "default", 0, False, tmp_path / "full")
-    terminate = threading.Thread(
-        target=lambda: (wait_for(run.log, "Training;"), os.kill(os.getpid(), signal.SIGTERM))
-    )
-    terminate.start()
-    with pytest.raises(SystemExit) as exit_info:
-        reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path))
-    terminate.join()
-    assert exit_info.value.code == 130
+    code, run = signal_while_training(signal.SIGTERM, tmp_path)
+    assert code == 130
     assert "interrupted: Interrupted at step" in capsys.readouterr().out
     assert run.checkpoint.exists()
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # restored
