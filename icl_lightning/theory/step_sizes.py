@@ -1,13 +1,18 @@
 """The step sizes of the GD baselines for a task distribution, tuned once and cached."""
 
+from functools import partial
 from typing import Literal
 
 import torch
 
 from icl_lightning.data.seeding import seeded_generator
 from icl_lightning.data.tasks import TaskSampler
-from icl_lightning.theory.gd import optimal_eta, optimal_eta_gamma
-from icl_lightning.theory.gd_plus_plus_training import per_layer_eta_gamma
+from icl_lightning.theory.gd import optimal_eta
+from icl_lightning.theory.gd_plus_plus_training import (
+    GDPlusPlusFit,
+    per_layer_eta_gamma_fit,
+    shared_eta_gamma_fit,
+)
 
 
 class StepSizes:
@@ -16,7 +21,10 @@ class StepSizes:
     Each minimises the mean query loss after L steps (:func:`~icl_lightning.theory.gd.optimal_eta`,
     :func:`~icl_lightning.theory.gd.optimal_eta_gamma`) on ``num_tasks`` tuning prompts drawn in
     float64 from the generator keyed ``(seed, 1)``, so every process finds the same values on its
-    own. :meth:`tune` searches again only when the task, N, L, the active input dimension or
+    own. GD++'s sizes are polished to convergence from several starts and the start is chosen
+    on as many held-out prompts, keyed ``(seed, 2)``
+    (:mod:`~icl_lightning.theory.gd_plus_plus_training`); :attr:`plus_plus_fit` keeps both
+    losses. :meth:`tune` searches again only when the task, N, L, the active input dimension or
     the device change.
 
     Args:
@@ -25,9 +33,10 @@ class StepSizes:
         plus_plus: tune GD++ as well (otherwise ``eta_pp = gamma_pp = 0``).
         gd_plus_plus: ``"per_layer"``: one ``(eta_l, gamma_l)`` per step, trained by gradient
             descent on the loss as paper A's official code does
-            (:func:`~icl_lightning.theory.gd_plus_plus_training.per_layer_eta_gamma`; then
+            (:func:`~icl_lightning.theory.gd_plus_plus_training.per_layer_eta_gamma_fit`; then
             ``eta_pp`` and ``gamma_pp`` are lists of L numbers); ``"shared"``: one pair for all
-            steps, by grid search.
+            steps, by grid search then polished
+            (:func:`~icl_lightning.theory.gd_plus_plus_training.shared_eta_gamma_fit`).
     """
 
     def __init__(
@@ -41,6 +50,8 @@ class StepSizes:
         self.gd_plus_plus = gd_plus_plus
         self._key: tuple | None = None
         self.eta = self.eta_pp = self.gamma_pp = 0.0
+        #: GD++'s tuned sizes with their tuning and held-out losses (None without GD++)
+        self.plus_plus_fit: GDPlusPlusFit | None = None
 
     def tune(
         self,
@@ -56,15 +67,28 @@ class StepSizes:
         active_dim = task.input_dim if active_dim is None else active_dim
         key = (repr(task), num_context, num_steps, str(device), active_dim)
         if key != self._key:
-            generator = seeded_generator(device, self.seed, 1)
-            tuning = task.sample_in_subspace(
-                self.num_tasks, num_context, active_dim, generator, dtype=torch.float64
-            )
-            args = (tuning.context_x, tuning.context_y, tuning.query_x, tuning.query_y)
-            self.eta = optimal_eta(*args, num_steps=num_steps)
-            if self.plus_plus and self.gd_plus_plus == "per_layer" and num_steps > 1:
-                self.eta_pp, self.gamma_pp = per_layer_eta_gamma(*args, num_steps=num_steps)
-            elif self.plus_plus:
-                self.eta_pp, self.gamma_pp = optimal_eta_gamma(*args, num_steps=num_steps)
+            prompts = partial(self.prompts, task, num_context, active_dim, device)
+            tuning = prompts(1)
+            self.eta = optimal_eta(*tuning, num_steps=num_steps)
+            if self.plus_plus:
+                per_layer = self.gd_plus_plus == "per_layer"
+                tune = per_layer_eta_gamma_fit if per_layer else shared_eta_gamma_fit
+                self.plus_plus_fit = fit = tune(tuning, prompts(2), num_steps)
+                if per_layer and num_steps > 1:
+                    self.eta_pp, self.gamma_pp = fit.etas, fit.gammas
+                else:
+                    self.eta_pp, self.gamma_pp = fit.etas[0], fit.gammas[0]
             self._key = key
         return self
+
+    def prompts(self, task, num_context, active_dim, device, part) -> tuple[torch.Tensor, ...]:
+        """``(context_x, context_y, query_x, query_y)`` of ``num_tasks`` float64 prompts from the
+        generator keyed ``(seed, part)``: part 1 tunes, part 2 is held out."""
+        batch = task.sample_in_subspace(
+            self.num_tasks,
+            num_context,
+            active_dim,
+            seeded_generator(device, self.seed, part),
+            dtype=torch.float64,
+        )
+        return batch.context_x, batch.context_y, batch.query_x, batch.query_y
