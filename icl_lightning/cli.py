@@ -29,6 +29,7 @@ Runs and their directories:
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.checkpointing import (
@@ -60,19 +62,18 @@ from icl_lightning.preflight import (
     check_memory,
     check_optimizer,
     check_validation_schedule,
-    check_writable,
-    earlier_run_files,
     free_memory,
     load_checkpoint,
     prompt_bytes,
-    run_directory,
 )
 from icl_lightning.profiling import NoProfiler
 from icl_lightning.progress import StepProgressBar
+from icl_lightning.run_directory import TENSORBOARD, choose_run_directory
 
-_TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 #: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
 _LINKS = {"model.init_args.model.init_args.input_dim": "data.input_dim"}
+#: how jsonargparse wraps an error raised while building a class named by ``class_path``
+_UNION_ERROR = "Does not validate against any of the Union subtypes"
 
 
 def _natural_key(name: str) -> list:
@@ -103,30 +104,9 @@ def summary_lines(metrics: dict) -> list[str]:
     return [lines[name] for name in sorted(lines, key=_natural_key)]
 
 
-def _resumed_run(ckpt_path: str | None) -> Path | None:
-    """``<run>`` when ``ckpt_path`` is ``<run>/checkpoints/<name>.ckpt`` (a run's own file)."""
-    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
-        return None
-    folder = Path(ckpt_path).resolve().parent
-    return folder.parent if folder.name == "checkpoints" else None
-
-
-def _continue_run(logger_args, run: Path) -> None:
-    """Point TensorBoardLogger options at ``run`` (``<save_dir>/<name>/<version>``)."""
-    logger_args.save_dir = str(run.parent.parent)
-    logger_args.name = run.parent.name
-    logger_args.version = int(run.name[8:]) if re.fullmatch(r"version_\d+", run.name) else run.name
-
-
 def _as_dict(options) -> dict | None:
     """A parsed ``class_path``/``init_args`` option as a plain dict (None stays None)."""
     return options.as_dict() if hasattr(options, "as_dict") else options
-
-
-def _next_version(root: Path) -> Path:
-    """``root/version_<k>`` with ``k`` one more than the largest there (0 if none)."""
-    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
-    return root / f"version_{max(taken, default=-1) + 1}"
 
 
 def _check_yaml(parser, path: str) -> None:
@@ -180,7 +160,7 @@ class ICLLightningCLI(LightningCLI):
                 "checkpoint.save_top_k": 0,  # last.ckpt only (1: a second copy of it each time)
                 "trainer.default_root_dir": "logs/unlogged",
                 "trainer.logger": {
-                    "class_path": _TENSORBOARD,
+                    "class_path": TENSORBOARD,
                     "init_args": {"save_dir": "logs", "name": "icl"},
                 },
             }
@@ -224,7 +204,7 @@ class ICLLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Refuse options that cannot work (usage errors naming them); choose the run directory
-        (:meth:`_choose_run_directory`)."""
+        (:func:`~icl_lightning.run_directory.choose_run_directory`)."""
         config = self.run_config
         trainer = config.trainer
         if str(trainer.precision) == "16-true":
@@ -244,38 +224,13 @@ class ICLLightningCLI(LightningCLI):
             )
         try:
             check_optimizer(*(_as_dict(config.get(key)) for key in ("optimizer", "lr_scheduler")))
-            self._choose_run_directory(config)
+            if getattr(config.trainer.logger, "class_path", None) == TENSORBOARD:
+                # final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
+                config.trainer.logger.init_args.default_hp_metric = False
+            choose_run_directory(config, fit=self.subcommand == "fit")
         except ValueError as error:
             self.parser.error(str(error))
         add_link_parents(self, _LINKS)
-
-    def _choose_run_directory(self, config) -> None:
-        """Point the logger (or ``default_root_dir``) at a resumed run's own directory, check
-        that the output folder is writable, and that a fit starts no run over another."""
-        trainer, fit = config.trainer, self.subcommand == "fit"
-        resumed = _resumed_run(config.get("ckpt_path")) if fit else None
-        if not trainer.logger:
-            root = Path(trainer.default_root_dir)
-            check_writable("trainer.default_root_dir", str(root))
-            is_resume = resumed is not None and resumed.is_dir()
-            trainer.default_root_dir = str(resumed if is_resume else _next_version(root))
-            return
-        logger = getattr(trainer.logger, "init_args", None)
-        if getattr(trainer.logger, "class_path", None) == _TENSORBOARD:
-            # the final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
-            logger.default_hp_metric = False
-            if resumed is not None and any(resumed.glob("events.*")):
-                _continue_run(logger, resumed)
-        if logger is None or logger.get("save_dir") is None:
-            return
-        check_writable("trainer.logger.init_args.save_dir", logger.save_dir)
-        run = run_directory(logger.save_dir, logger.get("name"), logger.get("version"))
-        if fit and run is not None and rank_zero_only.rank == 0:
-            option = "trainer.logger.init_args.version"
-            for path in earlier_run_files(
-                run, option, config.get("ckpt_path"), config.get("overwrite")
-            ):
-                path.unlink()
 
     # ------------------------------------------------------------------- building the run
     def instantiate_classes(self) -> None:
@@ -285,6 +240,8 @@ class ICLLightningCLI(LightningCLI):
             super().instantiate_classes()
             self._check_run()
         except (ValueError, MisconfigurationException) as error:
+            while str(error).startswith(_UNION_ERROR) and isinstance(error.__cause__, ValueError):
+                error = error.__cause__  # the option's own message, not jsonargparse's wrapping
             self.parser.error(str(error))
         except RuntimeError as error:  # the Trainer refuses two callbacks with one state key
             if "more than one stateful callback" not in str(error):
@@ -298,6 +255,13 @@ class ICLLightningCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # no --trainer.plugins of its own
             strategy.checkpoint_io = AtomicCheckpointIO()
+        if isinstance(self.datamodule, ICLDataModule):
+            # Its training batch is a pure function of (seed, step, rank), so a resume in mid-epoch
+            # draws the very batches of an uninterrupted run: Lightning's warning that a
+            # non-resumable dataloader makes such a resume unreliable does not apply.
+            warnings.filterwarnings(
+                "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
+            )
         options = self.run_config.as_dict()
         params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
         self.trainer.callbacks.append(FinalMetrics(params))

@@ -153,34 +153,3 @@ def check_writable(option: str, folder: str) -> None:
             f"--{option}={folder} cannot be written: {existing} is read-only or not writable "
             f"({error.strerror}); expected a folder this user can write to."
         ) from error
-
-
-#: what marks a directory as holding a run: TensorBoard or CSV logs, checkpoints
-RUN_FILES = ("events.out.tfevents.*", "metrics.csv", "checkpoints/*.ckpt")
-
-
-def run_directory(save_dir: str, name: str | None, version: int | str | None) -> Path | None:
-    """``<save_dir>/<name>/version_<k>`` (or ``/<version>`` for a string): the directory of a
-    logger given an explicit ``version``; None when the logger picks a new one itself."""
-    if version is None:
-        return None
-    folder = f"version_{version}" if isinstance(version, int) else str(version)
-    return Path(save_dir) / (name or "") / folder
-
-
-def earlier_run_files(run: Path, option: str, ckpt_path: str | None, overwrite: bool) -> list[Path]:
-    """The files of an earlier run in ``run`` (the directory ``option`` chose) that this fit
-    replaces: none when there are none or the fit resumes from a checkpoint inside ``run``.
-    Otherwise a ValueError (two runs would mix in one folder), unless ``overwrite``: then
-    those files (and the earlier ``hparams.yaml``), for the caller to delete."""
-    if ckpt_path and run.resolve() in Path(ckpt_path).resolve().parents:
-        return []
-    held = [path for pattern in RUN_FILES for path in sorted(run.glob(pattern))]
-    if held and not overwrite:
-        raise ValueError(
-            f"--{option}: the run directory {run} already holds a run ({held[0].name}): "
-            "expected a new version, or --ckpt_path "
-            f"{run / 'checkpoints' / 'last.ckpt'} to continue that run, or --overwrite=true "
-            "to delete its event files and checkpoints and start again there."
-        )
-    return [*held, *run.glob("hparams.yaml")] if held else []
