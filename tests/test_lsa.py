@@ -1,12 +1,17 @@
 """The LSA model of paper A against a naive token-by-token reference (float64, random weights)."""
 
+from functools import partial
+
 import pytest
 import torch
+from torch.autograd import gradcheck
 
 from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.models import LSA
+from icl_lightning.models.linear_attention import LinearAttentionReadout, LinearAttentionUpdate
 from icl_lightning.modules import ICLRegressionModule
 from icl_lightning.theory import prediction_loss
+from icl_lightning.theory.alignment import sensitivities
 
 
 def _prompts(B=5, N=7, d=3, seed=0):
@@ -61,6 +66,57 @@ def test_lsa_equals_naive_reference(kwargs):
     pred = model(cx, cy, qx)
     assert pred.shape == (5,)
     assert torch.allclose(pred, _naive(model, cx, cy, qx), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_layers=1),
+        dict(num_layers=3),
+        dict(num_layers=3, recurrent=True),
+        dict(num_layers=2, num_heads=2, key_size=5),
+        dict(num_layers=2, layer_norm=True),
+    ],
+    ids=["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"],
+)
+def test_lsa_gradients_equal_naive_reference(kwargs):
+    """The hand-written backward passes of the linear-attention layers
+    (:mod:`icl_lightning.models.linear_attention`) == autograd through the naive reference: the
+    weights' gradients of a weighted sum of predictions, and the sensitivities d pred / d x_q
+    through ``torch.func`` (vmap of grad), as GDAlignment takes them."""
+    model = _randomise(LSA(input_dim=3, **kwargs).double())
+    cx, cy, qx = _prompts()
+    weights = torch.randn(len(qx), generator=torch.Generator().manual_seed(2), dtype=qx.dtype)
+    params = list(model.parameters())
+    fast = torch.autograd.grad((model(cx, cy, qx) * weights).sum(), params)
+    naive = torch.autograd.grad((_naive(model, cx, cy, qx) * weights).sum(), params)
+    for got, expected in zip(fast, naive, strict=True):
+        assert torch.allclose(got, expected, atol=1e-10, rtol=1e-10)
+    sens = sensitivities(model, cx, cy, qx)
+    qx_leaf = qx.clone().requires_grad_()
+    (naive_sens,) = torch.autograd.grad(_naive(model, cx, cy, qx_leaf).sum(), qx_leaf)
+    assert torch.allclose(sens, naive_sens, atol=1e-10, rtol=1e-10)
+    assert naive_sens.abs().max() > 1e-3
+
+
+def _readout(h, K, U, num_context):
+    return LinearAttentionReadout.apply(h, K, U, num_context)[0]
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_linear_attention_backward_passes_pass_gradcheck(num_heads):
+    """Both autograd Functions against finite differences (float64), the readout also with a
+    token between the context and the query (N < T - 1), which it must not read."""
+    g = torch.Generator().manual_seed(3)
+    B, T, D, H = 3, 5, 4, num_heads
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    h, K, V, U = rand(B, T, D), rand(D, H * D), rand(H * D, D), rand(D, H)
+    assert gradcheck(lambda h, K, V: LinearAttentionUpdate.apply(h, K, V, T - 1)[0], (h, K, V))
+    for N in (T - 1, T - 2):
+        assert gradcheck(partial(_readout, num_context=N), (h, K, U))
 
 
 def test_recurrent_model_shares_one_layer():

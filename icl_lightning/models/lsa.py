@@ -18,7 +18,12 @@ from torch import nn
 
 from icl_lightning.checks import require
 from icl_lightning.models.init import attention_weights
-from icl_lightning.models.products import key_query, projection_value
+from icl_lightning.models.linear_attention import LinearAttentionReadout, LinearAttentionUpdate
+from icl_lightning.models.products import (
+    projection_value,
+    stacked_key_query,
+    stacked_projection_value,
+)
 
 
 class LSALayer(nn.Module):
@@ -86,8 +91,9 @@ class LSALayer(nn.Module):
 
             h_attn,j = sum_h P_h W_V,h S W_K,h^T W_Q,h z_j        (z = LayerNorm(h) or h)
 
-        one small ``(D, D)`` matrix per prompt, so the cost is O(T D^2 + H D^3) per prompt
-        instead of O(T N k) for the scores.
+        one small ``(D, D)`` matrix per prompt, applied as ``((z_j K) S) V`` with the stacked
+        products K and V of :mod:`~icl_lightning.models.products` (O(N D^2 + T H D^2) per
+        prompt instead of O(T N k) for the scores).
         """
         z = self.norm(h)
         if self.softmax:
@@ -98,12 +104,24 @@ class LSALayer(nn.Module):
             return torch.einsum("hDk,bhtk->btD", self.P, out)
         context = z[:, :num_context]
         S = context.transpose(1, 2) @ context  # (B, D, D)
-        B, D, H = len(z), z.shape[-1], self.W_Q.shape[0]
-        KQ = key_query(self.W_Q, self.W_K).transpose(0, 1).reshape(D, H * D)
-        PV = projection_value(self.P, self.W_V).transpose(0, 1).reshape(D, H * D)
-        SKQ = (S.reshape(B * D, D) @ KQ).reshape(B, D, H, D)  # S W_K,h^T W_Q,h
-        M = torch.einsum("Dj,bjF->bDF", PV, SKQ.transpose(1, 2).reshape(B, H * D, D))
-        return z[:, queries] @ M.transpose(1, 2)
+        D = z.shape[-1]
+        a = z[:, queries] @ stacked_key_query(self.W_Q, self.W_K)  # (B, T, H D)
+        b = a.view(len(z), -1, D) @ S  # (B, T H, D): rows a_h S
+        return b.view(a.shape) @ stacked_projection_value(self.P, self.W_V)
+
+    def residual_update(self, h: torch.Tensor, num_context: int) -> torch.Tensor:
+        """``h + h_attn`` for every token: a layer below the last one.
+
+        Linear attention without LayerNorm goes through
+        :class:`~icl_lightning.models.linear_attention.LinearAttentionUpdate` (the same
+        ``S``-form as :meth:`forward`, with a hand-written backward pass); any other layer is
+        ``h + self(h, num_context)``.
+        """
+        if self.softmax or not isinstance(self.norm, nn.Identity):
+            return h + self(h, num_context)
+        K = stacked_key_query(self.W_Q, self.W_K)
+        V = stacked_projection_value(self.P, self.W_V)
+        return LinearAttentionUpdate.apply(h, K, V, num_context)[0]
 
     def query_update(
         self, h: torch.Tensor, num_context: int, coords: slice = slice(None)
@@ -118,14 +136,27 @@ class LSALayer(nn.Module):
         z = self.norm(h)
         context, query = z[:, :num_context], z[:, -1]
         H, key_size, D = self.W_Q.shape
-        KQ = key_query(self.W_Q, self.W_K).permute(2, 0, 1).reshape(D, H * D)
-        q = (query @ KQ).unflatten(-1, (H, D))  # q'_h, (B, H, D)
+        q = (query @ stacked_key_query(self.W_Q, self.W_K)).unflatten(-1, (H, D))  # q'_h
         scores = context @ q.transpose(1, 2)  # (B, N, H): one (N, D) @ (D, H) per prompt
         if self.softmax:
             scores = torch.softmax(scores / math.sqrt(key_size), dim=1)
         PV = projection_value(self.P[:, coords], self.W_V)  # (H, R, D)
         values = (context @ PV.flatten(0, 1).T).unflatten(-1, (H, -1))  # (B, N, H, R)
         return (scores.unsqueeze(-1) * values).sum((1, 2))
+
+    def readout(self, h: torch.Tensor, num_context: int) -> torch.Tensor:
+        """``h'[:, -1, -1]``, the last coordinate of the query token after this layer (with the
+        residual), ``(B,)``: the model's last layer.
+
+        Linear attention without LayerNorm goes through
+        :class:`~icl_lightning.models.linear_attention.LinearAttentionReadout` (O(N D H) per
+        prompt, hand-written backward pass); any other layer through :meth:`query_update`.
+        """
+        if self.softmax or not isinstance(self.norm, nn.Identity):
+            return h[:, -1, -1] + self.query_update(h, num_context, slice(-1, None))[:, 0]
+        K = stacked_key_query(self.W_Q, self.W_K)
+        U = projection_value(self.P[:, -1:], self.W_V)[:, 0].T  # (D, H): u_h = (P_h W_V,h)[-1]
+        return LinearAttentionReadout.apply(h, K, U, num_context)[0]
 
 
 class LSA(nn.Module):
@@ -234,6 +265,5 @@ class LSA(nn.Module):
         N = context_x.shape[1]
         h = self.tokens(context_x, context_y, query_x)
         for i in range(self.num_layers - 1):
-            h = h + self.layer(i)(h, N)
-        last = self.layer(self.num_layers - 1).query_update(h, N, slice(-1, None))
-        return -(h[:, -1, -1] + last[:, 0])
+            h = self.layer(i).residual_update(h, N)
+        return -self.layer(self.num_layers - 1).readout(h, N)
