@@ -323,3 +323,33 @@ def test_sigterm_stops_the_runs_like_ctrl_c(tmp_path, capsys):
     assert "interrupted: Interrupted at step" in capsys.readouterr().out
     assert run.checkpoint.exists()
     assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # restored
+
+
+class Stubborn:
+    """A child process that has not stopped yet; ``wait`` is cut by a second Ctrl+C."""
+
+    def __init__(self):
+        self.signals, self.returncode = [], None
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+
+    def wait(self, timeout=None):
+        if self.returncode is None and timeout is not None:
+            raise KeyboardInterrupt
+        return self.returncode
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self):
+        self.returncode = -9
+
+
+def test_a_second_ctrl_c_kills_the_children_still_saving(tmp_path, capsys):
+    children = [Child(Run(tiny(10), "default", s, True, tmp_path), [], Stubborn()) for s in (0, 1)]
+    runner.stop(children)
+    assert all(c.process.signals == [signal.SIGINT] for c in children)
+    assert all(c.process.returncode == -9 for c in children)
+    assert "Ctrl+C again: stop them now" in capsys.readouterr().out
+    assert children[0].outcome(stopped=True).status == "interrupted"

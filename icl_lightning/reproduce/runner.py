@@ -17,7 +17,7 @@ from icl_lightning.reproduce.progress import Outcome, Progress
 from icl_lightning.reproduce.runs import Run, child_environment, interrupted_at, write_done
 
 #: how long the children may take to write their last.ckpt after a Ctrl+C before they are killed
-SAVE_GRACE_SECONDS = 120.0
+SAVE_GRACE_SECONDS = 600.0
 
 
 def available_cores() -> int:
@@ -128,23 +128,32 @@ def run_local(
 
 
 def stop(children: list[Child], grace: float = SAVE_GRACE_SECONDS) -> None:
-    """Send each child SIGINT (it stops after its current step and writes ``last.ckpt``) and
-    wait for them, ``grace`` seconds at most (then kill); further Ctrl+C are ignored meanwhile."""
-    previous = handle(signal.SIGINT, signal.SIG_IGN)
+    """Send each child SIGINT (it stops after its current step, and the probes' measurement of
+    that step, and writes ``last.ckpt``) and wait for them, ``grace`` seconds at most; then,
+    or at a second Ctrl+C, kill those still running (they resume from their previous
+    ``last.ckpt``)."""
+    if not children:
+        return
+    print(
+        f"\nStopping {len(children)} run(s); each saves its last.ckpt after its current step "
+        "(Ctrl+C again: stop them now, losing the steps since their previous last.ckpt) ...",
+        flush=True,
+    )
+    deadline = time.monotonic() + grace
     try:
-        if children:
-            print(f"\nStopping {len(children)} run(s); each saves its last.ckpt ...")
         for child in children:
             child.process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + grace
         for child in children:
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
-    finally:
-        handle(signal.SIGINT, previous)
+                break
+    except KeyboardInterrupt:
+        pass
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
 
 
 def log_tail(log: Path, lines: int = 5) -> str:
