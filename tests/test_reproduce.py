@@ -19,7 +19,7 @@ from icl_lightning.reproduce.figures import InterpolationFigure
 from icl_lightning.reproduce.report import write_report
 from icl_lightning.reproduce.runs import Run
 from icl_lightning.reproduce.scalars import aggregate, read_scalars
-from icl_lightning.reproduce.verdicts import Check, LossFalls, Scale
+from icl_lightning.reproduce.verdicts import Check, LossFalls, Scale, passes
 
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 RUNS = [
@@ -89,6 +89,22 @@ def test_check_rows_give_ratio_and_a_verdict_only_at_the_papers_scale(tmp_path):
     assert "not met here" in ratio.row(runs, Scale(200, 50000))["verdict"]
     falls = LossFalls().row(runs, Scale(200, 50000))
     assert falls["value"] == pytest.approx(0.375) and falls["verdict"] == "falls"
+
+
+@pytest.mark.parametrize(
+    "criterion,value,expected",
+    [("< 1", 0.99, True), ("< 1", 1.0, False), ("<= 1e-5", 1e-5, True), (">= 0.999", 0.9989, False)]
+    + [("within 0.8-1.25", 1.25, True), ("within 0.8-1.25", 0.79, False)]
+    + [("<= 0.1 (10x fall)", 0.1, True), ("> 2", 2.5, True)],
+)
+def test_criteria_are_read_from_their_text(criterion, value, expected):
+    assert passes(criterion, value) is expected
+
+
+@pytest.mark.parametrize("criterion", ["~ 1", "< one", "within 1", "<1", ""])
+def test_an_unreadable_criterion_is_refused_when_the_check_is_made(criterion):
+    with pytest.raises(ValueError, match=f"criterion {criterion!r}: expected"):
+        Check("x", "t", "paper", criterion)
 
 
 def one_layer_run(cos: float, interp_at_250: float) -> dict:

@@ -8,6 +8,7 @@ the criterion). :class:`LossFalls` is the check meant for a reduced run: the tra
 """
 
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,14 +39,10 @@ class Scale:
         )
 
 
+_NUMBER = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"
 #: ``<op> <number>`` or ``within <low>-<high>``, then optionally a remark, e.g. ``"<= 0.1 (10x)"``
-_CRITERION = re.compile(r"(?:(<=|>=|<|>) (\S+)|within (\S+?)-(\S+))(?: \(.*\))?")
-_COMPARE = {
-    "<": lambda v, x: v < x,
-    "<=": lambda v, x: v <= x,
-    ">": lambda v, x: v > x,
-    ">=": lambda v, x: v >= x,
-}
+_CRITERION = re.compile(rf"(?:(<=|>=|<|>) {_NUMBER}|within {_NUMBER}-{_NUMBER})(?: \(.*\))?")
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 def passes(criterion: str, value: float) -> bool:
