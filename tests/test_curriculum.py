@@ -1,5 +1,8 @@
 """The curriculum (Garg et al. 2022): its schedule, the prompts it draws, errors, resume."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import CONFIGS, read_scalars, run_cli, tiny_args
@@ -30,8 +33,6 @@ def test_schedule_matches_the_stateful_update(start, end, increment, interval):
     schedule = Schedule(start, end, increment, interval)
     expected = garg_sizes(start, end, increment, interval, 200)
     assert [schedule.at(t) for t in range(200)] == expected
-    changes = [t for t in range(1, 200) if expected[t] != expected[t - 1]]
-    assert schedule.stage_starts(200) == [0, *changes]
 
 
 @pytest.mark.parametrize("task", [LinearRegression(input_dim=6), ReLUNetwork(input_dim=6)])
@@ -66,8 +67,13 @@ def test_training_prompts_grow_and_evaluation_stays_full_size():
     "curriculum,named",
     [
         (Curriculum(dims=Schedule(2, 7)), "curriculum.dims.end=7"),
-        (Curriculum(points=Schedule(12, 10)), "curriculum.points.end=10"),
+        (
+            Curriculum(points=Schedule(8, 6)),
+            r"curriculum.points.end=6 .* \[curriculum.points.start=8, 10\]",
+        ),
         (Curriculum(points=Schedule(0, 10)), "curriculum.points.start=0"),
+        (Curriculum(points=Schedule(12, 20)), r"curriculum.points.start=12 .* \[1, 10\]"),
+        (Curriculum(points=Schedule(end=8)), r"curriculum.points.start=None .* \[1, 10\]"),
         (Curriculum(dims=Schedule(2, 6, 0)), "curriculum.dims.increment=0"),
         (Curriculum(dims=Schedule(2, 6, 1, 0)), "curriculum.dims.interval=0"),
     ],
@@ -91,6 +97,54 @@ def test_cli_rejects_a_curriculum_past_input_dim(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "curriculum.dims.end=9" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def error_line(err: str) -> str:
+    """The CLI's ``error: ...`` line (the first after the usage text)."""
+    return next(line for line in err.splitlines() if line.startswith("error:"))
+
+
+@pytest.mark.parametrize(
+    "base,points,named",
+    [
+        (  # N = 40, and the base's curriculum
+            "lsa_curriculum.yaml",
+            "{start: 50, end: 40}",
+            "curriculum.points.start=50 is invalid: expected an integer in [1, 40]",
+        ),
+        (  # N = 20, no curriculum in the base
+            "demo.yaml",
+            "{end: 10}",
+            "curriculum.points.start=None is invalid: expected an integer in [1, 20]",
+        ),
+    ],
+    ids=["start_beyond_num_context", "start_missing"],
+)
+def test_cli_names_the_curriculum_field_given_wrong_first(
+    base, points, named, tmp_path, monkeypatch, capsys
+):
+    """A start beyond N is the start's fault (not the end's); a missing start is named on the
+    error's first line, not inside jsonargparse's nested text."""
+    shutil.copy(CONFIGS / base, tmp_path)
+    (tmp_path / "wrong.yaml").write_text(f"data:\n  curriculum:\n    points: {points}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={base}", "--config=wrong.yaml", "--trainer.max_steps=1"])
+    assert exit_info.value.code == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {named} (the data's full size, num_context)"), line
+    assert not Path("logs").exists()
+
+
+def test_cli_schedule_without_end_grows_to_the_full_size(tmp_path, monkeypatch):
+    """``end`` left out: the schedule ends at the data's full size (N = 20 here)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grow.yaml").write_text(
+        "data:\n  curriculum:\n    points: {start: 5, increment: 5, interval: 2}\n"
+    )
+    run_cli(["fit", f"--config={DEMO}", "--config=grow.yaml", *tiny_args(Path("logs"), steps=12)])
+    sizes = read_scalars(Path("logs"))["curriculum/points"]
+    assert sizes == {0: 5, 2: 10, 4: 15, 6: 20}
 
 
 def test_resumed_curriculum_run_matches_an_uninterrupted_one(tmp_path):

@@ -2,11 +2,11 @@
 
 A schedule's value at optimizer step ``t`` is ``min(start + increment * (t // interval), end)``:
 it starts at ``start`` and grows by ``increment`` every ``interval`` steps until it reaches
-``end``. The curriculum is a pure function of the global step, so a resumed run and every DDP
-rank see the same sizes as an uninterrupted single-process run.
+``end`` (by default the data's full size). The curriculum is a pure function of the global step,
+so a resumed run and every DDP rank see the same sizes as an uninterrupted single-process run.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from icl_lightning.checks import require
 
@@ -16,42 +16,38 @@ class Schedule:
     """One growing size: ``min(start + increment * (step // interval), end)``.
 
     Args:
-        start: the size at step 0.
-        end: the final size (at most the data's full size).
+        start: the size at step 0 (required).
+        end: the final size, at most the data's full size (default: the full size).
         increment: growth per stage.
         interval: steps per stage.
     """
 
-    start: int
-    end: int
+    start: int | None = None  # required: None (left out) is refused by checked(), naming it
+    end: int | None = None
     increment: int = 1
     interval: int = 1000
 
-    def check(self, option: str, full_size: int) -> None:
-        """Raise ``ValueError`` naming ``option.<field>`` unless ``1 <= start <= end <= full_size``
-        and ``increment, interval >= 1``."""
-        require(self.start >= 1, f"{option}.start", self.start, "an integer >= 1")
+    def checked(self, option: str, full_size: int, full_name: str) -> "Schedule":
+        """This schedule with ``end`` set (``full_size`` when left out); ``ValueError`` naming
+        ``option.<field>`` unless ``1 <= start <= end <= full_size`` and ``increment, interval
+        >= 1``. ``start`` is checked first: a start beyond the full size is the start's fault."""
+        full = f"{full_size}] (the data's full size, {full_name})"
+        start_ok = self.start is not None and 1 <= self.start <= full_size
+        require(start_ok, f"{option}.start", self.start, f"an integer in [1, {full}")
+        end = full_size if self.end is None else self.end
         require(
-            self.start <= self.end <= full_size,
+            self.start <= end <= full_size,
             f"{option}.end",
-            self.end,
-            f"an integer in [{option}.start={self.start}, {full_size}] (the data's full size)",
+            end,
+            f"an integer in [{option}.start={self.start}, {full}",
         )
         require(self.increment >= 1, f"{option}.increment", self.increment, "an integer >= 1")
         require(self.interval >= 1, f"{option}.interval", self.interval, "an integer >= 1")
+        return replace(self, end=end)
 
     def at(self, step: int) -> int:
-        """The size at optimizer step ``step``."""
+        """The size at optimizer step ``step`` (of a :meth:`checked` schedule)."""
         return min(self.start + self.increment * (step // self.interval), self.end)
-
-    def stage_starts(self, max_steps: int) -> list[int]:
-        """The steps in ``[0, max_steps)`` where the size changes (0 included)."""
-        starts = [0]
-        step = self.interval
-        while step < max_steps and self.at(step - 1) < self.end:
-            starts.append(step)
-            step += self.interval
-        return starts
 
 
 @dataclass
@@ -72,23 +68,17 @@ class Curriculum:
     dims: Schedule | None = None
     points: Schedule | None = None
 
-    def check(self, input_dim: int, num_context: int) -> None:
-        """Raise ``ValueError`` naming the option if a schedule ends above the data's size."""
-        if self.dims is not None:
-            self.dims.check("curriculum.dims", input_dim)
-        if self.points is not None:
-            self.points.check("curriculum.points", num_context)
+    def checked(self, input_dim: int, num_context: int) -> "Curriculum":
+        """This curriculum with each schedule's ``end`` set (:meth:`Schedule.checked`);
+        ``ValueError`` naming the option if a schedule does not fit the data's size."""
+        dims, points = self.dims, self.points
+        return Curriculum(
+            dims.checked("curriculum.dims", input_dim, "input_dim") if dims else None,
+            points.checked("curriculum.points", num_context, "num_context") if points else None,
+        )
 
     def size(self, step: int, input_dim: int, num_context: int) -> tuple[int, int]:
         """``(active input dimension, context length)`` at optimizer step ``step``."""
         d = self.dims.at(step) if self.dims is not None else input_dim
         n = self.points.at(step) if self.points is not None else num_context
         return d, n
-
-    def stage_starts(self, max_steps: int) -> list[int]:
-        """The steps in ``[0, max_steps)`` where either size changes (0 included)."""
-        steps = {0}
-        for schedule in (self.dims, self.points):
-            if schedule is not None:
-                steps.update(schedule.stage_starts(max_steps))
-        return sorted(steps)

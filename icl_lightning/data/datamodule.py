@@ -91,7 +91,7 @@ class ICLDataModule(L.LightningDataModule):
             require(isinstance(value, int) and value >= 1, option, value, "an integer >= 1")
         self.task = task if task is not None else LinearRegression()
         if curriculum is not None:
-            curriculum.check(self.task.input_dim, int(num_context))
+            curriculum = curriculum.checked(self.task.input_dim, int(num_context))
         self.curriculum = curriculum
         # plain ints: jsonargparse's PositiveInt would not unpickle from a weights-only checkpoint
         self.batch_size = int(batch_size)
