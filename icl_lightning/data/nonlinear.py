@@ -10,10 +10,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.seeding import drawn_by
 from icl_lightning.data.tasks import LinearRegression, TaskSampler
 
 
@@ -58,7 +59,7 @@ class Sine(TaskSampler):
         self.input_range = float(input_range)
 
     def sample(self, batch_size, num_context, generator, dtype=torch.float32) -> ICLBatch:
-        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        kw = drawn_by(generator, dtype)
         low, high = self.amplitude_min, self.amplitude_max
         a = low + (high - low) * torch.rand(batch_size, 1, **kw)
         phi = self.phase_max * torch.rand(batch_size, 1, **kw)
@@ -84,7 +85,7 @@ class ReLUNetwork(TaskSampler):
 
     def sample(self, batch_size, num_context, generator, dtype=torch.float32) -> ICLBatch:
         B, N, d, k = batch_size, num_context, self.input_dim, self.hidden_dim
-        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        kw = drawn_by(generator, dtype)
         w = torch.randn(B, k, d, **kw)
         a = math.sqrt(2 / k) * torch.randn(B, k, **kw)
         x = torch.randn(B, N + 1, d, **kw)
@@ -101,7 +102,8 @@ class SparseLinear(LinearRegression):
     Args:
         input_dim: d.
         num_nonzero: k, non-zero weights per task (``1 <= k <= d``).
-        input_distribution, input_range, weight_scale, noise_std: as :class:`LinearRegression`.
+        input_distribution: as :class:`LinearRegression`, but ``"normal"`` by default.
+        **options: :class:`LinearRegression`'s ``input_range``, ``weight_scale``, ``noise_std``.
     """
 
     def __init__(
@@ -109,17 +111,15 @@ class SparseLinear(LinearRegression):
         input_dim: PositiveInt = 10,
         num_nonzero: PositiveInt = 3,
         input_distribution: Literal["uniform", "normal"] = "normal",
-        input_range: PositiveFloat = 1.0,
-        weight_scale: PositiveFloat = 1.0,
-        noise_std: NonNegativeFloat = 0.0,
+        **options,
     ) -> None:
-        super().__init__(input_dim, input_distribution, input_range, weight_scale, noise_std)
+        super().__init__(input_dim, input_distribution, **options)
         require(1 <= num_nonzero <= input_dim, "num_nonzero", num_nonzero, f"1..{input_dim}")
         self.num_nonzero = int(num_nonzero)
 
     def sample_weights(self, batch_size: int, generator, dtype=torch.float32) -> torch.Tensor:
         """``(B, d)`` weights: k random positions (the k smallest of d uniforms) kept."""
-        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        kw = drawn_by(generator, dtype)
         w = self.weight_scale * torch.randn(batch_size, self.input_dim, **kw)
         ranks = torch.rand(batch_size, self.input_dim, **kw).argsort(-1).argsort(-1)
         return w * (ranks < self.num_nonzero)
@@ -128,6 +128,5 @@ class SparseLinear(LinearRegression):
         x = self.sample_inputs((batch_size, num_context + 1, self.input_dim), generator, dtype)
         y = torch.einsum("bnd,bd->bn", x, self.sample_weights(batch_size, generator, dtype))
         if self.noise_std > 0:
-            kw = dict(generator=generator, device=generator.device, dtype=dtype)
-            y = y + self.noise_std * torch.randn(y.shape, **kw)
+            y = y + self.noise_std * torch.randn(y.shape, **drawn_by(generator, dtype))
         return _split(x, y)

@@ -12,3 +12,9 @@ def seeded_generator(device: torch.device | str, *keys: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(hash(tuple(int(k) for k in keys)) & (2**63 - 1))
     return generator
+
+
+def drawn_by(generator: torch.Generator, dtype: torch.dtype) -> dict:
+    """The keywords of a draw (``torch.rand``, ``torch.randn``, ...) made from ``generator``
+    alone, on its device: ``generator``, ``device=generator.device`` and ``dtype``."""
+    return {"generator": generator, "device": generator.device, "dtype": dtype}

@@ -14,6 +14,7 @@ from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
+from icl_lightning.data.seeding import drawn_by
 
 
 class TaskSampler(ABC):
@@ -117,7 +118,7 @@ class LinearRegression(TaskSampler):
 
     def sample(self, batch_size, num_context, generator, dtype=torch.float32) -> ICLBatch:
         B, N, d = batch_size, num_context, self.input_dim
-        kw = dict(generator=generator, device=generator.device, dtype=dtype)
+        kw = drawn_by(generator, dtype)
         x = self.sample_inputs((B, N + 1, d), generator, dtype)
         w = torch.randn(B, d, 1, **kw).mul_(self.weight_scale)
         y = (x @ w).squeeze(-1)  # <w, x_i> for all N + 1 points, (B, N + 1)
