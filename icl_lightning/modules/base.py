@@ -58,6 +58,10 @@ class ICLRegressionModule(L.LightningModule):
     torchmetrics), and ``val/zero_loss``, the loss of the
     predictor that always says 0, as the reference to beat.
 
+    Safety: the first batch checks that the network returns ``(B,)``
+    (:func:`check_prediction_shape`); every checkpoint write first checks that the weights are
+    finite, and stores the network's class (:meth:`on_save_checkpoint`).
+
     Args:
         model: the network, any ``nn.Module`` mapping ``context_x (B, N, d)``,
             ``context_y (B, N)`` and ``query_x (B, d)`` to predictions ``(B,)``, e.g. an
