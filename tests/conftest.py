@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -30,6 +31,33 @@ def tiny_args(save_dir: Path, steps: int = 6) -> list[str]:
         "--data.init_args.batch_size=64",
         "--data.init_args.num_val_tasks=96",
         "--data.init_args.batches_per_epoch=3",
+    ]
+
+
+def quiet_trainer(save_dir: Path, **options) -> L.Trainer:
+    """A CPU ``Trainer`` writing only under ``save_dir``: no logger, progress bar, model summary
+    or validation, plus ``options``."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=save_dir,
+        limit_val_batches=0,
+        **options,
+    )
+
+
+def cpu_validate_args(devices: int, save_dir: Path) -> list[str]:
+    """``validate`` on ``devices`` CPU processes (DDP over gloo for two or more), logging under
+    ``save_dir``, without the model summary; configs and options follow."""
+    return [
+        "validate",
+        "--trainer.accelerator=cpu",
+        f"--trainer.devices={devices}",
+        f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
     ]
 
 

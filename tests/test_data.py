@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from icl_lightning.data import ICLBatch, ICLDataModule, LinearRegression, seeded_generator, shard
 from icl_lightning.models import LSA
@@ -78,16 +79,7 @@ class _RecordBatches(L.Callback):
 
 def _fit(tmp_path, steps, ckpt_path=None):
     recorder = _RecordBatches()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, callbacks=[recorder])
     dm = ICLDataModule(
         LinearRegression(input_dim=3), batch_size=8, num_context=4, batches_per_epoch=4
     )

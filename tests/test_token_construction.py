@@ -4,7 +4,15 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, image_tags, read_scalars, run_cli, run_cli_subprocess, tiny_args
+from conftest import (
+    CONFIGS,
+    cpu_validate_args,
+    image_tags,
+    read_scalars,
+    run_cli,
+    run_cli_subprocess,
+    tiny_args,
+)
 
 from icl_lightning.callbacks import CopyScore, DeepFeatureGD
 from icl_lightning.data import LinearRegression, seeded_generator
@@ -171,13 +179,8 @@ def test_probe_scalars_agree_on_one_and_two_ddp_processes(tmp_path, namespace):
     for devices in (1, 2):
         save_dir = tmp_path / f"devices{devices}"
         args = [
-            "validate",
+            *cpu_validate_args(devices, save_dir),
             f"--config={config}",
-            "--trainer.accelerator=cpu",
-            f"--trainer.devices={devices}",
-            f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={save_dir}",
             "--trainer.callbacks.init_args.num_tasks=101",
             "--trainer.callbacks.init_args.batch_size=16",
             "--data.init_args.num_val_tasks=16",
