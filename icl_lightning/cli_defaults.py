@@ -8,6 +8,7 @@
 - The optimizer: paper A's AdamW, the same as the module's own default
   (:meth:`~icl_lightning.modules.base.ICLRegressionModule.configure_optimizers`), so that one
   option changes one value (``--optimizer.init_args.lr 5e-4``) and ``--print_config`` shows it.
+  A module subclass with a ``configure_optimizers`` of its own runs it with ``--optimizer null``.
 """
 
 import sys
