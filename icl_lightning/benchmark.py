@@ -468,7 +468,7 @@ def scaling(args, extra: list[str], log) -> tuple[list[str], list[dict]]:
                 shown = ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items())
                 print(f"{row.name}: {fitted['steps_per_s']:.1f} steps/s | {shown}", flush=True)
         head = ["axis", "steps/s (fit)", "peak MB"] + [f"{p} s" for p in probe_names]
-        lines += [f"## {family}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        lines += [f"### {family}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for r in (r for r in rows if r["family"] == family):
             cells = [
                 f"{r['axis']} = {r['value']}",

@@ -88,6 +88,21 @@ def test_hook_timer_times_every_callback_without_a_list():
     assert len(timer.step_starts) == 1 and "on_train_end" in timer.summary()
 
 
+def test_scaling_times_fit_and_each_probe_per_point(tmp_path, monkeypatch, capsys):
+    option = "--data.init_args.num_context"
+    axes = {"N": (option, [4, 8])}
+    monkeypatch.setattr(benchmark, "SCALING", {"lsa": (str(CONFIGS / "demo.yaml"), [], axes)})
+    out = tmp_path / "bench"
+    benchmark.main(["--tables", "scaling", "--scaling-steps", "4", "--out", str(out), *TINY])
+    rows = json.loads((out / "benchmark.json").read_text())["scaling"]
+    assert [row["value"] for row in rows] == [4, 8]
+    for row in rows:
+        assert row["steps_per_s"] > 0
+        assert set(row["probe_seconds"]) == {"GDAlignment", "ContextLengthProbe"}
+    printed = capsys.readouterr().out
+    assert "| N = 8 |" in printed and "Seed set to" not in printed
+
+
 def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args]
     proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
