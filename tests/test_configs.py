@@ -1,7 +1,10 @@
 """The shipped configs: each parses, a variant is its base plus its own keys, and the CLI fills in
 what the configs leave out (the run's name, paper A's AdamW)."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,17 @@ def test_default_optimizer_is_the_modules_own_and_one_option_changes_one_value(t
     assert ours == modules
     ours, modules = optimizers("--optimizer.init_args.lr=5e-4")
     assert ours == {**modules, "lr": 5e-4}
+
+
+def test_console_script_names_the_run_without_lightnings_two_arguments_warning(tmp_path):
+    """``python -m icl_lightning`` reads its options from ``sys.argv``: the run's name is added
+    there, so LightningCLI is not handed a second argument list (it would warn about both)."""
+    shutil.copy(CONFIGS / "lsa_deep.yaml", tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "icl_lightning", "fit", "--config", "lsa_deep.yaml"]
+    proc = subprocess.run(
+        [*command, "--print_config"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load(proc.stdout)["trainer"]["logger"]["init_args"]["name"] == "lsa_deep"
+    assert "args parameter" not in proc.stderr
