@@ -45,13 +45,13 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -280,10 +280,6 @@ def shipped(fit_steps_per_s: float, probes: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- tables
-def _median(values) -> float:
-    return statistics.median(values)
-
-
 def _spread(values: list[float], fmt: str = ".2f") -> str:
     return f"{min(values):{fmt}} - {max(values):{fmt}}" if len(values) > 1 else "-"
 
@@ -325,14 +321,14 @@ def deep_table(runs: dict[str, dict]) -> list[str]:
     for name, got in runs.items():
         fit_sps = [f["steps_per_s"] for f in got["fit"]]
         ship = [s["steps_per_s"] for s in got["shipped"]]
-        share = _median(s["share"] for s in got["shipped"])
-        cells = [name, f"{_median(fit_sps):.1f}", f"{_median(ship):.1f}", f"{share:.1%}"]
+        share = median(s["share"] for s in got["shipped"])
+        cells = [name, f"{median(fit_sps):.1f}", f"{median(ship):.1f}", f"{share:.1%}"]
         if "jax" in got:
             jax = [j["steps_per_s"] for j in got["jax"]]
             by_fit = [a / b for a, b in zip(fit_sps, jax, strict=True)]
             by_ship = [a / b for a, b in zip(ship, jax, strict=True)]
-            cells += [f"{_median(jax):.1f}", f"{_median(by_fit):.2f}"]
-            cells += [f"{_median(by_ship):.2f} ({_spread(by_ship)})"]
+            cells += [f"{median(jax):.1f}", f"{median(by_fit):.2f}"]
+            cells += [f"{median(by_ship):.2f} ({_spread(by_ship)})"]
         else:
             cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -348,18 +344,18 @@ def probes_table(runs: dict[str, dict]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, got in runs.items():
-        fit_sps = _median(f["steps_per_s"] for f in got["fit"])
-        ship = _median(s["steps_per_s"] for s in got["shipped"])
+        fit_sps = median(f["steps_per_s"] for f in got["fit"])
+        ship = median(s["steps_per_s"] for s in got["shipped"])
         shares = [s["share"] for s in got["shipped"]]
         probes = got["probes"][-1]["probes"]
         detail = "; ".join(
-            f"{key} {_median(p['probes'][key]['measurement'] for p in got['probes']):.3f} s "
+            f"{key} {median(p['probes'][key]['measurement'] for p in got['probes']):.3f} s "
             f"/ {probes[key]['every_n_steps']}, first "
-            f"{_median(p['probes'][key]['first'] for p in got['probes']):.2f} s"
+            f"{median(p['probes'][key]['first'] for p in got['probes']):.2f} s"
             for key in probes
         )
         cells = [name, str(got["probes"][-1]["max_steps"]), f"{fit_sps:.1f}", f"{ship:.1f}"]
-        cells += [f"{_median(shares):.1%} ({_spread(shares, '.1%')})", detail or "no probes"]
+        cells += [f"{median(shares):.1%} ({_spread(shares, '.1%')})", detail or "no probes"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -399,15 +395,15 @@ def side_by_side(args, extra: list[str], log) -> tuple[list[str], dict]:
             ]
     lines = [f"config {args.config} {' '.join(extra)}".rstrip(), ""]
     lines += ["| ratio | median | min - max |", "|---|---|---|"]
-    lines += [f"| {k} | {_median(v):.3f} | {_spread(v, '.3f')} |" for k, v in ratios.items()]
+    lines += [f"| {k} | {median(v):.3f} | {_spread(v, '.3f')} |" for k, v in ratios.items()]
     lines += ["", "| run | steps/s (median) | every round | peak MB |", "|---|---|---|---|"]
     for name, values in runs.items():
         shown = ", ".join(f"{v['steps_per_s']:.1f}" for v in values)
-        peak = f"{_median(v['peak_mb'] for v in values):.0f}" if "peak_mb" in values[0] else "-"
+        peak = f"{median(v['peak_mb'] for v in values):.0f}" if "peak_mb" in values[0] else "-"
         lines.append(
-            f"| {name} | {_median(v['steps_per_s'] for v in values):.1f} | {shown} | {peak} |"
+            f"| {name} | {median(v['steps_per_s'] for v in values):.1f} | {shown} | {peak} |"
         )
-    share = _median(v["share"] for v in runs["shipped"])
+    share = median(v["share"] for v in runs["shipped"])
     lines += ["", f"probes' share of the shipped run: {share:.1%}"]
     return lines, {"ratios": ratios, "runs": runs}
 
