@@ -80,20 +80,20 @@ class ContextualLayer(nn.Module):
         self.norm_out = nn.LayerNorm(token_dim) if layer_norm else nn.Identity()
 
     def _scores(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Scores ``<W_Q,h e^_q, W_K,h e^_t>`` of the tokens ``(B, T, D)`` against the query
-        token ``(B, D)``, ``(B, T, H)``, as ``e^_t . q'_h`` with ``q'_h = W_K,h^T W_Q,h e^_q``;
-        softmax attention scales them by ``1 / sqrt(k)``."""
-        key_size = self.W_Q.shape[1]
-        q = self._queries(query)  # (B, H, D)
-        scores = tokens @ q.transpose(1, 2)
-        return scores / math.sqrt(key_size) if self.attention == "softmax" else scores
+        """Scores of the tokens ``(B, T, D)`` against the query token ``(B, D)``, ``(B, T, H)``,
+        as ``e^_t . q'_h`` (:meth:`_queries`)."""
+        return tokens @ self._queries(query).transpose(1, 2)
 
-    def _queries(self, query: torch.Tensor) -> torch.Tensor:
-        """``q'_h = W_K,h^T W_Q,h e^`` of every head for tokens ``e^`` ``(..., D)``,
-        ``(..., H, D)``: one product with the ``(D, H D)`` matrix of all heads."""
-        H, _, D = self.W_Q.shape
+    def _queries(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``q'_h = W_K,h^T W_Q,h e^`` of every head for tokens ``e^`` ``(..., D)``, divided by
+        ``sqrt(k)`` for softmax attention, ``(..., H, D)``: then ``e^_t . q'_h`` is the score
+        ``<W_Q,h e^, W_K,h e^_t>`` (scaled). One product with the ``(D, H D)`` matrix of all
+        heads."""
+        H, key_size, D = self.W_Q.shape
         KQ = key_query(self.W_Q, self.W_K).permute(2, 0, 1).reshape(D, H * D)  # [F, h, E]
-        return (query @ KQ).unflatten(-1, (H, D))
+        if self.attention == "softmax":
+            KQ = KQ / math.sqrt(key_size)
+        return (tokens @ KQ).unflatten(-1, (H, D))
 
     def _PV(self) -> torch.Tensor:
         """``(P_h W_V,h)^T`` of every head, ``(H, D, D)``."""
@@ -119,12 +119,12 @@ class ContextualLayer(nn.Module):
         subset.
         """
         tokens = self.norm_in(torch.cat([context, query.unsqueeze(1)], dim=1))  # query last
-        scores = self._scores(tokens, tokens[:, -1])  # (B, T, H)
-        if keep is None:
+        if keep is None:  # heads first, (B, H, T): the softmax runs along contiguous memory
+            weights = self._queries(tokens[:, -1]) @ tokens.transpose(1, 2)
             if self.attention == "softmax":
-                scores = torch.softmax(scores, dim=1)
-            mixed = scores.transpose(1, 2) @ tokens  # (B, H, D): one (H, T) @ (T, D) per prompt
-            return self._output(mixed, query)
+                weights = torch.softmax(weights, dim=-1)
+            return self._output(weights @ tokens, query)  # one (H, T) @ (T, D) per prompt
+        scores = self._scores(tokens, tokens[:, -1])  # (B, T, H)
         masks = keep if keep.ndim == 3 else keep.unsqueeze(1)  # (B, S, N)
         masks = F.pad(masks, (0, 1), value=True).unsqueeze(-1)  # (B, S, T, 1): + the query
         scores = scores.unsqueeze(1)  # (B, 1, T, H)
@@ -172,12 +172,11 @@ class ContextualLayer(nn.Module):
         """Every context token read as a query over the context alone, ``(B, N, D)``:
         ``LN_2(e_i + sum_h P_h sum_{j in C} alpha_h,ij W_V,h e^_j)`` (the query token is never
         attended to, so context tokens carry no query information)."""
-        key_size = self.W_Q.shape[1]
         tokens = self.norm_in(context)
         q = self._queries(tokens)  # (B, N, H, D)
         scores = torch.einsum("bjD,bihD->bihj", tokens, q)  # (B, N_i, H, N_j)
         if self.attention == "softmax":
-            scores = torch.softmax(scores / math.sqrt(key_size), dim=-1)
+            scores = torch.softmax(scores, dim=-1)
         return self._output(scores @ tokens.unsqueeze(1), context)
 
     def alone(self, query: torch.Tensor) -> torch.Tensor:
