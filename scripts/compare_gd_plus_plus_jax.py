@@ -7,9 +7,9 @@ per layer and shared; the previous method on the same tuning prompts (per layer:
 iterations from the shared grid optimum, the best iterate kept; shared: the grid search alone);
 and the official code's ``pre_train_gd_hps`` at the notebook's settings
 (``scripts/gd_plus_plus_jax_worker.py``, run with the JAX venv, one process per L alongside our
-tuning; its JSON result is kept in ``--jax-results`` and reused). Every set of sizes is scored
-by the direct GD++ learner (:func:`~icl_lightning.theory.gd_plus_plus_predict`, float64) on
-``--eval-tasks`` fresh prompts
+tuning; its log and JSON result are kept in ``--jax-results`` and reused). Every set of sizes
+is scored by the direct GD++ learner (:func:`~icl_lightning.theory.gd_plus_plus_predict`,
+float64) on ``--eval-tasks`` fresh prompts
 keyed ``(seed, 3)`` of paper A's distribution (d = 10, N = 10, x ~ U(-0.5, 0.5)^d,
 w ~ N(0, I)), and on the official code's own 10,000 evaluation prompts, where the official
 model's float32 loss is printed beside ours as a check that its sizes are read right.
@@ -66,26 +66,32 @@ def previous_per_layer(prompts, num_steps, iterations=300, lr=0.02):
 
 
 def launch(args, L) -> subprocess.Popen | None:
-    """Start the official training at L layers unless ``--jax-results`` holds its result."""
+    """Start the official training at L layers, its output in ``--jax-results``/L{L}.log,
+    unless that folder holds its result or its log (a run under way: delete it to rerun)."""
     folder = Path(args.jax_results)
-    if (folder / f"L{L}.json").exists():
+    if (folder / f"L{L}.json").exists() or (folder / f"L{L}.log").exists():
         return None
     folder.mkdir(parents=True, exist_ok=True)
     worker = Path(__file__).with_name("gd_plus_plus_jax_worker.py")
     command = [args.jax_python, str(worker), "--jax-ref", args.jax_ref, "--layers", str(L)]
     command += ["--steps", str(args.jax_steps), "--save-eval", str(folder / f"eval_L{L}.npz")]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with open(folder / f"L{L}.log", "w") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def official(args, L, job: subprocess.Popen | None) -> dict:
-    """The official training's result at L layers (waits for ``job``, then keeps its result)."""
+    """The official training's result at L layers: waits until its log has the result line,
+    then keeps it as L{L}.json."""
     folder = Path(args.jax_results)
-    path = folder / f"L{L}.json"
-    if job is not None:
-        out, _ = job.communicate()
-        if job.returncode != 0:
-            raise RuntimeError(f"the official GD++ training at L = {L} failed: {out[-2000:]}")
-        path.write_text(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+    path, log = folder / f"L{L}.json", folder / f"L{L}.log"
+    while not path.exists():
+        lines = [x for x in log.read_text().splitlines() if x.startswith("RESULT ")]
+        if lines:
+            path.write_text(lines[0].removeprefix("RESULT "))
+        elif job is not None and job.poll() is not None:
+            raise RuntimeError(f"the official GD++ training at L = {L} failed; see {log}")
+        else:
+            time.sleep(10)
     result = json.loads(path.read_text())
     with np.load(folder / f"eval_L{L}.npz") as saved:
         tokens = torch.from_numpy(saved["tokens"]).double()
