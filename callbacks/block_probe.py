@@ -5,11 +5,13 @@ import re
 from typing import Literal
 
 import lightning as L
+import torch
 from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.checks import require
+from icl_lightning.data.batch import ICLBatch
 from icl_lightning.theory.delta_w import check_model
 
 #: ``None``: the last block, tags ``<namespace>/<name>``; an int k (1-based) or ``"all"``: tags
@@ -21,9 +23,10 @@ class BlockProbe(Probe):
     """A probe of the blocks ``block`` names in a :class:`~icl_lightning.models.ContextualBlock`
     or :class:`~icl_lightning.models.ContextualTransformer`.
 
-    A subclass computes the same sums for every block k under the tag prefix of
-    :meth:`blocks` (``""`` or ``"block<k>/"``), names in :attr:`maxima_per_block` its maxima,
-    and in :attr:`marker` one name every block's results hold.
+    A subclass implements :meth:`block_sums` (the sums of one block k; :meth:`compute` puts
+    them under the block's tag prefix, ``""`` or ``"block<k>/"``), names in
+    :attr:`maxima_per_block` its maxima, and in :attr:`marker` one name every block's results
+    hold.
 
     Args:
         block: ``None`` (the last block, tags ``<namespace>/<name>``), ``"all"`` or a block
@@ -57,6 +60,19 @@ class BlockProbe(Probe):
             return {k: f"block{k}/" for k in range(1, K + 1)}
         model.layers(self.block)  # the check, naming the option and 1..K
         return {self.block: f"block{self.block}/"}
+
+    def block_sums(self, model: nn.Module, batch: ICLBatch, k: int) -> dict[str, torch.Tensor]:
+        """The sums over the prompts of ``batch`` for block k (1-based), as :meth:`compute`."""
+        raise NotImplementedError
+
+    @override
+    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+        """:meth:`block_sums` of every block ``block`` names, under its tag prefix."""
+        return {
+            f"{prefix}{name}": value
+            for k, prefix in self.blocks(model).items()
+            for name, value in self.block_sums(model, batch, k).items()
+        }
 
     @override
     def check_model(self, model: nn.Module) -> None:

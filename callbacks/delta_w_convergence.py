@@ -67,15 +67,11 @@ class DeltaWConvergence(BlockProbe):
         )
 
     @override
-    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
+    def block_sums(self, model: nn.Module, batch: ICLBatch, k: int) -> dict[str, torch.Tensor]:
         require(batch.num_context >= 2, "num_context", batch.num_context, ">= 2 for updates")
-        prompt = (batch.context_x, batch.context_y, batch.query_x)
-        sums = {}
-        for k, prefix in self.blocks(model).items():
-            W = model.layers(k)[1].W
-            norm, update = delta_W_sequence_norms(W, A_sequence(model, k, *prompt))
-            sums |= {f"{prefix}norm": norm.sum(0), f"{prefix}update": update.sum(0)}
-        return sums
+        A_seq = A_sequence(model, k, batch.context_x, batch.context_y, batch.query_x)
+        norm, update = delta_W_sequence_norms(model.layers(k)[1].W, A_seq)
+        return {"norm": norm.sum(0), "update": update.sum(0)}
 
     @override
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -47,15 +47,7 @@ class DeltaWEquivalence(BlockProbe):
     marker = "loss_context"
 
     @override
-    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}{name}": value
-            for k, prefix in self.blocks(model).items()
-            for name, value in self._block_sums(model, batch, k).items()
-        }
-
-    @staticmethod
-    def _block_sums(model: nn.Module, batch: ICLBatch, k: int) -> dict[str, torch.Tensor]:
+    def block_sums(self, model: nn.Module, batch: ICLBatch, k: int) -> dict[str, torch.Tensor]:
         e = equivalence(model, k, batch.context_x, batch.context_y, batch.query_x)
         return {
             "loss_context": prediction_loss(e.prediction, batch.query_y).sum(),

@@ -85,14 +85,7 @@ class FinetuneComparison(BlockProbe):
         self.warned_divergence = False
 
     @override
-    def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}{name}": value
-            for k, prefix in self.blocks(model).items()
-            for name, value in self._block_sums(model, k, batch).items()
-        }
-
-    def _block_sums(self, model: nn.Module, k: int, batch: ICLBatch) -> dict[str, torch.Tensor]:
+    def block_sums(self, model: nn.Module, batch: ICLBatch, k: int) -> dict[str, torch.Tensor]:
         """Sums over tasks of both learners' test losses for block k's W (K = 1: paper B)."""
         mlp, readout = model.layers(k)[1], context_free_readout(model, k)
         examples, test = context_free_inputs(model, k, batch.context_x, batch.query_x)

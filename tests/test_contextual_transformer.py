@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
 from references import delta_W_sequence
+from test_delta_w_probes import probes_yaml
 
 from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence, FinetuneComparison
 from icl_lightning.data.batch import ICLBatch
@@ -134,24 +135,10 @@ def test_block_past_K_is_a_clear_error():
         ContextualTransformer(d, num_blocks=0)
 
 
-def probes_yaml(tmp_path, block) -> str:
-    """The config's two probes and FinetuneComparison with ``block``, shrunk (and N = 6)."""
-    probe = f"block: {block}, every_n_steps: 3, num_tasks: 64"
-    path = tmp_path / "probes.yaml"
-    path.write_text(
-        "trainer:\n  callbacks:\n"
-        + "".join(
-            f"    - class_path: icl_lightning.callbacks.{name}\n      init_args: {{{probe}}}\n"
-            for name in ("DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison")
-        )
-        + "data:\n  init_args:\n    num_context: 6\n"
-    )
-    return f"--config={path}"
-
-
 def test_cli_fit_logs_every_block(tmp_path):
     config = f"--config={CONFIGS / 'contextual_transformer.yaml'}"
-    cli = run_cli(["fit", config, probes_yaml(tmp_path, "all"), *tiny_args(tmp_path)])
+    probes = f"--config={probes_yaml(tmp_path, block='all')}"
+    cli = run_cli(["fit", config, probes, *tiny_args(tmp_path)])
     results = {}
     for probe in cli.trainer.callbacks:
         if isinstance(probe, DeltaWEquivalence | DeltaWConvergence | FinetuneComparison):
@@ -171,7 +158,7 @@ def test_cli_fit_logs_every_block(tmp_path):
 def test_cli_block_past_K_is_a_usage_error(tmp_path, capsys):
     config = f"--config={CONFIGS / 'contextual_transformer.yaml'}"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(["fit", config, probes_yaml(tmp_path, 3), *tiny_args(tmp_path)])
+        run_cli(["fit", config, f"--config={probes_yaml(tmp_path, block=3)}", *tiny_args(tmp_path)])
     assert exit_info.value.code == 2
     assert "block=3 is invalid" in capsys.readouterr().err
     assert not list(tmp_path.rglob("events.out.tfevents.*"))

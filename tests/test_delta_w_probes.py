@@ -14,9 +14,12 @@ from icl_lightning.models import ContextualBlock
 N = 6
 
 
-def probes_yaml(tmp_path, dtype: str = "float32", num_tasks: int = 64, batch_size: int = 1024):
-    """A config that shrinks contextual_block.yaml's probes (and N) for a test."""
-    probe = f"every_n_steps: 3, num_tasks: {num_tasks}, batch_size: {batch_size}, dtype: {dtype}"
+def probes_yaml(tmp_path, **init_args):
+    """A config that shrinks the three Delta-W probes (every 3 steps, 64 tasks; ``init_args``
+    added or replaced) and N to 6, for a test."""
+    probe = ", ".join(
+        f"{k}: {v}" for k, v in ({"every_n_steps": 3, "num_tasks": 64} | init_args).items()
+    )
     path = tmp_path / "probes.yaml"
     path.write_text(
         "trainer:\n  callbacks:\n"
