@@ -82,6 +82,18 @@ class GDBaselineProbe(Probe):
         return super().measure(trainer, pl_module)
 
     @override
+    def state_dict(self) -> dict:
+        """The base's state and the tuned step sizes: they depend only on the fixed tuning
+        prompts (not on the model), so a resumed run takes them from its checkpoint."""
+        return super().state_dict() | {"step_sizes": self.step_sizes.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "step_sizes" in state_dict:
+            self.step_sizes.load_state_dict(state_dict["step_sizes"])
+
+    @override
     def check_model(self, model: nn.Module) -> None:
         """The GD baselines take ``num_steps`` steps, or as many as the model has layers."""
         self._steps_of(model)

@@ -2,6 +2,7 @@
 run, their options, and 1 vs 2 DDP processes."""
 
 import inspect
+import io
 import json
 import math
 from pathlib import Path
@@ -206,3 +207,38 @@ def test_probes_without_a_task_give_the_base_probes_clear_error(probe):
 def test_bad_options_name_themselves(probe, option, value):
     with pytest.raises(ValueError, match=option):
         probe(**{option: value})
+
+
+def test_tuned_step_sizes_travel_in_the_probe_state_and_are_not_tuned_again(monkeypatch):
+    """The GD/GD++ sizes depend only on the tuning prompts: a probe restored from another's
+    state_dict has them for the same options (no search: the tuners would raise) and tunes
+    again when an option differs."""
+    import icl_lightning.theory.step_sizes as step_sizes
+
+    task = LinearRegression(D)
+    tuned = GDAlignment(tuning_tasks=300)
+    tuned.step_sizes.tune(task, N, 2, "cpu")
+    buffer = io.BytesIO()
+    torch.save(tuned.state_dict(), buffer)  # as in a checkpoint, read back weights-only
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("tuned again")
+
+    for name in ("optimal_eta", "per_layer_eta_gamma_fit", "shared_eta_gamma_fit"):
+        monkeypatch.setattr(step_sizes, name, no_search)
+    restored = GDAlignment(tuning_tasks=300)
+    restored.load_state_dict(state)
+    sizes = restored.step_sizes.tune(task, N, 2, "cpu")
+    assert (sizes.eta, sizes.eta_pp, sizes.gamma_pp) == (
+        tuned.step_sizes.eta,
+        tuned.step_sizes.eta_pp,
+        tuned.step_sizes.gamma_pp,
+    )
+    assert sizes.plus_plus_fit == tuned.step_sizes.plus_plus_fit
+    assert len(sizes.eta_pp) == 2 and sizes.eta > 0
+    other = GDAlignment(tuning_tasks=301)
+    other.load_state_dict(state)
+    with pytest.raises(AssertionError, match="tuned again"):
+        other.step_sizes.tune(task, N, 2, "cpu")

@@ -1,5 +1,6 @@
 """The step sizes of the GD baselines for a task distribution, tuned once and cached."""
 
+import dataclasses
 from functools import partial
 from typing import Literal
 
@@ -80,6 +81,30 @@ class StepSizes:
                     self.eta_pp, self.gamma_pp = fit.etas[0], fit.gammas[0]
             self._key = key
         return self
+
+    def state_dict(self) -> dict:
+        """The tuned sizes with what they were tuned for (the options and :meth:`tune`'s key):
+        a checkpoint keeps them, so that a resumed run does not tune again."""
+        fit = self.plus_plus_fit
+        return {
+            "options": [self.num_tasks, self.seed, self.plus_plus, self.gd_plus_plus],
+            "key": None if self._key is None else list(self._key),
+            "eta": self.eta,
+            "eta_pp": self.eta_pp,
+            "gamma_pp": self.gamma_pp,
+            "plus_plus_fit": None if fit is None else dataclasses.asdict(fit),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the sizes of :meth:`state_dict` when they were tuned with the same options
+        (otherwise :meth:`tune` searches again)."""
+        options = [self.num_tasks, self.seed, self.plus_plus, self.gd_plus_plus]
+        if state.get("options") != options or state.get("key") is None:
+            return
+        self._key = tuple(state["key"])
+        self.eta, self.eta_pp, self.gamma_pp = state["eta"], state["eta_pp"], state["gamma_pp"]
+        fit = state["plus_plus_fit"]
+        self.plus_plus_fit = None if fit is None else GDPlusPlusFit(**fit)
 
     def prompts(self, task, num_context, active_dim, device, part) -> tuple[torch.Tensor, ...]:
         """``(context_x, context_y, query_x, query_y)`` of ``num_tasks`` float64 prompts from the
