@@ -85,7 +85,7 @@ def test_polished_shared_pair_is_a_minimum_no_wide_grid_point_beats(L):
     """The shared pair is a stationary point of the tuning loss, below the best pair of
     optimal_eta_gamma's grid and below every pair of a coarse grid over a box far wider than
     that grid's (eta up to 100, gamma up to 1: the search is not confined to its first box)."""
-    tuning = tasks(num=1000, seed=3)
+    tuning = tasks(num=800, seed=3)
     cx, cy, qx, qy = tuning
     fit = shared_eta_gamma_fit(tuning, tasks(num=300, seed=4), L)
     assert fit.gradient_norm < 1e-8
@@ -93,7 +93,7 @@ def test_polished_shared_pair_is_a_minimum_no_wide_grid_point_beats(L):
     assert relative_gradient(tuning, fit.etas, fit.gammas, shared=True) < 1e-8
     eta, gamma = optimal_eta_gamma(*tuning, num_steps=L)
     assert fit.tuning_loss < mean_loss(gd_plus_plus_predict(cx, cy, qx, eta, gamma, L), qy)
-    axes = torch.linspace(0, 100, 30, dtype=torch.float64), torch.linspace(0, 1, 30, dtype=F64)
+    axes = torch.linspace(0, 100, 20, dtype=F64), torch.linspace(0, 1, 20, dtype=F64)
     etas, gammas = (a.reshape(-1) for a in torch.meshgrid(*axes, indexing="ij"))
     lam, q, s = spectral_form(cx, cy, qx)
     wide = prediction_loss(spectral_predict(lam, q, s, etas, gammas, L, 10), qy).mean(-1)
@@ -103,7 +103,7 @@ def test_polished_shared_pair_is_a_minimum_no_wide_grid_point_beats(L):
 def test_polish_improves_on_an_under_trained_start():
     """From a poor start (the shared pair with the step sizes spread apart), the result is a
     stationary point with a lower tuning loss than the start's."""
-    tuning, held_out = tasks(num=1500, seed=5), tasks(num=1500, seed=6)
+    tuning, held_out = tasks(num=800, seed=5), tasks(num=800, seed=6)
     cx, cy, qx, qy = tuning
     eta, gamma = optimal_eta_gamma(*tuning, num_steps=3)
     start = ([0.5 * eta, eta, 1.5 * eta], [gamma, gamma, 0.0])
@@ -121,8 +121,8 @@ def test_tuning_is_deterministic_and_the_seed_draws_the_random_starts():
 def test_without_held_out_prompts_the_last_quarter_selects():
     """With no held-out prompts, the last quarter of the given ones is held out (the same fit as
     passing the split explicitly), and the wrapper returns the fit's sizes."""
-    prompts = tasks(num=800, seed=9)
-    tuning, held_out = tuple(t[:600] for t in prompts), tuple(t[600:] for t in prompts)
+    prompts = tasks(num=400, seed=9)
+    tuning, held_out = tuple(t[:300] for t in prompts), tuple(t[300:] for t in prompts)
     explicit = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=1)
     assert per_layer_eta_gamma_fit(prompts, None, 2, num_random=1) == explicit
     assert per_layer_eta_gamma(*prompts, num_steps=2, num_random=1) == (
