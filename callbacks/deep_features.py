@@ -10,6 +10,8 @@ from icl_lightning.data.batch import ICLBatch
 from icl_lightning.theory.gd import best_eta, linear_kernel, one_step_gd, one_step_sums
 from icl_lightning.theory.loss import prediction_loss
 
+_FEATURE_MAP = "a feature map x -> phi(x) (an MLPTransformer or FeatureGD) for DeepFeatureGD"
+
 
 class DeepFeatureGD(Probe):
     """Is the trained model one GD step on its learned features? Losses on the probe's set:
@@ -45,13 +47,9 @@ class DeepFeatureGD(Probe):
     @override
     def check_model(self, model: nn.Module) -> None:
         """Needs the model's feature map ``model.features``."""
-        phi = getattr(model, "features", None)
-        require(
-            isinstance(phi, nn.Module),
-            f"{type(model).__name__}.features",
-            type(phi).__name__,
-            "a feature map x -> phi(x) (an MLPTransformer or FeatureGD) for DeepFeatureGD",
-        )
+        features = type(getattr(model, "features", None))
+        name, expected = f"{type(model).__name__}.features", _FEATURE_MAP
+        require(issubclass(features, nn.Module), name, features.__name__, expected)
 
     @override
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:

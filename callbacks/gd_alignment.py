@@ -24,9 +24,10 @@ class GDAlignment(GDBaselineProbe):
     """Trained model T vs GD and GD++ on fixed evaluation tasks (paper A's alignment metrics).
 
     Baselines, with the model's number of layers L as their number of steps: GD with the
-    optimal eta (closed form for L = 1, vectorised search otherwise) and GD++ with optimal
-    ``(eta, gamma)`` shared by its L steps, both tuned once on separate prompts. Logged under
-    ``gd/``, means over the evaluation set:
+    optimal eta (closed form for L = 1, vectorised search otherwise) and GD++ with one tuned
+    ``(eta_l, gamma_l)`` per step (``gd_plus_plus="shared"``: one pair for all L steps), both
+    tuned once per run on their own prompts (kept in the checkpoint). Logged under ``gd/``,
+    means over the evaluation set:
 
     - ``loss_model``, ``loss_gd``, ``loss_gd_pp``: ``0.5 (y_q - pred)^2``; ``loss_ratio`` =
       ``loss_model / loss_gd``;
@@ -53,23 +54,27 @@ class GDAlignment(GDBaselineProbe):
     """
 
     namespace = "gd"
-    #: the interpolated model of the measurement under way, built at its first chunk
-    _interpolation: tuple[nn.Module | None] | None = None
+    #: whether :attr:`_interpolation` is built for the measurement under way (at its first
+    #: chunk, once the step sizes are tuned)
+    _interpolation_built: bool = False
+    #: the interpolated model of the measurement under way (:meth:`_interpolate`)
+    _interpolation: nn.Module | None = None
 
     @override
     def measure(self, trainer, pl_module) -> dict:
-        self._interpolation = None
+        self._interpolation_built = False
         return super().measure(trainer, pl_module)
 
     def _interpolated(self, model: nn.Module, num_context: int) -> nn.Module | None:
-        """T's layer halfway to the GD construction, applied L times (built once per
-        measurement); None unless T applies one plain one-head linear layer at every depth
-        (``LSA.shared_layer``, ``is_plain_linear``)."""
-        if self._interpolation is None:
-            self._interpolation = (self._interpolate(model, num_context),)
-        return self._interpolation[0]
+        """:meth:`_interpolate`, built once per measurement."""
+        if not self._interpolation_built:
+            self._interpolation = self._interpolate(model, num_context)
+            self._interpolation_built = True
+        return self._interpolation
 
     def _interpolate(self, model: nn.Module, num_context: int) -> nn.Module | None:
+        """T's layer halfway to the GD construction, applied L times; None unless T applies one
+        plain one-head linear layer at every depth (``LSA.shared_layer``, ``is_plain_linear``)."""
         layer = getattr(model, "shared_layer", None)
         if layer is None or not layer.is_plain_linear:
             return None

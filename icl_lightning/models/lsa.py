@@ -159,6 +159,16 @@ class LSALayer(nn.Module):
         return LinearAttentionReadout.apply(h, K, U, num_context)[0]
 
 
+def predict_query(layers: Sequence[LSALayer], h: torch.Tensor, num_context: int) -> torch.Tensor:
+    """``-h_L[query, -1]``, ``(B,)``: the tokens ``h`` ``(B, T, D)`` (context first, query last)
+    through ``layers`` with residuals, every token in the layers below the last
+    (:meth:`LSALayer.residual_update`) and only the query's last coordinate in the last one
+    (:meth:`LSALayer.readout`)."""
+    for layer in layers[:-1]:
+        h = layer.residual_update(h, num_context)
+    return -layers[-1].readout(h, num_context)
+
+
 class LSA(nn.Module):
     """A stack of L attention layers (or one layer applied L times) with residuals.
 
@@ -262,8 +272,6 @@ class LSA(nn.Module):
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """Predictions ``-h_L[query, -1]`` of shape ``(B,)``; the last layer computes only the
         query token's last coordinate."""
-        N = context_x.shape[1]
         h = self.tokens(context_x, context_y, query_x)
-        for i in range(self.num_layers - 1):
-            h = self.layer(i).residual_update(h, N)
-        return -self.layer(self.num_layers - 1).readout(h, N)
+        layers = [self.layer(i) for i in range(self.num_layers)]
+        return predict_query(layers, h, context_x.shape[1])

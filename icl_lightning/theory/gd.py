@@ -113,6 +113,10 @@ def gd_plus_plus_predict(
     ``gamma`` are one number shared by the steps, or one per step (``eta_l``, ``gamma_l``, as
     paper A's official code trains them). Computed as ``<w, x_q>`` with the weights of
     :func:`gd_plus_plus_weights` (``sum_j r_j <x_j, x_i> = <X^T r, x_i>``: no N x N Gram).
+
+    The specification of GD++: the tests hold the spectral form the tuners use
+    (:func:`spectral_predict`) and the LSA construction to it; the probes read
+    :func:`gd_plus_plus_weights` directly.
     """
     w = gd_plus_plus_weights(context_x, context_y, eta, gamma, num_steps)
     return torch.einsum("...d,...d->...", w, query_x)
@@ -164,7 +168,12 @@ def gd_plus_plus_lsa_layer(
 def gd_lsa_layers(
     input_dim: int, num_context: int, eta: float, num_layers: int, gamma: float = 0.0, **kw
 ) -> list[Weights]:
-    """L layers, each one step of GD (``gamma = 0``) or of GD++ (``gamma != 0``)."""
+    """L layers, each one step of GD (``gamma = 0``) or of GD++ (``gamma != 0``).
+
+    The specification of paper A's construction at depth (``LSA.from_weights`` of these is L
+    steps of the learner): the tests and ``docs/theory.md`` use it; the probes compare with
+    the closed forms (:func:`gd_weights`, :func:`gd_plus_plus_weights`) instead.
+    """
     if gamma == 0:
         return [gd_lsa_layer(input_dim, num_context, eta, **kw) for _ in range(num_layers)]
     return [
