@@ -51,10 +51,12 @@ def reproduce(experiment: Experiment, *args: str) -> None:
 
 
 def test_jobs_and_threads_divide_the_cores():
+    """One thread per run unless asked (results then do not depend on --jobs), as many jobs as
+    the cores hold."""
     assert jobs_and_threads(None, None, cores=2) == (2, 1)
-    assert jobs_and_threads(1, None, cores=2) == (1, 2)
+    assert jobs_and_threads(1, None, cores=2) == (1, 1)
     assert jobs_and_threads(None, 2, cores=16) == (8, 2)
-    assert jobs_and_threads(3, None, cores=16) == (3, 5)
+    assert jobs_and_threads(None, 4, cores=2) == (1, 4)
     assert jobs_and_threads(4, 3, cores=2) == (4, 3)  # as asked
 
 

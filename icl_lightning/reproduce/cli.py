@@ -54,8 +54,8 @@ def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.
     add("--report-only", action="store_true", help="no training, only the report")
     add("--logs", type=Path, default=ROOT / "logs" / "reproduce", help="the runs' folder")
     add("--out", type=Path, default=ROOT / "reports", help="the report's folder")
-    add("--jobs", type=int, help="runs at once here (default: as many as the cores allow)")
-    add("--threads", type=int, help="torch threads per run (default: cores / jobs)")
+    add("--jobs", type=int, help="runs at once here (default: cores / threads)")
+    add("--threads", type=int, help="torch threads per run (default 1)")
     add(
         "--launcher",
         choices=LAUNCHERS,

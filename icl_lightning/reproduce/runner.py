@@ -26,14 +26,12 @@ def available_cores() -> int:
 
 
 def jobs_and_threads(jobs: int | None, threads: int | None, cores: int) -> tuple[int, int]:
-    """``(jobs, threads)`` with ``jobs x threads <= cores`` where either is left out: by default
-    one thread per job and as many jobs as there are cores; given one, the other divides the
-    cores by it (at least 1)."""
-    if jobs is None:
-        jobs = max(1, cores // (threads or 1))
-    if threads is None:
-        threads = max(1, cores // jobs)
-    return jobs, threads
+    """``(jobs, threads)``: ``threads`` torch threads per run, 1 unless given (a run's results
+    then do not depend on ``--jobs``: the thread count changes float rounding; and one thread
+    per run wastes none on synchronisation), and as many jobs as fit, ``cores // threads``
+    (at least 1), unless given."""
+    threads = threads or 1
+    return jobs or max(1, cores // threads), threads
 
 
 @dataclass
