@@ -551,6 +551,20 @@ def _command(args) -> str:
     return " ".join(["icl-benchmark", *(local.get(a, a) for a in sys.argv[1:])])
 
 
+def write_report(report: Path, meta: dict, sections: list[str], results: dict) -> list[str]:
+    """Write the tables so far to ``report`` (markdown) and its ``.json`` twin (every round's
+    figures); return the markdown's lines."""
+    meta["load_average_after"] = os.getloadavg()[0]
+    head = (
+        f"# icl-benchmark ({meta['machine']}, torch threads {meta['threads']}, {meta['date']}, "
+        f"load {meta['load_average_before']:.1f} -> {meta['load_average_after']:.1f})"
+    )
+    text = [head, "", f"    {meta['command']}", "", *sections]
+    report.write_text("\n".join(text))
+    report.with_suffix(".json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-benchmark`` (and ``scripts/benchmark.py``)."""
     p = parser()
@@ -593,16 +607,9 @@ def main(argv: list[str] | None = None) -> None:
             lines, results[table] = scaling(args, extra, log)
             title = "Scaling"
         sections += [f"## {title}", "", *lines, ""]
-    meta["load_average_after"] = os.getloadavg()[0]
-    head = (
-        f"# icl-benchmark ({meta['machine']}, torch threads {meta['threads']}, {meta['date']}, "
-        f"load {meta['load_average_before']:.1f} -> {meta['load_average_after']:.1f})"
-    )
-    text = [head, "", f"    {meta['command']}", "", *sections]
-    report = out / f"{args.name}.md"
-    report.write_text("\n".join(text))
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+        text = write_report(out / f"{args.name}.md", meta, sections, results)
     print("\n" + "=" * 30 + " results " + "=" * 30 + "\n" + "\n".join(text))
+    report = out / f"{args.name}.md"
     print(f"wrote {report} and {report.with_suffix('.json')}")
 
 
