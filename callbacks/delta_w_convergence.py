@@ -41,6 +41,10 @@ class DeltaWConvergence(BlockProbe):
     """
 
     namespace = "dw"
+    charts = {
+        "Prop. 3.1: |Delta W_i| at the first and last i": r"norm_(first|last)",
+        "Prop. 3.1: |Delta W_i+1 - Delta W_i| at the first and last i": r"update_(first|last)",
+    }
     marker = "norm"
 
     def __init__(self, batch_size: PositiveInt = 128, per_token: bool = False, **kwargs) -> None:
@@ -96,7 +100,7 @@ class DeltaWConvergence(BlockProbe):
             norm, update = results[f"{p}norm"].cpu(), results[f"{p}update"].cpu()
             i = range(1, len(norm) + 1)
             curves = {"||dW_i||": norm, "||dW_{i+1} - dW_i||": list(update) + [float("nan")]}
-            title = f"Proposition 3.1{self.where(p)}: convergence of dW_i"
+            title = f"Paper B, Fig. 2 (Prop. 3.1){self.where(p)}: convergence of dW_i"
             figures[f"{p}convergence"] = line_figure(
                 i, curves, "context points i", "norm", title, True
             )

@@ -43,6 +43,10 @@ class DeltaWEquivalence(BlockProbe):
     """
 
     namespace = "dw"
+    charts = {
+        "Theorem 2.2: loss of T_W(C, x) vs T_{W + Delta W}(x)": r"loss_(context|delta_w)",
+        "Theorem 2.2: largest difference of the two outputs": r"max_(abs|rel)_diff",
+    }
     maxima_per_block = ("max_abs_diff",)
     marker = "loss_context"
 
@@ -75,7 +79,7 @@ class DeltaWEquivalence(BlockProbe):
                 "T_W(C, x)": [self.history[s][f"{prefix}loss_context"] for s in steps],
                 "T_{W+dW}(x)": [self.history[s][f"{prefix}loss_delta_w"] for s in steps],
             }
-            title = f"Theorem 2.2{self.where(prefix)}: context == rank-1 update"
+            title = f"Paper B, Fig. 1 (Theorem 2.2){self.where(prefix)}: context == rank-1 update"
             figures[f"{prefix}equivalence"] = line_figure(
                 steps, curves, "step", "loss", title, logy=True
             )

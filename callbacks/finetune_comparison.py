@@ -1,5 +1,7 @@
 """FinetuneComparison: paper B's Fig. 3, SGD finetuning of W against the implicit Delta W_i."""
 
+import re
+
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
@@ -135,6 +137,26 @@ class FinetuneComparison(BlockProbe):
         )
 
     @override
+    def layout(self) -> dict[str, list]:
+        """Custom Scalars: SGD beside Delta W after the first, middle and last example
+        (i = 1, N // 2, N) of each block, with the loss before any example (i = 0)."""
+        names = set(self.history[max(self.history)]) if self.history else set()
+        last: dict[str, int] = {}
+        for name in names:
+            if match := re.fullmatch(r"(block\d+/)?sgd_loss_i(\d+)", name):
+                prefix = match[1] or ""
+                last[prefix] = max(last.get(prefix, 0), int(match[2]))
+        charts = {}
+        for p, N in sorted(last.items()):
+            for i in sorted({1, max(N // 2, 1), N}):
+                tags = (f"{p}loss_i0", f"{p}sgd_loss_i{i}", f"{p}dw_loss_i{i}")
+                charts[f"Fig. 3{self.where(p)}: SGD vs Delta W at i = {i}"] = [
+                    "Multiline",
+                    [f"{self.prefix}{tag}" for tag in tags if tag in names],
+                ]
+        return charts
+
+    @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
         figures = {}
         for p in self.prefixes(results):
@@ -144,6 +166,6 @@ class FinetuneComparison(BlockProbe):
                 f"SGD on W (lr {self.lr:g})": start + results[f"{p}sgd_loss"].tolist(),
                 "Delta W_i": start + results[f"{p}dw_loss"].tolist(),
             }
-            title = f"Finetuning vs in-context Delta W{self.where(p)}"
+            title = f"Paper B, Fig. 3{self.where(p)}: finetuning vs in-context Delta W"
             figures[f"{p}comparison"] = line_figure(i, curves, "examples i", "test loss", title)
         return figures

@@ -325,15 +325,19 @@ class Probe(Callback):
 
     def layout(self) -> dict[str, list]:
         """This probe's Custom Scalars charts, ``{title: ["Multiline", [tag, ...]]}``, over the
-        scalars of its latest measurement (only charts with a tag the run logs)."""
+        scalars of its latest measurement (only charts with a tag the run logs). A name's path
+        (``block2/`` in ``block2/loss_context``) stays apart: it starts the chart's title."""
         names = sorted(self.history[max(self.history)]) if self.history else []
         charts: dict[str, list[str]] = {}
         for name in names:
+            path, _, leaf = name.rpartition("/")
             title = next(
-                (t for t, regex in self.charts.items() if re.fullmatch(regex, name)),
-                name.split("_")[0],
+                (t for t, regex in self.charts.items() if re.fullmatch(regex, leaf)),
+                leaf.split("_")[0],
             )
-            charts.setdefault(title, []).append(f"{self.prefix}{name}")
+            charts.setdefault(f"{path}: {title}" if path else title, []).append(
+                f"{self.prefix}{name}"
+            )
         return {title: ["Multiline", tags] for title, tags in charts.items()}
 
     # ----------------------------------------------------------------------------- hooks

@@ -49,3 +49,21 @@ def test_demo_layout_overlays_logged_tags(tmp_path, monkeypatch):
     assert named and named <= scalars
     overlaid = [tags for tags in charts["gd"].values() if len(tags) > 1]
     assert any({"gd/loss_model", "gd/loss_gd"} <= set(tags) for tags in overlaid)
+
+
+def test_paper_b_layout_overlays_sgd_and_delta_w(tmp_path, monkeypatch):
+    """Paper B's three probes: Theorem 2.2's two losses share a chart, and each Fig. 3 chart
+    holds SGD and Delta W after the same number of examples; every named tag is logged."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        ["fit", "--config", str(CONFIGS / "contextual_block.yaml"), *tiny_args(Path("logs"))]
+    )
+    layouts, scalars = _events(cli.trainer.logger.log_dir)
+    charts = _charts(layouts[0])
+    named = {tag for category in charts.values() for tags in category.values() for tag in tags}
+    assert named <= scalars
+    assert any({"dw/loss_context", "dw/loss_delta_w"} <= set(t) for t in charts["dw"].values())
+    fig3 = [tags for title, tags in charts["ft"].items() if title.startswith("Fig. 3")]
+    assert fig3 and all(
+        {tag.replace("dw_", "sgd_") for tag in tags if "/dw_" in tag} <= set(tags) for tags in fig3
+    )
