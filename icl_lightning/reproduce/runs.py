@@ -141,11 +141,11 @@ class Run:
 
 def fit_command(config: Path, checkpoint: Path) -> list[str]:
     """``python -m icl_lightning fit --config=<config>``, with ``--ckpt_path=<checkpoint>`` when
-    that file exists."""
+    that file exists; without it the run starts afresh, replacing what a run that stopped before
+    its first checkpoint left in its folder (``--overwrite=true``)."""
     command = [sys.executable, "-m", "icl_lightning", "fit", f"--config={config}"]
-    if checkpoint.exists():
-        command.append(f"--ckpt_path={checkpoint}")
-    return command
+    resume = f"--ckpt_path={checkpoint}" if checkpoint.exists() else "--overwrite=true"
+    return [*command, resume]
 
 
 def child_environment(threads: int) -> dict[str, str]:
