@@ -9,14 +9,29 @@ from icl_lightning.callbacks.gd_baseline import GDBaselineProbe
 from icl_lightning.callbacks.probe import predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models.lsa import LSA
-from icl_lightning.plotting import line_figure
-from icl_lightning.theory.alignment import alignment_sums, interpolate_lsa_layer, sensitivities
-from icl_lightning.theory.gd import gd_lsa_layer, gd_plus_plus_weights, gd_weights
+from icl_lightning.plotting import line_figure, weights_figure
+from icl_lightning.theory.alignment import (
+    alignment_sums,
+    interpolate_lsa_layer,
+    matched_products,
+    sensitivities,
+)
+from icl_lightning.theory.gd import (
+    gd_lsa_layer,
+    gd_plus_plus_lsa_layer,
+    gd_plus_plus_weights,
+    gd_weights,
+    per_step,
+)
 from icl_lightning.theory.loss import prediction_loss
 
 _CURVES = {
     "loss_vs_step": ["loss_model", "loss_gd", "loss_gd_pp", "loss_interp"],
     "alignment_vs_step": ["model_cos", "model_cos_pp"],
+}
+_TITLES = {
+    "loss_vs_step": "Paper A, Fig. 2: loss of T, GD and GD++",
+    "alignment_vs_step": "Paper A, Fig. 2: model cos of T with GD and GD++",
 }
 
 
@@ -40,7 +55,11 @@ class GDAlignment(GDBaselineProbe):
     - ``eta``, ``eta_pp``, ``gamma_pp``: the baselines' step sizes (per-layer GD++ with L > 1:
       ``eta_pp_l<l>``, ``gamma_pp_l<l>`` for each step l).
 
-    Figures: ``gd/loss_vs_step`` and ``gd/alignment_vs_step`` over the run so far.
+    Figures: ``gd/loss_vs_step`` and ``gd/alignment_vs_step`` over the run so far; for a
+    one-head linear LSA, ``gd/weights`` (``gd/weights_l<l>`` per layer of a deep model): the
+    trained ``W_K^T W_Q`` and ``P W_V`` beside the GD construction (GD++ step l for layer l of
+    a deep model), normalised as in the interpolation (:func:`~icl_lightning.theory.alignment.
+    matched_products`), on one colour scale.
 
     Args: as :class:`~icl_lightning.callbacks.gd_baseline.GDBaselineProbe` (``num_steps``,
     ``tuning_tasks``, ``tuning_seed``) and :class:`~icl_lightning.callbacks.Probe`.
@@ -54,6 +73,17 @@ class GDAlignment(GDBaselineProbe):
     """
 
     namespace = "gd"
+    charts = {
+        "Fig. 2: loss of T vs GD and GD++": r"loss_(model|gd|gd_pp|interp)",
+        "loss of T / loss of GD": r"loss_ratio",
+        "Fig. 2: model cos of T with GD, GD++": r"model_cos(_pp)?",
+        "model diff": r"model_diff(_pp)?",
+        "preds diff": r"preds_diff(_pp)?",
+        "step sizes of GD, GD++": r"(eta|gamma).*",
+    }
+    #: per distinct layer of the latest measured model, its products beside the construction's
+    #: (:meth:`_matched_layers`), for the weights figures
+    _layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
     #: whether :attr:`_interpolation` is built for the measurement under way (at its first
     #: chunk, once the step sizes are tuned)
     _interpolation_built: bool = False
@@ -63,7 +93,33 @@ class GDAlignment(GDBaselineProbe):
     @override
     def measure(self, trainer, pl_module) -> dict:
         self._interpolation_built = False
-        return super().measure(trainer, pl_module)
+        results = super().measure(trainer, pl_module)
+        num_context = self.evaluation_set(trainer, pl_module.device).num_context
+        self._layers = self._matched_layers(self._network(pl_module), num_context)
+        return results
+
+    def _matched_layers(
+        self, model: nn.Module, num_context: int
+    ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """For each distinct layer of a one-head linear LSA, its ``W_K^T W_Q`` and ``P W_V``
+        beside the construction's (:func:`matched_products`): GD with the tuned eta for a layer
+        applied at every depth, GD++ step l (``eta_pp_l``, ``gamma_pp_l``) for layer l of a deep
+        model; empty for any other model."""
+        layers = getattr(model, "layers", None)
+        if not isinstance(model, LSA) or not all(layer.is_plain_linear for layer in layers):
+            return []
+        d, sizes, like = model.input_dim, self.step_sizes, dict(dtype=torch.float64)
+        if model.shared_layer is not None:
+            constructions = [gd_lsa_layer(d, num_context, sizes.eta, **like)]
+        else:
+            L = model.num_layers
+            steps = zip(per_step(sizes.eta_pp, L), per_step(sizes.gamma_pp, L), strict=True)
+            constructions = [gd_plus_plus_lsa_layer(d, num_context, e, g, **like) for e, g in steps]
+        trained = [
+            {name: w.detach().double().cpu() for name, w in layer.weights().items()}
+            for layer in layers
+        ]
+        return [matched_products(t, c, d) for t, c in zip(trained, constructions, strict=True)]
 
     def _interpolated(self, model: nn.Module, num_context: int) -> nn.Module | None:
         """:meth:`_interpolate`, built once per measurement."""
@@ -135,5 +191,11 @@ class GDAlignment(GDBaselineProbe):
         for tag, names in _CURVES.items():
             curves = {n: [self.history[s][n] for s in steps] for n in names if n in results}
             ylabel, logy = ("loss", True) if tag.startswith("loss") else ("model cos", False)
-            figures[tag] = line_figure(steps, curves, "step", ylabel, "T vs GD", logy=logy)
+            figures[tag] = line_figure(steps, curves, "step", ylabel, _TITLES[tag], logy=logy)
+        for layer, products in enumerate(self._layers, 1):
+            one = len(self._layers) == 1
+            against = "the GD construction" if one else f"GD++ step {layer}"
+            title = f"Paper A: trained weights{'' if one else f' of layer {layer}'} vs {against}"
+            tag = "weights" if one else f"weights_l{layer}"
+            figures[tag] = weights_figure(products, ("trained (normalised)", against), title)
         return figures

@@ -1,6 +1,10 @@
 """The trained LSA layer's products beside the GD construction (paper A's weights picture)."""
 
+from pathlib import Path
+
+import pytest
 import torch
+from conftest import CONFIGS, image_tags, run_cli, tiny_args
 
 from icl_lightning.plotting import weights_figure
 from icl_lightning.theory.alignment import matched_products
@@ -38,3 +42,23 @@ def test_weights_figure_shares_one_scale_per_row():
     images = [image for axes in figure.axes for image in axes.get_images()]
     assert len(images) == 4
     assert all(image.get_clim() == (-2.0, 2.0) for image in images)
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "tags"),
+    [
+        ("lsa_linear.yaml", [], {"gd/weights"}),
+        ("lsa_deep.yaml", ["--model.model.num_layers=2"], {"gd/weights_l1", "gd/weights_l2"}),
+    ],
+)
+def test_gd_alignment_draws_the_weights_beside_the_construction(
+    config, extra, tags, tmp_path, monkeypatch
+):
+    """GDAlignment sends the weights figure of a one-layer LSA, and one per layer of a deep one,
+    to TensorBoard with its other figures."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / config), *tiny_args(Path("logs")), *extra]
+    args += ["--trainer.callbacks=[]", "--trainer.callbacks+=icl_lightning.callbacks.GDAlignment"]
+    args += ["--trainer.callbacks.num_tasks=64", "--trainer.callbacks.tuning_tasks=256"]
+    cli = run_cli(args)
+    assert tags <= image_tags(cli.trainer.logger.log_dir)
