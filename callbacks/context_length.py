@@ -42,5 +42,7 @@ class ContextLengthProbe(Probe):
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
         losses = results["loss"].cpu()
         n = range(1, len(losses) + 1)
-        figure = line_figure(n, {"model": losses}, "context points n", "loss", "Loss vs context")
+        figure = line_figure(
+            n, {"model": losses}, "context points n", "loss", "Paper A: loss vs context length"
+        )
         return {"loss_vs_n": figure}

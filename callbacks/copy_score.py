@@ -103,5 +103,6 @@ class CopyScore(Probe):
 
     @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
-        title = f"Layer-1 attention (copy mass {float(results['attention_mass']):.2f})"
+        mass = float(results["attention_mass"])
+        title = f"Paper A, token construction: layer-1 attention (copy mass {mass:.2f})"
         return {"attention_map": attention_figure(results["attention_map"].cpu(), title)}

@@ -102,5 +102,5 @@ class OODProbe(GDBaselineProbe):
             for shift in _SHIFTS
             for who in ("model", "gd")
         }
-        title = "OOD: inputs or weights scaled by alpha"
+        title = "Paper A: out of distribution (inputs or weights scaled by alpha)"
         return {"loss_vs_alpha": line_figure(self.alphas, curves, "alpha", "loss", title, True)}
