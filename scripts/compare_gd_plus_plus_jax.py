@@ -2,7 +2,7 @@
 official JAX training, scored on one common set of held-out prompts.
 
 For each L: the step sizes a probe gets (:class:`~icl_lightning.theory.StepSizes` with its
-defaults: 10,000 tuning prompts keyed ``(seed, 1)``, as many held-out ones keyed ``(seed, 2)``),
+defaults: 10,000 tuning prompts keyed ``(seed, 1)``, 100,000 held-out ones keyed ``(seed, 2)``),
 per layer and shared; the previous method on the same tuning prompts (per layer: 300 Adam
 iterations from the shared grid optimum, the best iterate kept; shared: the grid search alone);
 and the official code's ``pre_train_gd_hps`` at the notebook's settings

@@ -15,6 +15,9 @@ from icl_lightning.theory.gd_plus_plus_training import (
     shared_eta_gamma_fit,
 )
 
+#: held-out prompts per tuning prompt for GD++'s choice among its polished starts
+HELD_OUT_FACTOR = 10
+
 
 class StepSizes:
     """``eta`` of L-step GD and ``(eta_pp, gamma_pp)`` of L-step GD++ for a task distribution.
@@ -23,7 +26,9 @@ class StepSizes:
     :func:`~icl_lightning.theory.gd.optimal_eta_gamma`) on ``num_tasks`` tuning prompts drawn in
     float64 from the generator keyed ``(seed, 1)``, so every process finds the same values on its
     own. GD++'s sizes are polished to convergence from several starts and the start is chosen
-    on as many held-out prompts, keyed ``(seed, 2)``
+    on ``HELD_OUT_FACTOR`` times as many held-out prompts, keyed ``(seed, 2)`` (the loss is
+    heavy-tailed: a minimum of the tuning loss can diverge on rare prompts with a large
+    ``lam_max``, which only a large held-out set contains)
     (:mod:`~icl_lightning.theory.gd_plus_plus_training`); :attr:`plus_plus_fit` keeps both
     losses. :meth:`tune` searches again only when the task, N, L, the active input dimension or
     the device change.
@@ -74,7 +79,8 @@ class StepSizes:
             if self.plus_plus:
                 per_layer = self.gd_plus_plus == "per_layer"
                 tune = per_layer_eta_gamma_fit if per_layer else shared_eta_gamma_fit
-                self.plus_plus_fit = fit = tune(tuning, prompts(2), num_steps)
+                held_out = prompts(2, HELD_OUT_FACTOR * self.num_tasks)
+                self.plus_plus_fit = fit = tune(tuning, held_out, num_steps)
                 if per_layer and num_steps > 1:
                     self.eta_pp, self.gamma_pp = fit.etas, fit.gammas
                 else:
@@ -106,11 +112,14 @@ class StepSizes:
         fit = state["plus_plus_fit"]
         self.plus_plus_fit = None if fit is None else GDPlusPlusFit(**fit)
 
-    def prompts(self, task, num_context, active_dim, device, part) -> tuple[torch.Tensor, ...]:
-        """``(context_x, context_y, query_x, query_y)`` of ``num_tasks`` float64 prompts from the
-        generator keyed ``(seed, part)``: part 1 tunes, part 2 is held out."""
+    def prompts(
+        self, task, num_context, active_dim, device, part, count=None
+    ) -> tuple[torch.Tensor, ...]:
+        """``(context_x, context_y, query_x, query_y)`` of ``count`` (default ``num_tasks``)
+        float64 prompts from the generator keyed ``(seed, part)``: part 1 tunes, part 2 is
+        held out."""
         batch = task.sample_in_subspace(
-            self.num_tasks,
+            count or self.num_tasks,
             num_context,
             active_dim,
             seeded_generator(device, self.seed, part),
