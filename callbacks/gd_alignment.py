@@ -14,7 +14,7 @@ from icl_lightning.theory.alignment import (
     alignment_sums,
     interpolate_lsa_layer,
     matched_products,
-    sensitivities,
+    predictions_and_sensitivities,
 )
 from icl_lightning.theory.gd import (
     gd_lsa_layer,
@@ -47,7 +47,7 @@ class GDAlignment(GDBaselineProbe):
     - ``loss_model``, ``loss_gd``, ``loss_gd_pp``: ``0.5 (y_q - pred)^2``; ``loss_ratio`` =
       ``loss_model / loss_gd``;
     - ``preds_diff``: ``|T - G|``; ``model_cos``: cosine of the sensitivities ``dT/dx_q`` and
-      ``dG/dx_q`` (``torch.func``); ``model_diff``: ``|dT/dx_q - dG/dx_q|``; the same against
+      ``dG/dx_q`` (one backward pass); ``model_diff``: ``|dT/dx_q - dG/dx_q|``; the same against
       GD++ with suffix ``_pp``;
     - ``loss_interp`` when T is a one-head linear LSA with one (possibly recurrent) layer: the
       loss of the layer halfway between T's (normalised) weights and the GD construction,
@@ -150,7 +150,7 @@ class GDAlignment(GDBaselineProbe):
                 batch.context_x, batch.context_y, sizes.eta_pp, sizes.gamma_pp, L
             ),
         }
-        pred_T, sens_T = predict(model, batch), sensitivities(model, *inputs)
+        pred_T, sens_T = predictions_and_sensitivities(model, *inputs)
         sums = {"loss_model": self._loss(pred_T, batch)}
         for suffix, w in weights.items():
             pred_G = (w * batch.query_x).sum(-1)

@@ -83,7 +83,7 @@ def test_lsa_gradients_equal_naive_reference(kwargs):
     """The hand-written backward passes of the linear-attention layers
     (:mod:`icl_lightning.models.linear_attention`) == autograd through the naive reference: the
     weights' gradients of a weighted sum of predictions, and the sensitivities d pred / d x_q
-    through ``torch.func`` (vmap of grad), as GDAlignment takes them."""
+    in one backward pass, as GDAlignment takes them."""
     model = _randomise(LSA(input_dim=3, **kwargs).double())
     cx, cy, qx = _prompts()
     weights = torch.randn(len(qx), generator=torch.Generator().manual_seed(2), dtype=qx.dtype)

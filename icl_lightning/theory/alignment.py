@@ -8,7 +8,6 @@ A learner is any batched function ``fn(context_x, context_y, query_x) -> (B,)`` 
 from collections.abc import Callable
 
 import torch
-from torch.func import grad, vmap
 
 from icl_lightning.models.products import key_query, projection_value
 from icl_lightning.theory.gd import Weights
@@ -16,17 +15,30 @@ from icl_lightning.theory.gd import Weights
 Learner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sensitivities(fn: Learner, context_x, context_y, query_x) -> torch.Tensor:
-    """``(B, d)`` sensitivities ``d pred_b / d x_q`` of every prompt b.
+def predictions_and_sensitivities(
+    fn: Learner, context_x, context_y, query_x
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,)`` predictions and ``(B, d)`` sensitivities ``d pred_b / d x_q`` of every prompt b.
 
-    ``torch.func.vmap`` over prompts of ``torch.func.grad`` of the one-prompt prediction: no
-    loop over tasks, and correct for any model (each prompt is differentiated on its own).
+    One forward pass and one backward pass of ``sum_b pred_b`` with respect to the queries:
+    exact when each prediction depends on its own prompt only, as for every learner here (no
+    layer mixes prompts; probes run models in eval mode). Works under ``no_grad`` and
+    ``inference_mode`` (the inputs are cloned out of it); a learner that ignores ``x_q`` has
+    sensitivities 0.
     """
+    with torch.inference_mode(False), torch.enable_grad():
+        cx, cy, qx = (t.clone() for t in (context_x, context_y, query_x))
+        qx.requires_grad_(True)
+        pred = fn(cx, cy, qx)
+        if not pred.requires_grad:
+            return pred, torch.zeros_like(qx)
+        (sens,) = torch.autograd.grad(pred.sum(), qx, allow_unused=True)
+    return pred.detach(), torch.zeros_like(qx) if sens is None else sens
 
-    def one(cx, cy, qx):
-        return fn(cx.unsqueeze(0), cy.unsqueeze(0), qx.unsqueeze(0)).squeeze(0)
 
-    return vmap(grad(one, argnums=2))(context_x, context_y, query_x)
+def sensitivities(fn: Learner, context_x, context_y, query_x) -> torch.Tensor:
+    """The sensitivities of :func:`predictions_and_sensitivities`, ``(B, d)``."""
+    return predictions_and_sensitivities(fn, context_x, context_y, query_x)[1]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
