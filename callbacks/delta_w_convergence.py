@@ -41,11 +41,11 @@ class DeltaWConvergence(BlockProbe):
     """
 
     namespace = "dw"
+    marker = "norm"
     charts = {
         "Prop. 3.1: |Delta W_i| at the first and last i": r"norm_(first|last)",
         "Prop. 3.1: |Delta W_i+1 - Delta W_i| at the first and last i": r"update_(first|last)",
     }
-    marker = "norm"
 
     def __init__(self, batch_size: PositiveInt = 128, per_token: bool = False, **kwargs) -> None:
         super().__init__(batch_size=batch_size, **kwargs)

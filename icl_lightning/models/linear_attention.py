@@ -26,6 +26,17 @@ prompts into single matrix products.
 import torch
 
 
+def _keep_for_backward(ctx, inputs, output) -> None:
+    """``setup_context`` of both functions: keep the three tensor inputs and the forward's
+    intermediates (``output[1:]``, not differentiable) for ``backward``, and N."""
+    *tensors, num_context = inputs
+    intermediates = output[1:]
+    ctx.mark_non_differentiable(*intermediates)
+    ctx.set_materialize_grads(False)
+    ctx.num_context = num_context
+    ctx.save_for_backward(*tensors, *intermediates)
+
+
 class LinearAttentionUpdate(torch.autograd.Function):
     """``h + (h K S) V`` with ``S = C^T C`` (module docstring), differentiable in ``h``, ``K``
     and ``V``; ``torch.func`` transforms (``vmap``, ``grad``) apply to it.
@@ -47,14 +58,7 @@ class LinearAttentionUpdate(torch.autograd.Function):
         out += h
         return out, S, a, b
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        h, K, V, num_context = inputs
-        _, S, a, b = output
-        ctx.mark_non_differentiable(S, a, b)
-        ctx.set_materialize_grads(False)
-        ctx.num_context = num_context
-        ctx.save_for_backward(h, K, V, S, a, b)
+    setup_context = staticmethod(_keep_for_backward)
 
     @staticmethod
     def backward(ctx, grad, *_):
@@ -111,14 +115,7 @@ class LinearAttentionReadout(torch.autograd.Function):
         out = (r * v).sum((1, 2)) + h[:, -1, -1]
         return out, q, r, v
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        h, K, U, num_context = inputs
-        _, q, r, v = output
-        ctx.mark_non_differentiable(q, r, v)
-        ctx.set_materialize_grads(False)
-        ctx.num_context = num_context
-        ctx.save_for_backward(h, K, U, q, r, v)
+    setup_context = staticmethod(_keep_for_backward)
 
     @staticmethod
     def backward(ctx, grad, *_):
