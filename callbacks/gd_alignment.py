@@ -53,7 +53,9 @@ class GDAlignment(GDBaselineProbe):
       loss of the layer halfway between T's (normalised) weights and the GD construction,
       applied L times;
     - ``eta``, ``eta_pp``, ``gamma_pp``: the baselines' step sizes (per-layer GD++ with L > 1:
-      ``eta_pp_l<l>``, ``gamma_pp_l<l>`` for each step l).
+      ``eta_pp_l<l>``, ``gamma_pp_l<l>`` for each step l); ``gd_pp_tuning_loss`` and
+      ``gd_pp_held_out_loss``: GD++'s loss with those sizes on the prompts that tuned them and
+      on the held-out prompts that chose them.
 
     Figures: ``gd/loss_vs_step`` and ``gd/alignment_vs_step`` over the run so far; for a
     one-head linear LSA, ``gd/weights`` (``gd/weights_l<l>`` per layer of a deep model): the
@@ -80,6 +82,7 @@ class GDAlignment(GDBaselineProbe):
         "model diff": r"model_diff(_pp)?",
         "preds diff": r"preds_diff(_pp)?",
         "step sizes of GD, GD++": r"(eta|gamma).*",
+        "GD++ sizes: loss on tuning and held-out prompts": r"gd_pp_(tuning|held_out)_loss",
     }
     #: per distinct layer of the latest measured model, its products beside the construction's
     #: (:meth:`_matched_layers`), for the weights figures
@@ -171,6 +174,10 @@ class GDAlignment(GDBaselineProbe):
         results = super().finalize(sums, count)
         results["loss_ratio"] = results["loss_model"] / results["loss_gd"]
         sizes = self.step_sizes
+        if sizes.plus_plus_fit is not None:  # GD++'s sizes: their loss where tuned and held out
+            fit = sizes.plus_plus_fit
+            for name in ("tuning_loss", "held_out_loss"):
+                results[f"gd_pp_{name}"] = torch.tensor(getattr(fit, name), dtype=torch.float64)
         for name in ("eta", "eta_pp", "gamma_pp"):
             value = getattr(sizes, name)
             if isinstance(value, list):  # per-layer GD++: one scalar per step l

@@ -26,9 +26,10 @@ class StepSizes:
     :func:`~icl_lightning.theory.gd.optimal_eta_gamma`) on ``num_tasks`` tuning prompts drawn in
     float64 from the generator keyed ``(seed, 1)``, so every process finds the same values on its
     own. GD++'s sizes are polished to convergence from several starts and the start is chosen
-    on ``HELD_OUT_FACTOR`` times as many held-out prompts, keyed ``(seed, 2)`` (the loss is
-    heavy-tailed: a minimum of the tuning loss can diverge on rare prompts with a large
-    ``lam_max``, which only a large held-out set contains)
+    on ``HELD_OUT_FACTOR`` times as many held-out prompts (as many for one step, which has no
+    choice to make), keyed ``(seed, 2)`` (the loss is heavy-tailed: a minimum of the tuning loss
+    can diverge on rare prompts with a large ``lam_max``, which only a large held-out set
+    contains)
     (:mod:`~icl_lightning.theory.gd_plus_plus_training`); :attr:`plus_plus_fit` keeps both
     losses. :meth:`tune` searches again only when the task, N, L, the active input dimension or
     the device change.
@@ -79,7 +80,9 @@ class StepSizes:
             if self.plus_plus:
                 per_layer = self.gd_plus_plus == "per_layer"
                 tune = per_layer_eta_gamma_fit if per_layer else shared_eta_gamma_fit
-                held_out = prompts(2, HELD_OUT_FACTOR * self.num_tasks)
+                # the held-out set chooses among polished starts, which one step does not have
+                factor = HELD_OUT_FACTOR if num_steps > 1 else 1
+                held_out = prompts(2, factor * self.num_tasks)
                 self.plus_plus_fit = fit = tune(tuning, held_out, num_steps)
                 if per_layer and num_steps > 1:
                     self.eta_pp, self.gamma_pp = fit.etas, fit.gammas
