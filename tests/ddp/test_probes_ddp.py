@@ -27,6 +27,8 @@ def _probe_configs() -> list[Path]:
     covered, chosen = set(), []
     for path in sorted(CONFIGS.glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
+        if "config" in cfg:  # a variant of a base config: the base's probes and model
+            continue
         callbacks = cfg.get("trainer", {}).get("callbacks") or []
         model = cfg["model"]["model"]["class_path"]
         probes = {(c["class_path"], model) for c in callbacks if ".callbacks." in c["class_path"]}
