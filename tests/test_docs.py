@@ -227,7 +227,15 @@ def run_python(words: list[str], train: bool) -> None:
 
 def run_make(target: str, train: bool) -> None:
     """The target exists; its icl-lightning and Python recipe lines run as above."""
-    dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+    # as a user types it: not as a sub-make of `make test` (which would print its directory)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert dry.returncode == 0, dry.stderr
     for line in dry.stdout.splitlines():
         words = shlex.split(line)

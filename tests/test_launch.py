@@ -185,9 +185,15 @@ def signal_while_training(signum: int, tmp_path: Path) -> tuple[int, Run]:
     sender = threading.Thread(
         target=lambda: (wait_for(run.log, "Training;"), os.kill(os.getpid(), signum))
     )
+    # Ctrl+C as in a terminal, even where this process was started ignoring SIGINT (a
+    # background job of a non-interactive shell)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sender.start()
-    with pytest.raises(SystemExit) as exit_info:
-        reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path))
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce(experiment, "--jobs", "1", "--logs", str(tmp_path), "--out", str(tmp_path))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sender.join()
     return exit_info.value.code, run
 
