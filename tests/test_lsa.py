@@ -49,17 +49,18 @@ def _naive(model, cx, cy, qx):
     return -h[:, N, -1]
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(num_layers=1),
-        dict(num_layers=3),
-        dict(num_layers=3, recurrent=True),
-        dict(num_layers=2, num_heads=2, key_size=5),
-        dict(num_layers=2, layer_norm=True),
-    ],
-    ids=["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"],
-)
+#: the LSA variants every exactness test runs on
+VARIANTS = [
+    dict(num_layers=1),
+    dict(num_layers=3),
+    dict(num_layers=3, recurrent=True),
+    dict(num_layers=2, num_heads=2, key_size=5),
+    dict(num_layers=2, layer_norm=True),
+]
+VARIANT_IDS = ["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"]
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_lsa_equals_naive_reference(kwargs):
     model = _randomise(LSA(input_dim=3, **kwargs).double())
     cx, cy, qx = _prompts()
@@ -68,17 +69,7 @@ def test_lsa_equals_naive_reference(kwargs):
     assert torch.allclose(pred, _naive(model, cx, cy, qx), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(num_layers=1),
-        dict(num_layers=3),
-        dict(num_layers=3, recurrent=True),
-        dict(num_layers=2, num_heads=2, key_size=5),
-        dict(num_layers=2, layer_norm=True),
-    ],
-    ids=["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"],
-)
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_lsa_gradients_equal_naive_reference(kwargs):
     """The hand-written backward passes of the linear-attention layers
     (:mod:`icl_lightning.models.linear_attention`) == autograd through the naive reference: the
