@@ -26,7 +26,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# BENCHMARK_ARGS: e.g. --jax-python ../.venv-jax/bin/python --jax-ref ../shared/jaxref (docs/speed.md)
+# BENCHMARK_ARGS: e.g. --jax-python JAX_VENV/bin/python --jax-ref JAXREF (docs/speed.md)
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --tables side-by-side deep probes $(BENCHMARK_ARGS)
 

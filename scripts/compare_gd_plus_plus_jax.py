@@ -15,7 +15,7 @@ w ~ N(0, I)), and on the official code's own 10,000 evaluation prompts, where th
 model's float32 loss is printed beside ours as a check that its sizes are read right.
 
     python scripts/compare_gd_plus_plus_jax.py --layers 2 3 4 5 \\
-        --jax-python /work/.venv-jax/bin/python --jax-ref ../shared/jaxref --jax-results DIR
+        --jax-python JAX_VENV/bin/python --jax-ref JAXREF --jax-results DIR
 """
 
 import argparse
@@ -135,8 +135,8 @@ def tune_ours(task, L, seed) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3, 4, 5])
-    parser.add_argument("--jax-python", default="/work/.venv-jax/bin/python")
-    parser.add_argument("--jax-ref", default="../shared/jaxref")
+    parser.add_argument("--jax-python", required=True, help="a Python with jax, optax, dm-haiku")
+    parser.add_argument("--jax-ref", required=True, help="folder holding the official src/")
     parser.add_argument("--jax-results", required=True, help="folder of the official results")
     parser.add_argument("--jax-steps", type=int, default=30_000)
     parser.add_argument("--eval-tasks", type=int, default=20_000)

@@ -11,8 +11,7 @@ that it reads the sizes right. The scan and the training loop are the official o
 step compiled once (:func:`train`); ``--check-steps K`` also runs ``pre_train_gd_hps`` itself for
 K steps and prints the largest difference between the two sets of weights.
 
-    /work/.venv-jax/bin/python scripts/gd_plus_plus_jax_worker.py \\
-        --jax-ref ../shared/jaxref --layers 4
+    JAX_VENV/bin/python scripts/gd_plus_plus_jax_worker.py --jax-ref JAXREF --layers 4
 """
 
 import argparse
