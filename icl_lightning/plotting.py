@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 import numpy
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FormatStrFormatter, LogFormatter, NullLocator
 
 
 def line_figure(
@@ -20,9 +20,10 @@ def line_figure(
 
     Drawing is most of what a probe's figures cost, so the figure avoids the slow parts of
     matplotlib: fixed margins rather than a layout engine (constrained layout lays the figure
-    out twice), a title at a fixed height (not placed around the tick labels), and no minor
-    ticks on a log axis spanning a decade or more (there they carry no labels, and building
-    them took half the drawing time).
+    out twice), a title at a fixed height (not placed around the tick labels), on a log axis
+    plain tick labels (``1e-05``, ``0.032``; not mathtext: its parser alone took 0.25 s to set
+    up in each process) and no minor ticks when it spans a decade or more (there they carry no
+    labels, and building them took half the drawing time).
     """
     figure = Figure(figsize=(5, 3.5))
     figure.subplots_adjust(left=0.16, right=0.97, bottom=0.14, top=0.91)
@@ -35,7 +36,11 @@ def line_figure(
         axes.set_yscale("log")
         values = [float(v) for y in curves.values() for v in y if 0 < float(v) < float("inf")]
         if values and max(values) >= 10 * min(values):
+            axes.yaxis.set_major_formatter(LogFormatter())
             axes.yaxis.set_minor_locator(NullLocator())
+        else:  # within a decade the labelled ticks are minor ones
+            axes.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+            axes.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
     axes.grid(alpha=0.3)
     if len(curves) > 1:
         axes.legend()
