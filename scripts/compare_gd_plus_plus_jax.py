@@ -14,8 +14,14 @@ keyed ``(seed, 3)`` of paper A's distribution (d = 10, N = 10, x ~ U(-0.5, 0.5)^
 w ~ N(0, I)), and on the official code's own 10,000 evaluation prompts, where the official
 model's float32 loss is printed beside ours as a check that its sizes are read right.
 
+The loss is heavy-tailed: a rare prompt with a large ``lam_max`` can make aggressive sizes
+blow up, so a set of 20,000 prompts may not show it. ``--tail-sets K --tail-tasks M`` also
+scores every set of sizes on K fresh sets of M prompts keyed ``(--tail-seed, k)`` (the mean of
+each set, and their pooled mean).
+
     python scripts/compare_gd_plus_plus_jax.py --layers 2 3 4 5 \\
-        --jax-python JAX_VENV/bin/python --jax-ref JAXREF --jax-results DIR
+        --jax-python JAX_VENV/bin/python --jax-ref JAXREF --jax-results DIR \\
+        --tail-sets 5 --tail-tasks 100000
 """
 
 import argparse
@@ -106,6 +112,22 @@ def score(prompts, etas, gammas, L) -> float:
     return float(prediction_loss(gd_plus_plus_predict(cx, cy, qx, etas, gammas, L), qy).mean())
 
 
+def tail_scores(task, sizes, L, args) -> dict[str, list[float]]:
+    """Mean query loss of each set of sizes on each of the ``--tail-sets`` fresh sets
+    (spectral form, float64)."""
+    scores = {name: [] for name in sizes}
+    for k in range(args.tail_sets):
+        generator = seeded_generator("cpu", args.tail_seed, k)
+        batch = task.sample(args.tail_tasks, N, generator, torch.float64)
+        lam, q, s = spectral_form(batch.context_x, batch.context_y, batch.query_x)
+        for name, (etas, gammas) in sizes.items():
+            eta = torch.tensor([etas], dtype=torch.float64).reshape(1, -1).expand(1, L)
+            gamma = torch.tensor([gammas], dtype=torch.float64).reshape(1, -1).expand(1, L)
+            pred = spectral_predict(lam, q, s, eta, gamma, L, N)[0]
+            scores[name].append(float(prediction_loss(pred, batch.query_y).mean()))
+    return scores
+
+
 def tune_ours(task, L, seed) -> dict:
     """Our sizes at L steps, before and after; prints how the tuning went and its time."""
     start = time.perf_counter()
@@ -141,6 +163,9 @@ def main() -> None:
     parser.add_argument("--jax-steps", type=int, default=30_000)
     parser.add_argument("--eval-tasks", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tail-sets", type=int, default=0, help="fresh prompt sets (tail)")
+    parser.add_argument("--tail-tasks", type=int, default=100_000, help="prompts per tail set")
+    parser.add_argument("--tail-seed", type=int, default=7)
     args = parser.parse_args()
     task = LinearRegression(input_dim=D)
     batch = task.sample(args.eval_tasks, N, seeded_generator("cpu", args.seed, 3), torch.float64)
@@ -153,7 +178,8 @@ def main() -> None:
         sizes = dict(ours[L], **{"official per-layer": (theirs["etas"], theirs["gammas"])})
         losses = {name: score(common, *pair, L) for name, pair in sizes.items()}
         on_theirs = {name: score(theirs["prompts"], *pair, L) for name, pair in sizes.items()}
-        rows.append((L, losses, on_theirs, theirs["official_eval_loss"]))
+        tail = tail_scores(task, sizes, L, args) if args.tail_sets else {}
+        rows.append((L, losses, on_theirs, theirs["official_eval_loss"], tail))
         print(f"L={L} sizes: " + "; ".join(
             f"{k} eta {np.round(e, 3)} gamma {np.round(g, 4)}" for k, (e, g) in sizes.items()
         ), flush=True)  # fmt: skip
@@ -161,16 +187,29 @@ def main() -> None:
     print(f"\nHeld-out loss on {args.eval_tasks} common prompts (direct GD++, float64):")
     print("| L | " + " | ".join(names) + " | after / official |")
     print("|---" * (len(names) + 2) + "|")
-    for L, losses, _, _ in rows:
+    for L, losses, _, _, _ in rows:
         ratio = losses["per-layer after"] / losses["official per-layer"]
         print(f"| {L} | " + " | ".join(f"{losses[n]:.5f}" for n in names) + f" | {ratio:.3f} |")
     print("\nOn the official code's 10,000 evaluation prompts (its own float32 loss last):")
     print("| L | " + " | ".join(names) + " | official model (JAX) |")
     print("|---" * (len(names) + 2) + "|")
-    for L, _, on_theirs, jax_loss in rows:
+    for L, _, on_theirs, jax_loss, _ in rows:
         print(
             f"| {L} | " + " | ".join(f"{on_theirs[n]:.5f}" for n in names) + f" | {jax_loss:.5f} |"
         )
+    if args.tail_sets:
+        print(
+            f"\nOn {args.tail_sets} fresh sets of {args.tail_tasks} prompts keyed "
+            f"({args.tail_seed}, k): each set's mean / the pooled mean"
+        )
+        print("| L | " + " | ".join(names) + " |")
+        print("|---" * (len(names) + 1) + "|")
+        for L, _, _, _, tail in rows:
+            cells = [
+                " ".join(f"{x:.4g}" for x in tail[n]) + f" / **{np.mean(tail[n]):.5g}**"
+                for n in names
+            ]
+            print(f"| {L} | " + " | ".join(cells) + " |")
     sys.stdout.flush()
 
 

@@ -13,6 +13,7 @@ from icl_lightning.theory import (
     spectral_predict,
 )
 from icl_lightning.theory.gd_plus_plus_training import (
+    _QueryLoss,
     per_layer_eta_gamma,
     per_layer_eta_gamma_fit,
     shared_eta_gamma_fit,
@@ -61,7 +62,7 @@ def relative_gradient(prompts, etas, gammas, shared=False):
     return float(grad.norm() / loss.detach())
 
 
-@pytest.mark.parametrize("L", [2, 3])
+@pytest.mark.parametrize("L", [2, 3, 4])
 def test_tuned_per_layer_sizes_are_a_minimum_never_worse_than_the_shared_pair(L):
     """The tuned (eta_l, gamma_l) are a stationary point of the tuning loss (checked through the
     direct form), and on the held-out prompts they do no worse than the tuned shared pair;
@@ -98,6 +99,23 @@ def test_polished_shared_pair_is_a_minimum_no_wide_grid_point_beats(L):
     lam, q, s = spectral_form(cx, cy, qx)
     wide = prediction_loss(spectral_predict(lam, q, s, etas, gammas, L, 10), qy).mean(-1)
     assert fit.tuning_loss <= float(torch.nan_to_num(wide, nan=float("inf")).min())
+
+
+def test_stratified_tuning_loss_keeps_the_tail_and_estimates_the_mean():
+    """More tuning prompts than TUNING_PROMPTS are stratified by lam_max: the top half of the
+    kept prompts are the largest-lam_max ones, the weights sum to 1, and the weighted loss
+    estimates the mean over all prompts."""
+    prompts = tasks(num=4000, seed=12)
+    full = _QueryLoss.of(prompts, 3)
+    part = full.stratified(1000)
+    assert len(part.target) <= 1000 and part.count == 4000
+    assert float(part.weight.sum()) == pytest.approx(1.0, rel=1e-12)
+    top = torch.sort(full.lam[:, -1], descending=True).values[:500]
+    torch.testing.assert_close(part.lam[:500, -1], top)
+    etas = torch.tensor([[20.0, 20.0, 20.0]], dtype=F64)
+    gammas = torch.tensor([[0.2, 0.2, 0.2]], dtype=F64)
+    assert float(part(etas, gammas)[0]) == pytest.approx(float(full(etas, gammas)[0]), rel=0.1)
+    assert full.stratified(4000) is full
 
 
 def test_polish_improves_on_an_under_trained_start():

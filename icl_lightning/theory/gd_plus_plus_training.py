@@ -20,6 +20,7 @@ cannot change the prediction; it is reported as 0.
 """
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,16 @@ Prompts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: prompts the shared pair's grid search scores (the polish then uses all tuning prompts)
 GRID_PROMPTS = 2000
+
+#: more tuning prompts than this are stratified down to this many (:meth:`_QueryLoss.stratified`)
+TUNING_PROMPTS = 20_000
+
+#: the polish's stopping rule: ``|grad_theta loss| / loss`` at most this
+TOLERANCE = 1e-10
+#: at most this many rounds of L-BFGS and damped Newton in one polish
+ROUNDS = 3
+#: at most this many damped Newton steps in one round
+NEWTON_STEPS = 12
 
 
 @dataclass(frozen=True)
@@ -75,9 +86,13 @@ class _QueryLoss:
     """The mean query loss of L GD++ steps on some prompts, for ``(M, L)`` step sizes, from
     their spectral form ``(lam, q, s)`` and targets."""
 
-    def __init__(self, lam, q, s, target, num_steps: int, num_context: int) -> None:
+    def __init__(
+        self, lam, q, s, target, num_steps: int, num_context: int, weight=None, count=None
+    ) -> None:
         self.lam, self.q, self.s, self.target = lam, q, s, target
-        self.num_steps, self.num_context, self.count = num_steps, num_context, len(target)
+        self.num_steps, self.num_context = num_steps, num_context
+        self.weight = weight  # per prompt, summing to 1 (None: the plain mean)
+        self.count = len(target) if count is None else count  # the prompts it stands for
 
     @classmethod
     def of(cls, prompts: Prompts, num_steps: int) -> "_QueryLoss":
@@ -86,15 +101,42 @@ class _QueryLoss:
         return cls(lam, q, s, query_y, num_steps, context_x.shape[-2])
 
     def first(self, count: int) -> "_QueryLoss":
-        """The same loss on the first ``count`` prompts only."""
+        """The same loss on the first ``count`` prompts only (of all, if stratified)."""
+        if self.weight is not None:
+            return self.source.first(count)
         parts = (t[:count] for t in (self.lam, self.q, self.s, self.target))
         return _QueryLoss(*parts, self.num_steps, self.num_context)
+
+    def stratified(self, count: int) -> "_QueryLoss":
+        """The same mean over ``count`` of the prompts, stratified by ``lam_max`` (the tail that
+        dominates the loss is kept whole): the ``count // 2`` prompts with the largest
+        ``lam_max`` with weight 1, and every k-th of the others with weight k (k such that
+        ``count - count // 2`` are kept), normalised; an unbiased estimate of the mean over
+        all the prompts with far fewer of them. Itself when it has at most ``count``."""
+        if self.count <= count or self.weight is not None:
+            return self
+        order = torch.argsort(self.lam[:, -1], descending=True)
+        top, rest = order[: count // 2], order[count // 2 :]
+        stride = -(-len(rest) // (count - count // 2))
+        kept = rest[::stride]
+        index = torch.cat([top, kept])
+        weight = (
+            torch.cat(
+                [torch.ones(len(top)), torch.full((len(kept),), len(rest) / len(kept))]
+            ).double()
+            / self.count
+        )
+        parts = (t[index] for t in (self.lam, self.q, self.s, self.target))
+        result = _QueryLoss(*parts, self.num_steps, self.num_context, weight, self.count)
+        result.source = self
+        return result
 
     def __call__(self, etas: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
         pred = spectral_predict(
             self.lam, self.q, self.s, etas, gammas, self.num_steps, self.num_context
         )
-        return prediction_loss(pred, self.target).mean(-1)
+        loss = prediction_loss(pred, self.target)
+        return loss.mean(-1) if self.weight is None else loss @ self.weight
 
 
 class _Coordinates:
@@ -106,7 +148,7 @@ class _Coordinates:
 
     def __init__(self, num_steps: int, num_context: int, lam: float, shared: bool) -> None:
         self.L, self.eta_unit, self.gamma_unit = num_steps, num_context / lam, 1 / lam
-        self.shared = shared
+        self.shared, self.lam = shared, lam
 
     def sizes(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(1, L)`` etas and gammas."""
@@ -127,64 +169,121 @@ class _Coordinates:
 
 
 def _polish(
-    loss: _QueryLoss, coords: _Coordinates, theta: torch.Tensor, max_iterations: int
+    loss: _QueryLoss,
+    coords: _Coordinates,
+    theta: torch.Tensor,
+    max_iterations: int,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float]:
-    """Minimise ``loss`` from ``theta``: L-BFGS (strong Wolfe), then Newton steps with
-    backtracking while the Hessian is positive definite. Returns ``(theta, loss, |grad| / loss)``;
-    the loss is ``inf`` if the start or the result is not finite."""
+    """Minimise ``loss`` from ``theta`` until ``|grad_theta loss| / loss <= TOLERANCE`` (the
+    stopping rule), in at most ``ROUNDS`` rounds of: L-BFGS (strong Wolfe, at most
+    ``max_iterations`` iterations) in the coordinates ``theta / scale`` (default: ``|theta|``
+    at the start, at least 1e-3 of the largest: each coordinate in its own unit), then
+    damped Newton (Levenberg-Marquardt: the Hessian plus ``mu diag|H|``, ``mu`` raised until
+    the step is a descent, lowered after each accepted one; plain Newton while the Hessian is
+    positive definite) for at most ``NEWTON_STEPS`` steps. Returns
+    ``(theta, loss, |grad| / loss)``; the loss is ``inf`` if the start or the result is not
+    finite."""
+    theta = theta.detach().clone()
+    if scale is None:
+        scale = theta.abs().clamp_min(1e-3 * float(theta.abs().max()) + 1e-12)
 
-    def value(t: torch.Tensor) -> torch.Tensor:
-        return loss(*coords.sizes(t))[0]
+    def value(x: torch.Tensor) -> torch.Tensor:  # of the scaled coordinates
+        return loss(*coords.sizes(x * scale))[0]
 
-    theta = theta.clone().requires_grad_(True)
-    with torch.no_grad():
-        if not torch.isfinite(value(theta)):
-            return theta.detach(), float("inf"), float("inf")
-    optimizer = torch.optim.LBFGS(
-        [theta],
-        lr=1.0,
-        max_iter=max_iterations,
-        history_size=20,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        v = value(theta)
-        v.backward()
-        return v
-
-    optimizer.step(closure)
-    theta = theta.detach()
-    for _ in range(8):  # Newton: quadratic convergence from where L-BFGS stops
-        point = theta.clone().requires_grad_(True)
+    def value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        point = x.clone().requires_grad_(True)
         current = value(point)
         (grad,) = torch.autograd.grad(current, point)
-        current = current.detach()
-        if not torch.isfinite(current) or float(grad.norm()) <= 1e-13 * float(current):
+        return current.detach(), grad
+
+    def converged(current: torch.Tensor, grad: torch.Tensor) -> bool:  # theta's gradient
+        return float((grad / scale).norm()) <= TOLERANCE * float(current)
+
+    x = theta / scale
+    with torch.no_grad():
+        if not torch.isfinite(value(x)):
+            return theta, float("inf"), float("inf")
+    for _ in range(ROUNDS):
+        x = x.clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS(
+            [x],
+            lr=1.0,
+            max_iter=max_iterations,
+            history_size=20,
+            tolerance_grad=1e-12,
+            tolerance_change=1e-15,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure(optimizer=optimizer, x=x) -> torch.Tensor:
+            optimizer.zero_grad()
+            v = value(x)
+            v.backward()
+            return v
+
+        optimizer.step(closure)
+        x, mu = x.detach(), 0.0
+        for _ in range(NEWTON_STEPS):
+            current, grad = value_and_grad(x)
+            if not torch.isfinite(current) or converged(current, grad):
+                break
+            hessian = torch.autograd.functional.hessian(value, x)
+            damping = torch.diag(hessian.diagonal().abs().clamp_min(1e-12))
+            while mu < 1e10:
+                factor, info = torch.linalg.cholesky_ex(hessian + mu * damping)
+                if info == 0:
+                    step = torch.cholesky_solve(-grad[:, None], factor)[:, 0]
+                    with torch.no_grad():
+                        trial = value(x + step)
+                    if torch.isfinite(trial) and trial <= current * (1 + 1e-13):  # rounding
+                        break
+                mu = max(1e-6, 10 * mu)
+            else:
+                break  # no descent step: back to L-BFGS
+            x, mu = x + step, (mu / 100 if mu >= 1e-4 else 0.0)
+        current, grad = value_and_grad(x)
+        if not torch.isfinite(current):
+            return x * scale, float("inf"), float("inf")
+        if converged(current, grad):
             break
-        hessian = torch.autograd.functional.hessian(value, theta)
-        factor, info = torch.linalg.cholesky_ex(hessian)
-        if info != 0:
-            break
-        step = torch.cholesky_solve(-grad[:, None], factor)[:, 0]
-        for _ in range(20):
-            with torch.no_grad():
-                if value(theta + step) <= current:
-                    break
-            step = step / 2
-        else:
-            break
-        theta = theta + step
-    point = theta.clone().requires_grad_(True)
-    final = value(point)
-    (grad,) = torch.autograd.grad(final, point)
-    final = final.detach()
-    if not torch.isfinite(final):
-        return theta, float("inf"), float("inf")
-    return theta, float(final), float(grad.norm() / final)
+    return x * scale, float(current), float((grad / scale).norm() / current)
+
+
+def _layer_lams(lam: torch.Tensor, gammas: list[float]) -> list[float]:
+    """The mean largest eigenvalue of the transformed ``X^T X`` that each step sees:
+    ``lam_k <- lam_k (1 - gamma_l lam_k)^2`` after step l. It falls fast once
+    ``gamma_l lam`` is near 1 (to at most ``4 / (27 gamma_l)``), so the sizes that suit a
+    later step grow with depth; it is the unit of each step's sizes in the random starts and
+    in the polish."""
+    lams = []
+    for gamma in gammas:
+        lams.append(float(lam.max(-1).values.mean()))
+        lam = lam * (1 - gamma * lam) ** 2
+    return lams
+
+
+def _from_relative(
+    lam: torch.Tensor, num_context: int, u: list[float], v: list[float]
+) -> tuple[list[float], list[float]]:
+    """Per-step sizes ``eta_l = N u_l / lam_l``, ``gamma_l = v_l / lam_l`` in the units of the
+    eigenvalue each step sees (:func:`_layer_lams`, built up step by step)."""
+    etas, gammas = [], []
+    for u_l, v_l in zip(u, v, strict=True):
+        top = float(lam.max(-1).values.mean())
+        etas.append(num_context * u_l / top)
+        gammas.append(v_l / top)
+        lam = lam * (1 - gammas[-1] * lam) ** 2
+    return etas, gammas
+
+
+def _to_relative(
+    lam: torch.Tensor, num_context: int, etas: list[float], gammas: list[float]
+) -> tuple[list[float], list[float]]:
+    """The inverse of :func:`_from_relative`."""
+    lams = _layer_lams(lam, gammas)
+    u = [eta * top / num_context for eta, top in zip(etas, lams, strict=True)]
+    return u, [gamma * top for gamma, top in zip(gammas, lams, strict=True)]
 
 
 def _fit(
@@ -197,8 +296,12 @@ def _fit(
     """Polish every start on ``tuning``; the lowest ``held_out`` loss wins."""
     best = None
     for name, (etas, gammas) in starts.items():
+        scale = None
+        if not coords.shared:  # each step's sizes in the unit of the eigenvalue it sees
+            units = [coords.lam / top for top in _layer_lams(tuning.lam, gammas)]
+            scale = torch.tensor(units + units[: coords.L - 1], dtype=torch.float64)
         theta, tuning_loss, gradient_norm = _polish(
-            tuning, coords, coords.theta(etas, gammas), max_iterations
+            tuning, coords, coords.theta(etas, gammas), max_iterations, scale
         )
         if tuning_loss == float("inf"):
             continue
@@ -227,8 +330,10 @@ def _prepare(tuning: Prompts, held_out: Prompts | None, num_steps: int, shared: 
     if held_out is None:  # the last quarter of the prompts selects among the polished starts
         split = len(tuning[3]) - max(1, len(tuning[3]) // 4)
         tuning, held_out = tuple(t[:split] for t in tuning), tuple(t[split:] for t in tuning)
-    loss = _QueryLoss.of(tuning, num_steps)
-    lam = float(loss.lam[:, -1].mean())
+    loss = _QueryLoss.of(tuning, num_steps).stratified(TUNING_PROMPTS)
+    lam = float(
+        loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
+    )
     coords = _Coordinates(num_steps, loss.num_context, lam, shared)
     return coords, loss, _QueryLoss.of(held_out, num_steps), tuning
 
@@ -278,7 +383,7 @@ def per_layer_eta_gamma_fit(
     tuning: Prompts,
     held_out: Prompts | None,
     num_steps: int,
-    num_random: int = 3,
+    num_random: int = 4,
     seed: int = 0,
     extend: bool = True,
     given: tuple[list[float], list[float]] | None = None,
@@ -286,12 +391,14 @@ def per_layer_eta_gamma_fit(
 ) -> GDPlusPlusFit:
     """One ``(eta_l, gamma_l)`` per step, tuned from several starts (module docstring).
 
-    Starts: ``"shared"`` (:func:`shared_eta_gamma_fit` repeated), ``"extended"`` (with
-    ``extend``: the result at L-1 steps, computed the same way, with one more step that repeats
-    its last ``(eta, gamma)``; its inner gamma comes from the shared pair when L-1 = 1),
-    ``"random k"`` for k < ``num_random`` (``eta_l = eta* exp(u)``, ``u ~ U(-1, 1)``,
-    ``gamma_l = gamma* v``, ``v ~ U(0, 2)``, from a generator seeded with ``seed``; ``(eta*,
-    gamma*)`` the polished shared pair) and ``"given"`` (``given``, e.g. earlier sizes). The
+    Starts, each step's sizes in the unit of the eigenvalue it sees (``eta_l = N u_l /
+    lam_l``, ``gamma_l = v_l / lam_l``, ``lam_l`` the mean largest eigenvalue of the inputs
+    transformed by the steps before, :func:`_layer_lams`; so gamma grows over the steps):
+    ``"shared"`` (:func:`shared_eta_gamma_fit` repeated), ``"extended"`` (with ``extend``: the
+    result at L-1 steps, computed the same way, with one more step before its last whose
+    ``(u, v)`` repeat the step before it, or the shared pair's when L-1 = 1), ``"random k"`` for
+    k < ``num_random`` (``u_l = exp(w)``, ``w ~ U(log 0.5, log 4)``, ``v_l ~ U(0, 1.5)``, from a
+    generator seeded with ``seed``) and ``"given"`` (``given``, e.g. earlier sizes). The
     polished start with the lowest loss on ``held_out`` (default: the last quarter of
     ``tuning``, then not used for tuning) wins, unless the shared fit itself does better there
     (then it is returned: never worse than the shared pair on the held-out prompts). One step:
@@ -301,22 +408,30 @@ def per_layer_eta_gamma_fit(
     if num_steps == 1:
         return shared
     coords, tuning_loss, held_out_loss, _ = _prepare(tuning, held_out, num_steps, False)
-    eta, gamma = shared.etas[0], shared.gammas[0]
+    lam, num_context = tuning_loss.lam, tuning_loss.num_context
     starts = {"shared": (shared.etas, shared.gammas)}
     if extend:
         fewer = per_layer_eta_gamma_fit(
             tuning, held_out, num_steps - 1, num_random, seed, extend, None, max_iterations
         )
-        inner = fewer.gammas[-2] if num_steps > 2 else gamma
-        starts["extended"] = (
-            fewer.etas + fewer.etas[-1:],
-            fewer.gammas[:-1] + [inner, 0.0],
-        )
+        u, v = _to_relative(lam, num_context, fewer.etas, fewer.gammas)
+        if num_steps == 2:
+            u_shared, v_shared = _to_relative(lam, num_context, shared.etas, shared.gammas)
+            inner = (u_shared[0], v_shared[0])
+        else:
+            inner = (u[-2], v[-2])
+        u, v = u[:-1] + [inner[0], u[-1]], v[:-1] + [inner[1], 0.0]
+        starts["extended"] = _from_relative(lam, num_context, u, v)
     generator = torch.Generator().manual_seed(seed)
+    eta, gamma = shared.etas[0], shared.gammas[0]
+    low, high = math.log(0.5), math.log(4.0)
     for k in range(num_random):
-        u = torch.rand(num_steps, generator=generator, dtype=torch.float64) * 2 - 1
-        v = torch.rand(num_steps, generator=generator, dtype=torch.float64) * 2
-        starts[f"random {k}"] = ((eta * u.exp()).tolist(), (gamma * v).tolist())
+        w, v = torch.rand(2, num_steps, generator=generator, dtype=torch.float64)
+        if k % 2 == 0:  # near the shared pair
+            starts[f"random {k}"] = ((eta * (2 * w - 1).exp()).tolist(), (gamma * 2 * v).tolist())
+        else:  # in the units of the eigenvalue each step sees: gamma grows over the steps
+            u = (low + (high - low) * w).exp().tolist()
+            starts[f"random {k}"] = _from_relative(lam, num_context, u, (1.5 * v).tolist())
     if given is not None:
         starts["given"] = (list(given[0]), list(given[1]))
     fit = _fit(coords, tuning_loss, held_out_loss, starts, max_iterations)
