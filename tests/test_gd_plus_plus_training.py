@@ -161,3 +161,8 @@ def test_one_step_is_the_closed_form():
     tuning, held_out = tasks(num=512), tasks(num=256, seed=1)
     fit = per_layer_eta_gamma_fit(tuning, held_out, 1)
     assert (fit.etas[0], fit.gammas[0]) == optimal_eta_gamma(*tuning, num_steps=1)
+    # its losses are the spectral form's at (eta, gamma = 0), on the prompts of each set
+    eta, zero = torch.tensor([fit.etas], dtype=F64), torch.zeros(1, 1, dtype=F64)
+    for prompts, value in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
+        expected = float(_QueryLoss.of(prompts, 1)(eta, zero)[0])
+        assert value == pytest.approx(expected, rel=1e-12, abs=0)

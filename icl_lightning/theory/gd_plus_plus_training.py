@@ -25,7 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from icl_lightning.theory.gd import grid_search, optimal_eta, spectral_form, spectral_predict
+from icl_lightning.theory.gd import (
+    gd_predict,
+    grid_search,
+    optimal_eta,
+    spectral_form,
+    spectral_predict,
+)
 from icl_lightning.theory.loss import prediction_loss
 
 #: ``(context_x, context_y, query_x, query_y)``
@@ -325,11 +331,18 @@ def _fit(
     return best
 
 
-def _prepare(tuning: Prompts, held_out: Prompts | None, num_steps: int, shared: bool):
-    """``(coordinates, tuning loss, held-out loss, tuning prompts)``."""
-    if held_out is None:  # the last quarter of the prompts selects among the polished starts
+def _split(tuning: Prompts, held_out: Prompts | None) -> tuple[Prompts, Prompts]:
+    """``(tuning, held_out)``; without ``held_out``, the last quarter of ``tuning`` becomes the
+    held-out prompts (which select among the polished starts) and is not tuned on."""
+    if held_out is None:
         split = len(tuning[3]) - max(1, len(tuning[3]) // 4)
         tuning, held_out = tuple(t[:split] for t in tuning), tuple(t[split:] for t in tuning)
+    return tuning, held_out
+
+
+def _prepare(tuning: Prompts, held_out: Prompts | None, num_steps: int, shared: bool):
+    """``(coordinates, tuning loss, held-out loss, tuning prompts)``."""
+    tuning, held_out = _split(tuning, held_out)
     loss = _QueryLoss.of(tuning, num_steps).stratified(TUNING_PROMPTS)
     lam = float(
         loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
@@ -353,6 +366,26 @@ def _grid_pair(loss: _QueryLoss, coords: _Coordinates) -> tuple[float, float]:
     return eta, gamma
 
 
+def _one_step_fit(tuning: Prompts, held_out: Prompts | None) -> GDPlusPlusFit:
+    """One GD++ step is one GD step (``gamma_1`` acts after the only prediction update): the
+    closed-form ``eta`` (:func:`~icl_lightning.theory.gd.optimal_eta`) and its mean query loss
+    ``0.5 mean_b (y_b - <w_b, x_b>)^2`` on both prompt sets, ``w_b`` one GD step from 0, in
+    float64 (no spectral form: its eigendecompositions cost more than the rest of a probe's
+    first measurement)."""
+    tuning, held_out = _split(tuning, held_out)
+    tuning, held_out = ([t.detach().double() for t in p] for p in (tuning, held_out))
+    eta = optimal_eta(*tuning)
+
+    def loss(prompts) -> float:
+        pred = gd_predict(*prompts[:3], eta=eta)
+        return float(prediction_loss(pred, prompts[3]).mean())
+
+    return GDPlusPlusFit(
+        [eta], [0.0], loss(tuning), loss(held_out), 0.0, "closed form",
+        len(tuning[3]), len(held_out[3]),
+    )  # fmt: skip
+
+
 @_with_autograd
 def shared_eta_gamma_fit(
     tuning: Prompts,
@@ -364,14 +397,9 @@ def shared_eta_gamma_fit(
     holds the optimum, polished to convergence on ``tuning`` (see the module's docstring),
     scored on ``held_out`` (default: the last quarter of ``tuning``, then not used for tuning).
     One step: GD's closed form (:func:`~icl_lightning.theory.gd.optimal_eta`), ``gamma = 0``."""
-    coords, tuning_loss, held_out_loss, tuning = _prepare(tuning, held_out, num_steps, True)
     if num_steps == 1:
-        eta = optimal_eta(*tuning)
-        sizes = torch.tensor([[eta]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
-        return GDPlusPlusFit(
-            [eta], [0.0], float(tuning_loss(*sizes)[0]), float(held_out_loss(*sizes)[0]),
-            0.0, "closed form", tuning_loss.count, held_out_loss.count,
-        )  # fmt: skip
+        return _one_step_fit(tuning, held_out)
+    coords, tuning_loss, held_out_loss, tuning = _prepare(tuning, held_out, num_steps, True)
     with torch.no_grad():
         eta, gamma = _grid_pair(tuning_loss, coords)
     starts = {"grid": ([eta] * num_steps, [gamma] * num_steps)}
