@@ -9,7 +9,10 @@ GD and against GD++ tuned by the code as it is now, with one ``(eta_l, gamma_l)`
 - ``trained / GD``: ``loss_model / loss_gd`` on the probe's evaluation prompts;
 - ``trained / GD++``: ``loss_model / loss_gd_pp``, and ``model cos``: ``model_cos_pp``, for each
   kind of GD++;
-- ``GD++ held-out loss``: the loss of the tuned GD++ on its own held-out prompts.
+- ``GD++ held-out loss``: the loss of the tuned GD++ on its own held-out prompts;
+- ``trained / official GD++``: against GD++ with the step sizes that paper A's official code
+  learns (``--official``, default ``docs/data/gd_plus_plus_official.json``), on the same
+  evaluation prompts.
 
 It prints a markdown table with the mean +- std over seeds and writes the numbers per run as
 JSON (``--out``)::
@@ -24,12 +27,16 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
+from icl_lightning.callbacks import GDAlignment
 from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.theory import gd_plus_plus_predict, prediction_loss
 
 KINDS = ("per_layer", "shared")
 
 
-def probe(kind: str, num_tasks: int) -> dict:
+def probe_config(kind: str, num_tasks: int) -> dict:
     return {
         "class_path": "icl_lightning.callbacks.GDAlignment",
         "init_args": {
@@ -42,9 +49,22 @@ def probe(kind: str, num_tasks: int) -> dict:
     }
 
 
-def measure(run: Path, num_tasks: int) -> dict[str, float]:
-    """``gd/<kind>/<name>`` of both probes after validating ``run``'s last checkpoint."""
-    callbacks = json.dumps([probe(kind, num_tasks) for kind in KINDS])
+def official_loss(probe: GDAlignment, trainer, official: dict) -> float:
+    """Mean query loss of GD++ with the official code's sizes for the probe's L, in float64 on
+    the probe's evaluation prompts (nan when the file has no sizes for that L)."""
+    sizes = official["layers"].get(str(probe.learner_steps))
+    if sizes is None:
+        return float("nan")
+    batch = probe.evaluation_set(trainer, trainer.strategy.root_device).to(torch.float64)
+    inputs = (batch.context_x, batch.context_y, batch.query_x)
+    pred = gd_plus_plus_predict(*inputs, sizes["etas"], sizes["gammas"], probe.learner_steps)
+    return float(prediction_loss(pred, batch.query_y).mean())
+
+
+def measure(run: Path, num_tasks: int, official: dict) -> dict[str, float]:
+    """``gd/<kind>/<name>`` of both probes after validating ``run``'s last checkpoint, and
+    ``official_loss`` (:func:`official_loss`)."""
+    callbacks = json.dumps([probe_config(kind, num_tasks) for kind in KINDS])
     args = [
         "validate",
         f"--config={run / 'config.yaml'}",
@@ -55,9 +75,10 @@ def measure(run: Path, num_tasks: int) -> dict[str, float]:
     ]
     with contextlib.redirect_stdout(sys.stderr):  # the run summary; stdout is the table
         cli = ICLLightningCLI(args=args)
-    results = {}
-    for callback in cli.trainer.callbacks:
-        results.update(getattr(callback, "last_results", {}))
+    probes = [c for c in cli.trainer.callbacks if isinstance(c, GDAlignment)]
+    results = {"official_loss": official_loss(probes[0], cli.trainer, official)}
+    for probe in probes:
+        results.update(probe.last_results)
     return results
 
 
@@ -70,6 +91,7 @@ def row(values: dict[str, float], kind: str) -> dict[str, float]:
         "model cos": values[f"gd/{kind}/model_cos_pp"],
         "GD++ held-out loss": values[f"gd/{kind}/gd_pp_held_out_loss"],
         "trained loss": get["loss_model"],
+        "trained / official GD++": get["loss_model"] / values["official_loss"],
     }
 
 
@@ -84,25 +106,32 @@ def main() -> None:
     p.add_argument("--runs", type=Path, required=True, help="the lsa_deep folder of the runs")
     p.add_argument("--num-tasks", type=int, default=10_000, help="evaluation prompts per probe")
     p.add_argument("--out", type=Path, help="JSON file of the numbers per run")
+    p.add_argument(
+        "--official",
+        type=Path,
+        default=Path(__file__).parents[1] / "docs/data/gd_plus_plus_official.json",
+        help="the official code's GD++ sizes per L",
+    )
     args = p.parse_args()
     runs = sorted(d for d in args.runs.glob("*/seed*") if (d / "checkpoints/last.ckpt").is_file())
     if not runs:
         p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
+    official = json.loads(args.official.read_text())
     numbers: dict[str, dict[str, dict]] = {}
     for run in runs:
         print(f"validating {run}", file=sys.stderr, flush=True)
-        values = measure(run, args.num_tasks)
+        values = measure(run, args.num_tasks, official)
         numbers.setdefault(run.parent.name, {})[run.name] = {k: row(values, k) for k in KINDS}
     if args.out:
         args.out.write_text(json.dumps(numbers, indent=1))
     columns = ["trained / GD++", "model cos", "GD++ held-out loss"]
-    header = ["model", "seeds", "trained loss", "trained / GD"]
-    header += [f"{c} ({k})" for k in KINDS for c in columns]
+    first = ["trained loss", "trained / GD", "trained / official GD++"]
+    header = ["model", "seeds", *first, *(f"{c} ({k})" for k in KINDS for c in columns)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for variant, seeds in numbers.items():
         cells = [variant, str(len(seeds))]
-        for c in ("trained loss", "trained / GD"):
+        for c in first:
             cells.append(mean_std([s["per_layer"][c] for s in seeds.values()]))
         for kind in KINDS:
             cells += [mean_std([s[kind][c] for s in seeds.values()]) for c in columns]
