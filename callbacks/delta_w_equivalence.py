@@ -1,13 +1,11 @@
 """DeltaWEquivalence: paper B's Fig. 1, ``T_W(C, x)`` against ``T_{W + Delta W}(x)`` in training."""
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
 from icl_lightning.callbacks.block_probe import BlockProbe
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.plotting import line_figure
 from icl_lightning.theory.delta_w import equivalence
 from icl_lightning.theory.loss import prediction_loss
 
@@ -26,12 +24,14 @@ class DeltaWEquivalence(BlockProbe):
     - ``max_abs_diff``: ``max_tasks |T - T'|`` over the whole output token;
     - ``max_rel_diff``: ``max_abs_diff`` over the RMS output entry ``sqrt(E T^2)`` (it stays
       finite where a single entry is near 0);
-    - the figure ``dw/equivalence``: both losses against the training step so far.
+
+    Paper B's Figure 1, both losses against the training step, is the Custom Scalars chart
+    "Theorem 2.2: loss of T_W(C, x) vs T_{W + Delta W}(x)" (TensorBoard draws it live from the
+    scalars, so the probe draws no image of it).
 
     Theorem 2.2 is exact, so the differences are rounding errors (about 1e-7 of the output in
     float32, 1e-16 in float64) at every step, trained or not. With ``block`` an index k or
-    ``"all"`` the same names go under ``dw/block<k>/``, one figure ``dw/block<k>/equivalence``
-    per block.
+    ``"all"`` the same names go under ``dw/block<k>/``, with a chart per block.
 
     Args:
         **kwargs: ``block`` (:class:`~icl_lightning.callbacks.block_probe.BlockProbe`) and the
@@ -69,18 +69,3 @@ class DeltaWEquivalence(BlockProbe):
                 torch.finfo(rms.dtype).tiny
             )
         return results
-
-    @override
-    def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
-        steps = sorted(self.history)
-        figures = {}
-        for prefix in self.prefixes(results):
-            curves = {
-                "T_W(C, x)": [self.history[s][f"{prefix}loss_context"] for s in steps],
-                "T_{W+dW}(x)": [self.history[s][f"{prefix}loss_delta_w"] for s in steps],
-            }
-            title = f"Paper B, Fig. 1 (Theorem 2.2){self.where(prefix)}: context == rank-1 update"
-            figures[f"{prefix}equivalence"] = line_figure(
-                steps, curves, "step", "loss", title, logy=True
-            )
-        return figures

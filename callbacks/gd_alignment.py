@@ -9,7 +9,7 @@ from icl_lightning.callbacks.gd_baseline import GDBaselineProbe
 from icl_lightning.callbacks.probe import predict
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.models.lsa import LSA
-from icl_lightning.plotting import line_figure, weights_figure
+from icl_lightning.plotting import weights_figure
 from icl_lightning.theory.alignment import (
     alignment_sums,
     interpolate_lsa_layer,
@@ -24,15 +24,6 @@ from icl_lightning.theory.gd import (
     per_step,
 )
 from icl_lightning.theory.loss import prediction_loss
-
-_CURVES = {
-    "loss_vs_step": ["loss_model", "loss_gd", "loss_gd_pp", "loss_interp"],
-    "alignment_vs_step": ["model_cos", "model_cos_pp"],
-}
-_TITLES = {
-    "loss_vs_step": "Paper A, Fig. 2: loss of T, GD and GD++",
-    "alignment_vs_step": "Paper A, Fig. 2: model cos of T with GD and GD++",
-}
 
 
 class GDAlignment(GDBaselineProbe):
@@ -57,8 +48,9 @@ class GDAlignment(GDBaselineProbe):
       ``gd_pp_held_out_loss``: GD++'s loss with those sizes on the prompts that tuned them and
       on the held-out prompts that chose them.
 
-    Figures: ``gd/loss_vs_step`` and ``gd/alignment_vs_step`` over the run so far; for a
-    one-head linear LSA, ``gd/weights`` (``gd/weights_l<l>`` per layer of a deep model): the
+    Paper A's Figure 2 (the losses and the model cos against the training step) is the Custom
+    Scalars charts "Fig. 2: ..." (TensorBoard draws them live from the scalars). The figure, for
+    a one-head linear LSA: ``gd/weights`` (``gd/weights_l<l>`` per layer of a deep model): the
     trained ``W_K^T W_Q`` and ``P W_V`` beside the GD construction (GD++ step l for layer l of
     a deep model), normalised as in the interpolation (:func:`~icl_lightning.theory.alignment.
     matched_products`), on one colour scale.
@@ -193,12 +185,7 @@ class GDAlignment(GDBaselineProbe):
 
     @override
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
-        steps = sorted(self.history)
         figures = {}
-        for tag, names in _CURVES.items():
-            curves = {n: [self.history[s][n] for s in steps] for n in names if n in results}
-            ylabel, logy = ("loss", True) if tag.startswith("loss") else ("model cos", False)
-            figures[tag] = line_figure(steps, curves, "step", ylabel, _TITLES[tag], logy=logy)
         for layer, products in enumerate(self._layers, 1):
             one = len(self._layers) == 1
             against = "the GD construction" if one else f"GD++ step {layer}"

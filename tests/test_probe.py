@@ -107,4 +107,4 @@ def test_fit_logs_scalars_at_every_measurement_and_figures_once_at_the_end(tmp_p
     run_cli(["fit", f"--config={CONFIGS / 'lsa_linear.yaml'}", *tiny_args(tmp_path, steps=4)])
     assert set(read_scalars(tmp_path)["gd/loss_model"]) == {0, 4}  # at the start and the end
     images = _image_steps(tmp_path)
-    assert images["gd/loss_vs_step"] == {4} and images["ood/loss_vs_alpha"] == {4}
+    assert images["gd/weights"] == {4} and images["ood/loss_vs_alpha"] == {4}
