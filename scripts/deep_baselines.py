@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from icl_lightning.callbacks import GDAlignment
 from icl_lightning.cli import ICLLightningCLI
@@ -61,23 +62,33 @@ def official_loss(probe: GDAlignment, trainer, official: dict) -> float:
     return float(prediction_loss(pred, batch.query_y).mean())
 
 
-def measure(run: Path, num_tasks: int, official: dict) -> dict[str, float]:
+def measure(run: Path, num_tasks: int, official: dict, tuned: dict) -> dict[str, float]:
     """``gd/<kind>/<name>`` of both probes after validating ``run``'s last checkpoint, and
-    ``official_loss`` (:func:`official_loss`)."""
+    ``official_loss`` (:func:`official_loss`). ``tuned`` caches the probes' step sizes by
+    ``(kind, L)``: they depend on the prompts' distribution and L only, so each is tuned once
+    for all seeds (and shared by the recurrent and the non-recurrent model of one L)."""
     callbacks = json.dumps([probe_config(kind, num_tasks) for kind in KINDS])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for option in ("ckpt_path", "weights_only"):  # options of the subcommands
+        config.pop(option, None)
     args = [
-        "validate",
-        f"--config={run / 'config.yaml'}",
-        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"--config={json.dumps(config)}",
         f"--trainer.callbacks={callbacks}",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
     ]
-    with contextlib.redirect_stdout(sys.stderr):  # the run summary; stdout is the table
-        cli = ICLLightningCLI(args=args)
-    probes = [c for c in cli.trainer.callbacks if isinstance(c, GDAlignment)]
+    with contextlib.redirect_stdout(sys.stderr):  # Lightning's messages; stdout is the table
+        cli = ICLLightningCLI(args=args, run=False)
+        probes = [c for c in cli.trainer.callbacks if isinstance(c, GDAlignment)]
+        steps = cli.model.model.num_layers
+        for probe in probes:
+            if (probe.tag, steps) in tuned:
+                probe.step_sizes.load_state_dict(tuned[probe.tag, steps])
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint)
     results = {"official_loss": official_loss(probes[0], cli.trainer, official)}
     for probe in probes:
+        tuned[probe.tag, steps] = probe.step_sizes.state_dict()
         results.update(probe.last_results)
     return results
 
@@ -118,9 +129,10 @@ def main() -> None:
         p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
     official = json.loads(args.official.read_text())
     numbers: dict[str, dict[str, dict]] = {}
+    tuned: dict[tuple[str, int], dict] = {}
     for run in runs:
         print(f"validating {run}", file=sys.stderr, flush=True)
-        values = measure(run, args.num_tasks, official)
+        values = measure(run, args.num_tasks, official, tuned)
         numbers.setdefault(run.parent.name, {})[run.name] = {k: row(values, k) for k in KINDS}
     if args.out:
         args.out.write_text(json.dumps(numbers, indent=1))
