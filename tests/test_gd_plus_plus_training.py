@@ -68,10 +68,10 @@ def test_tuned_per_layer_sizes_are_a_minimum_never_worse_than_the_shared_pair(L)
     direct form), and on the held-out prompts they do no worse than the tuned shared pair;
     the reported losses are the losses of the reported sizes."""
     tuning, held_out = tasks(num=1000, seed=1), tasks(num=1000, seed=2)
-    fit = per_layer_eta_gamma_fit(tuning, held_out, L, num_random=1)
+    fit = per_layer_eta_gamma_fit(tuning, held_out, L, num_random=1, early_stopping=False)
     shared = shared_eta_gamma_fit(tuning, held_out, L)
     assert len(fit.etas) == len(fit.gammas) == L and fit.gammas[-1] == 0.0
-    assert fit.gradient_norm < 1e-6
+    assert fit.gradient_norm < 1e-6 and not fit.early_stopped
     assert relative_gradient(tuning, fit.etas, fit.gammas) < 1e-6
     assert fit.held_out_loss <= shared.held_out_loss
     for prompts, reported in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
@@ -118,6 +118,26 @@ def test_stratified_tuning_loss_keeps_the_tail_and_estimates_the_mean():
     assert full.stratified(4000) is full
 
 
+@pytest.mark.parametrize("L", [3, 4])
+def test_early_stopped_tuning_reports_its_sizes_honestly(L):
+    """With early stopping (the default), the winner is a polished start's converged end or its
+    iterate with the lowest held-out loss: never worse than the shared pair on the held-out
+    prompts, its reported losses and |grad|/loss are those of its sizes (direct form), and a
+    converged end is a stationary point."""
+    tuning, held_out = tasks(num=1000, seed=13), tasks(num=1000, seed=14)
+    fit = per_layer_eta_gamma_fit(tuning, held_out, L, num_random=1)
+    shared = shared_eta_gamma_fit(tuning, held_out, L)
+    assert fit.held_out_loss <= shared.held_out_loss and fit.gammas[-1] == 0.0
+    gradient = relative_gradient(tuning, fit.etas, fit.gammas)
+    assert gradient == pytest.approx(fit.gradient_norm, rel=1e-4, abs=1e-9)
+    if not fit.early_stopped:
+        assert fit.gradient_norm < 1e-6
+    for prompts, reported in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
+        cx, cy, qx, qy = prompts
+        direct = mean_loss(gd_plus_plus_predict(cx, cy, qx, fit.etas, fit.gammas, L), qy)
+        assert direct == pytest.approx(reported, rel=1e-9)
+
+
 def test_polish_improves_on_an_under_trained_start():
     """From a poor start (the shared pair with the step sizes spread apart), the result is a
     stationary point with a lower tuning loss than the start's."""
@@ -125,7 +145,10 @@ def test_polish_improves_on_an_under_trained_start():
     cx, cy, qx, qy = tuning
     eta, gamma = optimal_eta_gamma(*tuning, num_steps=3)
     start = ([0.5 * eta, eta, 1.5 * eta], [gamma, gamma, 0.0])
-    fit = per_layer_eta_gamma_fit(tuning, held_out, 3, num_random=0, extend=False, given=start)
+    fit = per_layer_eta_gamma_fit(
+        tuning, held_out, 3, num_random=0, extend=False, given=start, num_wide=0,
+        early_stopping=False,
+    )  # fmt: skip
     start_loss = mean_loss(gd_plus_plus_predict(cx, cy, qx, *start, 3), qy)
     assert fit.tuning_loss < 0.9 * start_loss and fit.gradient_norm < 1e-6
 
@@ -153,7 +176,7 @@ def test_tuning_works_under_inference_mode():
     """Probes measure under ``torch.inference_mode``; the tuning turns autograd back on."""
     tuning, held_out = tasks(num=400, seed=10), tasks(num=400, seed=11)
     with torch.inference_mode():
-        fit = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=0)
+        fit = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=0, early_stopping=False)
     assert fit.gradient_norm < 1e-6
 
 

@@ -12,8 +12,15 @@ local minima and a heavy tail (a few prompts with a large ``lam_max`` dominate i
   dimensionless coordinates ``eta_l lam / N`` and ``gamma_l lam``, ``lam`` the mean largest
   eigenvalue of ``X^T X`` over the tuning prompts);
 - several starts are polished (the polished shared pair, the L-1 solution extended by one step,
-  seeded random ones) and the winner is the one with the lowest loss on held-out prompts drawn
-  apart from the tuning prompts.
+  seeded random ones, the best of many wide random draws) and the winner is the one with the
+  lowest loss on held-out prompts drawn apart from the tuning prompts.
+
+Per step, by default (``early_stopping``), the held-out prompts also watch every iterate of the
+polish, and a start's iterate with the lowest held-out loss competes beside its converged end
+(:func:`_fit`): at L >= 4 the deepest minima of a 10,000-prompt tuning loss fit its few
+largest-``lam_max`` prompts and blow up on prompts with a larger ``lam_max`` (a held-out or
+population loss of 1e14 at a tuning loss of 0.016), so the winner may be an early-stopped
+point, not a stationary one; its ``gradient_norm`` and ``early_stopped`` say so.
 
 The last step's ``gamma_L`` transforms the inputs after the last prediction update, so it
 cannot change the prediction; it is reported as 0.
@@ -61,9 +68,12 @@ class GDPlusPlusFit:
         tuning_loss: mean query loss on the tuning prompts.
         held_out_loss: mean query loss on the held-out prompts.
         gradient_norm: ``|grad_theta loss| / loss`` on the tuning prompts at the result.
-        start: the start that won (``"shared"``, ``"extended"``, ``"random k"``, ``"given"``,
-            ``"grid"``).
+        start: the start that won (``"shared"``, ``"extended"``, ``"random k"``, ``"wide k"``,
+            ``"given"``, ``"grid"``).
         num_tuning, num_held_out: the numbers of prompts.
+        early_stopped: the sizes are the iterate of the start's polish with the lowest loss on
+            the held-out prompts (early stopping), not its converged end (then
+            ``gradient_norm`` is not tiny; see :func:`_fit`).
     """
 
     etas: list[float]
@@ -74,6 +84,7 @@ class GDPlusPlusFit:
     start: str
     num_tuning: int
     num_held_out: int
+    early_stopped: bool = False
 
 
 def _with_autograd(function):
@@ -180,6 +191,9 @@ def _polish(
     theta: torch.Tensor,
     max_iterations: int,
     scale: torch.Tensor | None = None,
+    monitor=None,
+    rounds: int = ROUNDS,
+    newton_steps: int = NEWTON_STEPS,
 ) -> tuple[torch.Tensor, float, float]:
     """Minimise ``loss`` from ``theta`` until ``|grad_theta loss| / loss <= TOLERANCE`` (the
     stopping rule), in at most ``ROUNDS`` rounds of: L-BFGS (strong Wolfe, at most
@@ -207,15 +221,24 @@ def _polish(
         return float((grad / scale).norm()) <= TOLERANCE * float(current)
 
     x = theta / scale
+
+    def watch(x: torch.Tensor) -> None:  # the iterate with the lowest monitored loss
+        if monitor is not None:
+            with torch.no_grad():
+                watched = float(monitor(x * scale))
+            if watched < monitor.best[0]:
+                monitor.best = (watched, (x * scale).detach().clone())
+
     with torch.no_grad():
         if not torch.isfinite(value(x)):
             return theta, float("inf"), float("inf")
-    for _ in range(ROUNDS):
+    watch(x)
+    for _ in range(rounds):
         x = x.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
             [x],
             lr=1.0,
-            max_iter=max_iterations,
+            max_iter=max_iterations if monitor is None else 1,
             history_size=20,
             tolerance_grad=1e-12,
             tolerance_change=1e-15,
@@ -228,9 +251,17 @@ def _polish(
             v.backward()
             return v
 
-        optimizer.step(closure)
+        if monitor is None:
+            optimizer.step(closure)
+        else:  # one iteration at a time, each iterate watched
+            for _ in range(max_iterations):
+                before = x.detach().clone()
+                optimizer.step(closure)
+                watch(x.detach())
+                if torch.equal(before, x.detach()):
+                    break
         x, mu = x.detach(), 0.0
-        for _ in range(NEWTON_STEPS):
+        for _ in range(newton_steps):
             current, grad = value_and_grad(x)
             if not torch.isfinite(current) or converged(current, grad):
                 break
@@ -248,6 +279,7 @@ def _polish(
             else:
                 break  # no descent step: back to L-BFGS
             x, mu = x + step, (mu / 100 if mu >= 1e-4 else 0.0)
+            watch(x)
         current, grad = value_and_grad(x)
         if not torch.isfinite(current):
             return x * scale, float("inf"), float("inf")
@@ -292,40 +324,126 @@ def _to_relative(
     return u, [gamma * top for gamma, top in zip(gammas, lams, strict=True)]
 
 
+#: with early stopping: L-BFGS iterations of every start before the finalists are chosen
+SHORT_ITERATIONS = 30
+#: with early stopping: starts polished to convergence
+FINALISTS = 2
+#: with early stopping: an early-stopped point wins only if its held-out loss is lower than a
+#: converged end's by more than this fraction (it is no stationary point)
+EARLY_MARGIN = 0.01
+
+#: wide random starts drawn, of which the ``num_wide`` best on ``WIDE_PROMPTS`` are polished
+WIDE_DRAWS = 1024
+WIDE_PROMPTS = 1000
+
+
+def _wide_starts(
+    loss: _QueryLoss, num_steps: int, count: int, generator: torch.Generator
+) -> list[tuple[list[float], list[float]]]:
+    """The ``count`` best of ``WIDE_DRAWS`` random per-step sizes on the first ``WIDE_PROMPTS``
+    tuning prompts: in the unit of the eigenvalue each step sees (:func:`_from_relative`, that
+    unit from 256 prompts), ``u_l`` log-uniform in ``[0.3, 30]`` and ``v_l ~ U(-0.3, 1.2)``
+    (a negative gamma included)."""
+    if count <= 0:
+        return []
+    shape = (WIDE_DRAWS, num_steps)
+    w, v = torch.rand(2, *shape, generator=generator, dtype=torch.float64)
+    u = (math.log(0.3) + w * math.log(100.0)).exp()
+    v = -0.3 + 1.5 * v
+    lam = loss.first(256).lam.unsqueeze(0).expand(WIDE_DRAWS, -1, -1)
+    etas, gammas = torch.empty(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    for step in range(num_steps):
+        top = lam.max(-1).values.mean(-1)
+        etas[:, step] = loss.num_context * u[:, step] / top
+        if step < num_steps - 1:
+            gammas[:, step] = v[:, step] / top
+        lam = lam * (1 - gammas[:, step, None, None] * lam) ** 2
+    few = loss.first(WIDE_PROMPTS)
+    with torch.no_grad():
+        values = torch.cat(
+            [few(etas[i : i + 256], gammas[i : i + 256]) for i in range(0, len(etas), 256)]
+        )
+    order = torch.argsort(torch.nan_to_num(values, nan=float("inf")))[:count]
+    return [(etas[i].tolist(), gammas[i].tolist()) for i in order.tolist()]
+
+
 def _fit(
     coords: _Coordinates,
     tuning: _QueryLoss,
     held_out: _QueryLoss,
     starts: dict[str, tuple[list[float], list[float]]],
     max_iterations: int,
+    early_stopping: bool = False,
 ) -> GDPlusPlusFit:
-    """Polish every start on ``tuning``; the lowest ``held_out`` loss wins."""
-    best = None
-    for name, (etas, gammas) in starts.items():
-        scale = None
-        if not coords.shared:  # each step's sizes in the unit of the eigenvalue it sees
-            units = [coords.lam / top for top in _layer_lams(tuning.lam, gammas)]
-            scale = torch.tensor(units + units[: coords.L - 1], dtype=torch.float64)
-        theta, tuning_loss, gradient_norm = _polish(
-            tuning, coords, coords.theta(etas, gammas), max_iterations, scale
-        )
-        if tuning_loss == float("inf"):
-            continue
+    """Polish starts on ``tuning``; the lowest ``held_out`` loss wins.
+
+    Without ``early_stopping``, every start is polished to convergence. With it, the held-out
+    prompts (stratified by ``lam_max`` to ``TUNING_PROMPTS``, their tail kept whole) watch
+    every iterate: each start gets ``SHORT_ITERATIONS`` L-BFGS iterations first, and only the
+    ``FINALISTS`` starts with the lowest watched loss are then polished to convergence; for
+    each finalist both its converged end and its iterate with the lowest watched loss
+    (early stopping; ``early_stopped`` in the fit) compete on the whole held-out set, an
+    early-stopped point only if its loss there is lower by more than ``EARLY_MARGIN``. The
+    converged minima of the tuning loss at L >= 4 can fit the few large-``lam_max`` tuning
+    prompts and blow up on prompts with a larger ``lam_max``, which the held-out ones contain;
+    an early-stopped winner is not a stationary point (its ``gradient_norm`` says how far)."""
+    watched = held_out.stratified(TUNING_PROMPTS)
+
+    class Monitor:
+        best = (float("inf"), None)
+
+        def __call__(self, theta):
+            return watched(*coords.sizes(theta))[0]
+
+    def result(theta, name, early) -> GDPlusPlusFit:
+        theta = theta.detach().clone().requires_grad_(True)
+        sizes = coords.sizes(theta)
+        tuning_loss = tuning(*sizes)[0]
+        (grad,) = torch.autograd.grad(tuning_loss, theta)
         with torch.no_grad():
-            sizes = coords.sizes(theta)
             held_out_loss = float(held_out(*sizes)[0])
-        fit = GDPlusPlusFit(
-            sizes[0][0].tolist(),
-            sizes[1][0].tolist(),
-            tuning_loss,
+        return GDPlusPlusFit(
+            sizes[0][0].detach().tolist(),
+            sizes[1][0].detach().tolist(),
+            float(tuning_loss.detach()),
             held_out_loss,
-            gradient_norm,
+            float(grad.norm() / tuning_loss.detach()),
             name,
             tuning.count,
             held_out.count,
+            early,
         )
-        if best is None or fit.held_out_loss < best.held_out_loss:
-            best = fit
+
+    def scale_of(gammas) -> torch.Tensor | None:
+        if coords.shared:
+            return None
+        units = [coords.lam / top for top in _layer_lams(tuning.lam, gammas)]
+        return torch.tensor(units + units[: coords.L - 1], dtype=torch.float64)
+
+    def rank(fit: GDPlusPlusFit) -> float:  # an early-stopped point must win by a margin
+        return fit.held_out_loss * (1 + EARLY_MARGIN if fit.early_stopped else 1)
+
+    runs = []  # (name, theta, scale, monitor)
+    for name, (etas, gammas) in starts.items():
+        theta, scale = coords.theta(etas, gammas), scale_of(gammas)
+        monitor = None
+        if early_stopping:
+            monitor = Monitor()
+            theta, loss, _ = _polish(tuning, coords, theta, SHORT_ITERATIONS, scale, monitor, 1, 0)
+            if loss == float("inf") and monitor.best[1] is None:
+                continue
+        runs.append((name, theta, scale, monitor))
+    if early_stopping:
+        runs = sorted(runs, key=lambda run: run[3].best[0])[:FINALISTS]
+    best = None
+    for name, theta, scale, monitor in runs:
+        theta, tuning_loss, _ = _polish(tuning, coords, theta, max_iterations, scale, monitor)
+        fits = [] if tuning_loss == float("inf") else [result(theta, name, False)]
+        if monitor is not None and monitor.best[1] is not None:
+            fits.append(result(monitor.best[1], name, True))
+        for fit in fits:
+            if math.isfinite(fit.held_out_loss) and (best is None or rank(fit) < rank(best)):
+                best = fit
     if best is None:  # the polished shared start is always finite; only degenerate data lands here
         raise ValueError("GD++ tuning: no start gave a finite loss on the tuning prompts")
     return best
@@ -416,6 +534,8 @@ def per_layer_eta_gamma_fit(
     extend: bool = True,
     given: tuple[list[float], list[float]] | None = None,
     max_iterations: int = 200,
+    num_wide: int = 2,
+    early_stopping: bool = True,
 ) -> GDPlusPlusFit:
     """One ``(eta_l, gamma_l)`` per step, tuned from several starts (module docstring).
 
@@ -426,11 +546,15 @@ def per_layer_eta_gamma_fit(
     result at L-1 steps, computed the same way, with one more step before its last whose
     ``(u, v)`` repeat the step before it, or the shared pair's when L-1 = 1), ``"random k"`` for
     k < ``num_random`` (``u_l = exp(w)``, ``w ~ U(log 0.5, log 4)``, ``v_l ~ U(0, 1.5)``, from a
-    generator seeded with ``seed``) and ``"given"`` (``given``, e.g. earlier sizes). The
-    polished start with the lowest loss on ``held_out`` (default: the last quarter of
-    ``tuning``, then not used for tuning) wins, unless the shared fit itself does better there
-    (then it is returned: never worse than the shared pair on the held-out prompts). One step:
-    the shared fit.
+    generator seeded with ``seed``), ``"wide k"`` for k < ``num_wide`` (the best of
+    ``WIDE_DRAWS`` wider draws on a few tuning prompts, negative gammas included,
+    :func:`_wide_starts`, from the same generator) and ``"given"`` (``given``, e.g. earlier
+    sizes). The polished start with the lowest loss on ``held_out`` (default: the last quarter
+    of ``tuning``, then not used for tuning) wins, unless the shared fit itself does better
+    there (then it is returned: never worse than the shared pair on the held-out prompts).
+    With ``early_stopping``, only the ``FINALISTS`` best starts after ``SHORT_ITERATIONS`` are
+    polished to convergence, and each one's iterate with the lowest held-out loss also
+    competes (:func:`_fit`; ``early_stopped`` in the result). One step: the shared fit.
     """
     shared = shared_eta_gamma_fit(tuning, held_out, num_steps, max_iterations)
     if num_steps == 1:
@@ -460,9 +584,11 @@ def per_layer_eta_gamma_fit(
         else:  # in the units of the eigenvalue each step sees: gamma grows over the steps
             u = (low + (high - low) * w).exp().tolist()
             starts[f"random {k}"] = _from_relative(lam, num_context, u, (1.5 * v).tolist())
+    for k, pair in enumerate(_wide_starts(tuning_loss, num_steps, num_wide, generator)):
+        starts[f"wide {k}"] = pair
     if given is not None:
         starts["given"] = (list(given[0]), list(given[1]))
-    fit = _fit(coords, tuning_loss, held_out_loss, starts, max_iterations)
+    fit = _fit(coords, tuning_loss, held_out_loss, starts, max_iterations, early_stopping)
     return shared if shared.held_out_loss < fit.held_out_loss else fit
 
 
