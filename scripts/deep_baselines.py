@@ -15,9 +15,11 @@ GD and against GD++ tuned by the code as it is now, with one ``(eta_l, gamma_l)`
   evaluation prompts.
 
 It prints a markdown table with the mean +- std over seeds and writes the numbers per run as
-JSON (``--out``)::
+JSON (``--out``), and with ``--figure`` the losses against L; ``--from-json`` rebuilds both
+from earlier ``--out`` files (merged) without validating again::
 
-    python scripts/deep_baselines.py --runs logs/reproduce/full/lsa_deep --out deep.json
+    python scripts/deep_baselines.py --runs logs/reproduce/full/lsa_deep --out deep.json \
+        --figure deep.png
 """
 
 import argparse
@@ -32,9 +34,11 @@ import yaml
 
 from icl_lightning.callbacks import GDAlignment
 from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.plotting import line_figure
 from icl_lightning.theory import gd_plus_plus_predict, prediction_loss
 
 KINDS = ("per_layer", "shared")
+LAST = Path("checkpoints/last.ckpt")
 
 
 def probe_config(kind: str, num_tasks: int) -> dict:
@@ -84,8 +88,7 @@ def measure(run: Path, num_tasks: int, official: dict, tuned: dict) -> dict[str,
         for probe in probes:
             if (probe.tag, steps) in tuned:
                 probe.step_sizes.load_state_dict(tuned[probe.tag, steps])
-        checkpoint = run / "checkpoints" / "last.ckpt"
-        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint)
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=run / LAST)
     results = {"official_loss": official_loss(probes[0], cli.trainer, official)}
     for probe in probes:
         tuned[probe.tag, steps] = probe.step_sizes.state_dict()
@@ -103,6 +106,9 @@ def row(values: dict[str, float], kind: str) -> dict[str, float]:
         "GD++ held-out loss": values[f"gd/{kind}/gd_pp_held_out_loss"],
         "trained loss": get["loss_model"],
         "trained / official GD++": get["loss_model"] / values["official_loss"],
+        "GD loss": get["loss_gd"],
+        "GD++ loss": get["loss_gd_pp"],
+        "official GD++ loss": values["official_loss"],
     }
 
 
@@ -112,11 +118,50 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
+def table(numbers: dict[str, dict[str, dict]]) -> list[str]:
+    """The markdown table: a row per variant, mean +- std over its seeds."""
+    columns = ["trained / GD++", "model cos", "GD++ held-out loss"]
+    first = ["trained loss", "trained / GD", "trained / official GD++"]
+    header = ["model", "seeds", *first, *(f"{c} ({k})" for k in KINDS for c in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, seeds in numbers.items():
+        cells = [variant, str(len(seeds))]
+        cells += [mean_std([s["per_layer"][c] for s in seeds.values()]) for c in first]
+        for kind in KINDS:
+            cells += [mean_std([s[kind][c] for s in seeds.values()]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure(numbers: dict[str, dict[str, dict]], path: Path) -> None:
+    """The losses of the non-recurrent models (variants ``L<k>``) and of the baselines against
+    L, means over seeds (the baselines' losses are on the same evaluation prompts)."""
+    depths = sorted(int(v[1:]) for v in numbers if v[1:].isdigit())
+
+    def mean(name: str, kind: str = "per_layer") -> list[float]:
+        return [statistics.mean(s[kind][name] for s in numbers[f"L{L}"].values()) for L in depths]
+
+    curves = {
+        "trained LSA": mean("trained loss"),
+        "L steps of GD": mean("GD loss"),
+        "GD++, per-step sizes (converged)": mean("GD++ loss"),
+        "GD++, official code's sizes": mean("official GD++ loss"),
+        "GD++, one shared pair": mean("GD++ loss", "shared"),
+    }
+    title = "Paper A: trained deep LSA vs GD and GD++"
+    drawn = line_figure(depths, curves, "layers L", "loss", title, logy=True)
+    drawn.axes[0].set_xticks(depths)
+    drawn.axes[0].legend(fontsize=8, loc="lower left")
+    drawn.savefig(path, dpi=100)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, required=True, help="the lsa_deep folder of the runs")
+    p.add_argument("--runs", type=Path, help="the lsa_deep folder of the runs")
+    p.add_argument("--from-json", type=Path, nargs="+", help="no validation: earlier --out files")
     p.add_argument("--num-tasks", type=int, default=10_000, help="evaluation prompts per probe")
     p.add_argument("--out", type=Path, help="JSON file of the numbers per run")
+    p.add_argument("--figure", type=Path, help="PNG of the losses against L")
     p.add_argument(
         "--official",
         type=Path,
@@ -124,30 +169,29 @@ def main() -> None:
         help="the official code's GD++ sizes per L",
     )
     args = p.parse_args()
-    runs = sorted(d for d in args.runs.glob("*/seed*") if (d / "checkpoints/last.ckpt").is_file())
-    if not runs:
-        p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
-    official = json.loads(args.official.read_text())
+    if (args.runs is None) == (args.from_json is None):
+        p.error("give either --runs (validate the runs) or --from-json (earlier results)")
     numbers: dict[str, dict[str, dict]] = {}
-    tuned: dict[tuple[str, int], dict] = {}
-    for run in runs:
-        print(f"validating {run}", file=sys.stderr, flush=True)
-        values = measure(run, args.num_tasks, official, tuned)
-        numbers.setdefault(run.parent.name, {})[run.name] = {k: row(values, k) for k in KINDS}
+    for path in args.from_json or []:
+        for variant, seeds in json.loads(path.read_text()).items():
+            numbers.setdefault(variant, {}).update(seeds)
+    if args.runs is not None:
+        runs = sorted(
+            d for d in args.runs.glob("*/seed*") if (d / "checkpoints/last.ckpt").is_file()
+        )
+        if not runs:
+            p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
+        official = json.loads(args.official.read_text())
+        tuned: dict[tuple[str, int], dict] = {}
+        for run in runs:
+            print(f"validating {run}", file=sys.stderr, flush=True)
+            values = measure(run, args.num_tasks, official, tuned)
+            numbers.setdefault(run.parent.name, {})[run.name] = {k: row(values, k) for k in KINDS}
     if args.out:
         args.out.write_text(json.dumps(numbers, indent=1))
-    columns = ["trained / GD++", "model cos", "GD++ held-out loss"]
-    first = ["trained loss", "trained / GD", "trained / official GD++"]
-    header = ["model", "seeds", *first, *(f"{c} ({k})" for k in KINDS for c in columns)]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for variant, seeds in numbers.items():
-        cells = [variant, str(len(seeds))]
-        for c in first:
-            cells.append(mean_std([s["per_layer"][c] for s in seeds.values()]))
-        for kind in KINDS:
-            cells += [mean_std([s[kind][c] for s in seeds.values()]) for c in columns]
-        print("| " + " | ".join(cells) + " |")
+    if args.figure:
+        figure(numbers, args.figure)
+    print("\n".join(table(numbers)))
 
 
 if __name__ == "__main__":
