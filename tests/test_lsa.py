@@ -32,7 +32,8 @@ def _randomise(model, seed=1):
 
 
 def _naive(model, cx, cy, qx):
-    """Every token j updated by h_j += sum_h P_h sum_i (W_Q h_j . W_K h_i) W_V h_i, i in context."""
+    """Every token j updated by h_j += sum_h P_h sum_i (W_Q h_j . W_K h_i) W_V h_i, i in context,
+    then every entry clamped to [-clip, clip] when the model clips."""
     N = cx.shape[1]
     h = model.tokens(cx, cy, qx)
     for layer_index in range(model.num_layers):
@@ -45,7 +46,7 @@ def _naive(model, cx, cy, qx):
                 for i in range(N):
                     k, v = z[:, i] @ layer.W_K[head].T, z[:, i] @ layer.W_V[head].T
                     new[:, j] += ((q * k).sum(-1, keepdim=True) * v) @ layer.P[head].T
-        h = new
+        h = new.clamp(-model.clip, model.clip) if model.clip > 0 else new
     return -h[:, N, -1]
 
 
@@ -56,8 +57,9 @@ VARIANTS = [
     dict(num_layers=3, recurrent=True),
     dict(num_layers=2, num_heads=2, key_size=5),
     dict(num_layers=2, layer_norm=True),
+    dict(num_layers=3, clip=1.5),
 ]
-VARIANT_IDS = ["1-layer", "3-layer", "recurrent", "2-heads", "layernorm"]
+VARIANT_IDS = ["1-layer", "3-layer", "recurrent", "2-heads", "layernorm", "clip"]
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
@@ -110,6 +112,19 @@ def test_linear_attention_backward_passes_pass_gradcheck(num_heads):
         assert gradcheck(partial(_readout, num_context=N), (h, K, U))
 
 
+def test_clipping_changes_only_what_exceeds_it():
+    """The clip variant's prompts do exceed the clip (so the exactness tests above test it), and
+    a clip above every activation changes nothing."""
+    cx, cy, qx = _prompts()
+    clipped = _randomise(LSA(input_dim=3, num_layers=3, clip=1.5).double())
+    free = _randomise(LSA(input_dim=3, num_layers=3).double())
+    assert not torch.allclose(clipped(cx, cy, qx), free(cx, cy, qx))
+    free.clip = 1e6
+    assert torch.equal(
+        free(cx, cy, qx), _randomise(LSA(input_dim=3, num_layers=3).double())(cx, cy, qx)
+    )
+
+
 def test_recurrent_model_shares_one_layer():
     shared = LSA(input_dim=3, num_layers=4, recurrent=True)
     stacked = LSA(input_dim=3, num_layers=4)
@@ -156,6 +171,7 @@ def test_softmax_layers_and_permutation_invariance():
         (dict(num_layers=2, softmax=[True]), "softmax"),
         (dict(key_size=0), "key_size"),
         (dict(init_scale=0.0), "init_scale"),
+        (dict(clip=-1.0), "clip"),
     ],
 )
 def test_bad_model_options(kwargs, option):

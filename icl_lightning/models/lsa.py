@@ -159,14 +159,20 @@ class LSALayer(nn.Module):
         return LinearAttentionReadout.apply(h, K, U, num_context)[0]
 
 
-def predict_query(layers: Sequence[LSALayer], h: torch.Tensor, num_context: int) -> torch.Tensor:
+def predict_query(
+    layers: Sequence[LSALayer], h: torch.Tensor, num_context: int, clip: float = 0.0
+) -> torch.Tensor:
     """``-h_L[query, -1]``, ``(B,)``: the tokens ``h`` ``(B, T, D)`` (context first, query last)
     through ``layers`` with residuals, every token in the layers below the last
     (:meth:`LSALayer.residual_update`) and only the query's last coordinate in the last one
-    (:meth:`LSALayer.readout`)."""
+    (:meth:`LSALayer.readout`). With ``clip > 0`` every layer's output is clamped to
+    ``[-clip, clip]`` entry by entry (``h_l <- clamp(h_l)``, paper A's activation clipping)."""
     for layer in layers[:-1]:
         h = layer.residual_update(h, num_context)
-    return -layers[-1].readout(h, num_context)
+        if clip > 0:
+            h = h.clamp(-clip, clip)
+    last = layers[-1].readout(h, num_context)
+    return -(last.clamp(-clip, clip) if clip > 0 else last)
 
 
 class LSA(nn.Module):
@@ -181,6 +187,10 @@ class LSA(nn.Module):
         layer_norm: pre-LayerNorm in each layer (off in paper A's linear experiments).
         softmax: softmax attention, one flag for all layers or one per layer.
         init_scale: initial weights use variance scaling ``init_scale / L`` (paper: 0.002).
+        clip: clamp every entry of every layer's output tokens to ``[-clip, clip]`` (0: off).
+            Paper A's official notebook clips at 10 for more than 3 layers: a deep LSA is a
+            polynomial of high degree in its prompt, and without the clip a rare prompt can
+            overflow it (training then stops with a NaN loss).
     """
 
     def __init__(
@@ -193,9 +203,11 @@ class LSA(nn.Module):
         layer_norm: bool = False,
         softmax: bool | Sequence[bool] = False,
         init_scale: float = 0.002,
+        clip: float = 0.0,
     ) -> None:
         super().__init__()
         require(num_layers >= 1, "num_layers", num_layers, "an integer >= 1")
+        require(clip >= 0, "clip", clip, "a number >= 0 (0: no activation clipping)")
         flags = [softmax] * num_layers if isinstance(softmax, bool) else list(softmax)
         require(
             len(flags) == num_layers,
@@ -212,6 +224,7 @@ class LSA(nn.Module):
         self.input_dim = input_dim
         self.num_layers = num_layers
         self.recurrent = recurrent
+        self.clip = float(clip)
         layer_args = dict(
             token_dim=input_dim + 1,
             num_heads=num_heads,
@@ -274,4 +287,4 @@ class LSA(nn.Module):
         query token's last coordinate."""
         h = self.tokens(context_x, context_y, query_x)
         layers = [self.layer(i) for i in range(self.num_layers)]
-        return predict_query(layers, h, context_x.shape[1])
+        return predict_query(layers, h, context_x.shape[1], self.clip)

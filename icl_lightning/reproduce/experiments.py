@@ -57,11 +57,13 @@ class Experiment:
 
 
 def deep(L: int, recurrent: bool = False) -> dict:
-    """Paper A's settings for L layers: lr 5e-4 when L > 3, clipping 10 when L > 2, init 0.002/L."""
+    """Paper A's settings for L layers: lr 5e-4 when L > 3, clipping 10 when L > 2, init 0.002/L,
+    and (its official notebook's) activation clipping at 10 when L > 3."""
     return {
         "model.model.init_args.num_layers": L,
         "model.model.init_args.recurrent": recurrent,
         "model.model.init_args.init_scale": 0.002 / L,
+        "model.model.init_args.clip": 10.0 if L > 3 else 0.0,
         "optimizer.init_args.lr": 5e-4 if L > 3 else 1e-3,
         "trainer.gradient_clip_val": 10.0 if L > 2 else 1e-3,
     }
