@@ -175,6 +175,7 @@ LSA_DEEP = Experiment(
         "data.init_args.batch_size": 512,
         "callbacks.GDAlignment.every_n_steps": 200,
         "callbacks.GDAlignment.num_tasks": 2048,
+        "callbacks.GDAlignment.tuning_tasks": 2000,  # GD++ at L = 5: ~60 s on 10,000
         "callbacks.OODProbe.every_n_steps": 200,
         "callbacks.OODProbe.num_tasks": 1024,
     },
