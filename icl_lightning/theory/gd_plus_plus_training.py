@@ -6,11 +6,11 @@ the L steps of GD++ by minimising the query loss. Here the loss is the exact mea
 (:func:`~icl_lightning.theory.gd.spectral_predict`, O(B d) per evaluation). It has several
 local minima and a heavy tail (a few prompts with a large ``lam_max`` dominate it), so:
 
-- every start is polished to convergence: L-BFGS with a strong-Wolfe line search (at most
-  ``max_iterations``), then Newton steps while the Hessian is positive definite, until the
-  relative gradient ``|grad_theta loss| / loss`` is tiny (``theta``: the
-  dimensionless coordinates ``eta_l lam / N`` and ``gamma_l lam``, ``lam`` the mean largest
-  eigenvalue of ``X^T X`` over the tuning prompts);
+- every start is polished to convergence: rounds of L-BFGS with a strong-Wolfe line search
+  (at most ``max_iterations``) and damped (Levenberg-Marquardt) Newton steps, until the
+  relative gradient ``|grad_theta loss| / loss`` is at most ``TOLERANCE`` (``theta``: the
+  dimensionless coordinates ``eta_l lam_l / N`` and ``gamma_l lam_l``, ``lam_l`` the mean
+  largest eigenvalue of ``X^T X`` as step l sees it, :func:`_layer_lams`);
 - several starts are polished (the polished shared pair, the L-1 solution extended by one step,
   seeded random ones, the best of many wide random draws) and the winner is the one with the
   lowest loss on held-out prompts drawn apart from the tuning prompts.
