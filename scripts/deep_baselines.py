@@ -171,6 +171,12 @@ def main() -> None:
     args = p.parse_args()
     if (args.runs is None) == (args.from_json is None):
         p.error("give either --runs (validate the runs) or --from-json (earlier results)")
+    for option, path in [
+        ("--official", args.official),
+        *(("--from-json", f) for f in args.from_json or []),
+    ]:
+        if not path.is_file():
+            p.error(f"{option} {path}: no such file")
     numbers: dict[str, dict[str, dict]] = {}
     for path in args.from_json or []:
         for variant, seeds in json.loads(path.read_text()).items():
