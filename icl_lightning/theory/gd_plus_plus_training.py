@@ -117,6 +117,11 @@ class _QueryLoss:
         lam, q, s = spectral_form(context_x, context_y, query_x)
         return cls(lam, q, s, query_y, num_steps, context_x.shape[-2])
 
+    def steps(self, num_steps: int) -> "_QueryLoss":
+        """The same (unstratified) prompts' loss for ``num_steps`` steps, sharing the spectral
+        form (computing it is the costly part: one eigendecomposition per prompt)."""
+        return _QueryLoss(self.lam, self.q, self.s, self.target, num_steps, self.num_context)
+
     def first(self, count: int) -> "_QueryLoss":
         """The same loss on the first ``count`` prompts only (of all, if stratified)."""
         if self.weight is not None:
@@ -458,15 +463,27 @@ def _split(tuning: Prompts, held_out: Prompts | None) -> tuple[Prompts, Prompts]
     return tuning, held_out
 
 
-def _prepare(tuning: Prompts, held_out: Prompts | None, num_steps: int, shared: bool):
-    """``(coordinates, tuning loss, held-out loss, tuning prompts)``."""
-    tuning, held_out = _split(tuning, held_out)
-    loss = _QueryLoss.of(tuning, num_steps).stratified(TUNING_PROMPTS)
-    lam = float(
-        loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
-    )
-    coords = _Coordinates(num_steps, loss.num_context, lam, shared)
-    return coords, loss, _QueryLoss.of(held_out, num_steps), tuning
+class _Problem:
+    """The tuning and held-out prompts of one tuning (:func:`_split`), with their spectral forms
+    computed once, at first use, for every number of steps the tuning visits (the shared pair,
+    the per-step sizes, and the L-1, L-2, ... steps of the extended starts)."""
+
+    def __init__(self, tuning: Prompts, held_out: Prompts | None) -> None:
+        self.tuning, self.held_out = _split(tuning, held_out)
+
+    @functools.cached_property
+    def _losses(self) -> tuple[_QueryLoss, _QueryLoss]:
+        return _QueryLoss.of(self.tuning, 1), _QueryLoss.of(self.held_out, 1)
+
+    def prepare(self, num_steps: int, shared: bool):
+        """``(coordinates, tuning loss, held-out loss)`` for ``num_steps`` steps; the tuning
+        loss stratified to ``TUNING_PROMPTS``."""
+        tuning, held_out = (loss.steps(num_steps) for loss in self._losses)
+        loss = tuning.stratified(TUNING_PROMPTS)
+        lam = float(
+            loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
+        )
+        return _Coordinates(num_steps, loss.num_context, lam, shared), loss, held_out
 
 
 def _grid_pair(loss: _QueryLoss, coords: _Coordinates) -> tuple[float, float]:
@@ -484,14 +501,15 @@ def _grid_pair(loss: _QueryLoss, coords: _Coordinates) -> tuple[float, float]:
     return eta, gamma
 
 
-def _one_step_fit(tuning: Prompts, held_out: Prompts | None) -> GDPlusPlusFit:
+def _one_step_fit(problem: _Problem) -> GDPlusPlusFit:
     """One GD++ step is one GD step (``gamma_1`` acts after the only prediction update): the
     closed-form ``eta`` (:func:`~icl_lightning.theory.gd.optimal_eta`) and its mean query loss
     ``0.5 mean_b (y_b - <w_b, x_b>)^2`` on both prompt sets, ``w_b`` one GD step from 0, in
     float64 (no spectral form: its eigendecompositions cost more than the rest of a probe's
     first measurement)."""
-    tuning, held_out = _split(tuning, held_out)
-    tuning, held_out = ([t.detach().double() for t in p] for p in (tuning, held_out))
+    tuning, held_out = (
+        [t.detach().double() for t in p] for p in (problem.tuning, problem.held_out)
+    )
     eta = optimal_eta(*tuning)
 
     def loss(prompts) -> float:
@@ -515,9 +533,14 @@ def shared_eta_gamma_fit(
     holds the optimum, polished to convergence on ``tuning`` (see the module's docstring),
     scored on ``held_out`` (default: the last quarter of ``tuning``, then not used for tuning).
     One step: GD's closed form (:func:`~icl_lightning.theory.gd.optimal_eta`), ``gamma = 0``."""
+    return _shared_fit(_Problem(tuning, held_out), num_steps, max_iterations)
+
+
+def _shared_fit(problem: _Problem, num_steps: int, max_iterations: int) -> GDPlusPlusFit:
+    """:func:`shared_eta_gamma_fit` on ``problem``'s prompts."""
     if num_steps == 1:
-        return _one_step_fit(tuning, held_out)
-    coords, tuning_loss, held_out_loss, tuning = _prepare(tuning, held_out, num_steps, True)
+        return _one_step_fit(problem)
+    coords, tuning_loss, held_out_loss = problem.prepare(num_steps, True)
     with torch.no_grad():
         eta, gamma = _grid_pair(tuning_loss, coords)
     starts = {"grid": ([eta] * num_steps, [gamma] * num_steps)}
@@ -556,15 +579,31 @@ def per_layer_eta_gamma_fit(
     polished to convergence, and each one's iterate with the lowest held-out loss also
     competes (:func:`_fit`; ``early_stopped`` in the result). One step: the shared fit.
     """
-    shared = shared_eta_gamma_fit(tuning, held_out, num_steps, max_iterations)
+    options = (num_random, seed, extend, given, max_iterations, num_wide, early_stopping)
+    return _per_layer_fit(_Problem(tuning, held_out), num_steps, *options)
+
+
+def _per_layer_fit(
+    problem: _Problem,
+    num_steps: int,
+    num_random: int = 4,
+    seed: int = 0,
+    extend: bool = True,
+    given: tuple[list[float], list[float]] | None = None,
+    max_iterations: int = 200,
+    num_wide: int = 2,
+    early_stopping: bool = True,
+) -> GDPlusPlusFit:
+    """:func:`per_layer_eta_gamma_fit` on ``problem``'s prompts."""
+    shared = _shared_fit(problem, num_steps, max_iterations)
     if num_steps == 1:
         return shared
-    coords, tuning_loss, held_out_loss, _ = _prepare(tuning, held_out, num_steps, False)
+    coords, tuning_loss, held_out_loss = problem.prepare(num_steps, False)
     lam, num_context = tuning_loss.lam, tuning_loss.num_context
     starts = {"shared": (shared.etas, shared.gammas)}
     if extend:
-        fewer = per_layer_eta_gamma_fit(
-            tuning, held_out, num_steps - 1, num_random, seed, extend, None, max_iterations
+        fewer = _per_layer_fit(
+            problem, num_steps - 1, num_random, seed, extend, None, max_iterations
         )
         u, v = _to_relative(lam, num_context, fewer.etas, fewer.gammas)
         if num_steps == 2:
