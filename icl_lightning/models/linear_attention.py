@@ -21,7 +21,13 @@ slice ``C`` through a zero-filled copy of ``h``; the backward below uses ``S = S
 so one layer costs five products per prompt (three when ``h`` needs no gradient, as in the
 first layer) besides the products with the shared ``K`` and ``V``, which are flattened over
 prompts into single matrix products.
+
+Under autocast (``--trainer.precision bf16-mixed``) the backward pass runs in the forward's
+autocast state, as ``torch.amp.custom_fwd``/``custom_bwd`` would arrange for a function whose
+``forward`` takes ``ctx`` (these take none, so that ``torch.func`` applies to them).
 """
+
+import functools
 
 import torch
 
@@ -35,6 +41,25 @@ def _keep_for_backward(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
     ctx.num_context = num_context
     ctx.save_for_backward(*tensors, *intermediates)
+    device_type = tensors[0].device.type
+    ctx.autocast = {
+        "device_type": device_type,
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+    }
+
+
+def _in_forward_autocast(backward):
+    """``backward`` under the autocast state its forward ran in (``torch.amp.custom_bwd``):
+    otherwise its products would mix the forward's low-precision intermediates with
+    full-precision gradients."""
+
+    @functools.wraps(backward)
+    def wrapped(ctx, *grads):
+        with torch.autocast(**ctx.autocast):
+            return backward(ctx, *grads)
+
+    return wrapped
 
 
 class LinearAttentionUpdate(torch.autograd.Function):
@@ -61,6 +86,7 @@ class LinearAttentionUpdate(torch.autograd.Function):
     setup_context = staticmethod(_keep_for_backward)
 
     @staticmethod
+    @_in_forward_autocast
     def backward(ctx, grad, *_):
         h, K, V, S, a, b = ctx.saved_tensors
         need_h, need_K, need_V = ctx.needs_input_grad[:3]
@@ -118,6 +144,7 @@ class LinearAttentionReadout(torch.autograd.Function):
     setup_context = staticmethod(_keep_for_backward)
 
     @staticmethod
+    @_in_forward_autocast
     def backward(ctx, grad, *_):
         h, K, U, q, r, v = ctx.saved_tensors
         need_h, need_K, need_U = ctx.needs_input_grad[:3]
