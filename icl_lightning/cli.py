@@ -28,6 +28,7 @@ Runs and their directories:
 """
 
 import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -102,6 +103,20 @@ def summary_lines(metrics: dict) -> list[str]:
                 f"  {prefix + '<k>':<32s}  k = {a}..{b}: {values[a]:.6g} -> {values[b]:.6g}"
             )
     return [lines[name] for name in sorted(lines, key=_natural_key)]
+
+
+def tensorboard_command(logdir: str) -> str:
+    """A shell command that opens ``logdir`` in TensorBoard as printed, whether or not the virtual
+    environment is active: the ``tensorboard`` script next to this Python (relative to the working
+    directory when inside it), else ``<python> -m tensorboard.main``."""
+    script = Path(sys.executable).parent / "tensorboard"
+    if not script.is_file():
+        program = f"{shlex.quote(sys.executable)} -m tensorboard.main"
+    elif script.is_relative_to(Path.cwd()):
+        program = shlex.quote(str(script.relative_to(Path.cwd())))
+    else:
+        program = shlex.quote(str(script))
+    return f"{program} --logdir {shlex.quote(str(logdir))}"
 
 
 def _as_dict(options) -> dict | None:
@@ -303,10 +318,12 @@ class ICLLightningCLI(LightningCLI):
         return needs
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
-        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false
-        (a private override: see :mod:`icl_lightning.checkpointing.lightning_private`)."""
+        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false and
+        with plain progress lines where stdout is not a terminal (a private override: see
+        :mod:`icl_lightning.checkpointing.lightning_private`)."""
         if config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        callbacks = [c.as_lines() if isinstance(c, StepProgressBar) else c for c in callbacks]
         return super()._instantiate_trainer(config, callbacks)
 
     # ----------------------------------------------------------------------- after the run
@@ -316,7 +333,7 @@ class ICLLightningCLI(LightningCLI):
         print(f"\n=== icl-lightning {subcommand}: done ===")
         for board in tensorboard_loggers(trainer):
             print(f"TensorBoard logs: {board.log_dir}")
-            print(f"  view them with: tensorboard --logdir {board.save_dir}")
+            print(f"  view them with: {tensorboard_command(board.save_dir)}")
         if trainer.checkpoint_callback and trainer.checkpoint_callback.last_model_path:
             print(f"Last checkpoint:  {trainer.checkpoint_callback.last_model_path}")
         metrics = trainer.callback_metrics

@@ -1,9 +1,12 @@
 """StepProgressBar: Lightning's rich bar, labelled by optimizer steps."""
 
+import sys
 import time
 
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from typing_extensions import override
+
+from icl_lightning.progress_lines import LineProgressBar
 
 
 class StepProgressBar(RichProgressBar):
@@ -15,9 +18,30 @@ class StepProgressBar(RichProgressBar):
     The bar is updated at most ``refresh_rate`` times a second (Lightning's updates it, and reads
     every progress-bar metric, after every batch: about a tenth of a small model's step here),
     and always at the epoch's last batch and the run's last step; its label follows the step.
+
+    Where stdout is not a terminal (a file under nohup, SLURM, the reproduction runner), the CLI
+    replaces this bar by :class:`~icl_lightning.progress_lines.LineProgressBar`, which prints a
+    plain line every ``line_interval`` seconds.
+
+    Args:
+        line_interval: seconds between plain progress lines off a terminal.
+        plain: print plain lines even on a terminal (True), never (False), or only off a
+            terminal (None, the default).
+        **kwargs: RichProgressBar's options (``refresh_rate``, ``leave``, ``theme``, ...).
     """
 
     _next_update = 0.0
+
+    def __init__(self, *args, line_interval: float = 30.0, plain: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.line_interval = line_interval
+        self.plain = plain
+
+    def as_lines(self) -> ProgressBar:
+        """The bar to use: this one, or plain lines where stdout is not a terminal
+        (:attr:`plain`)."""
+        plain = not sys.stdout.isatty() if self.plain is None else self.plain
+        return LineProgressBar(self.line_interval) if plain else self
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

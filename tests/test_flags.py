@@ -22,7 +22,7 @@ def test_progress_bar_off_trains_and_bar_on_counts_steps(tmp_path, capsys):
     )
     bar = re.compile(r"Epoch 1 \| step 6/6")  # the second epoch's bar, labelled at its end
     assert not bar.search(capsys.readouterr().out)
-    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
+    run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--progress_bar.plain=false"])
     out = capsys.readouterr().out
     assert bar.search(out) and "/-" not in out  # not Lightning's "Epoch 1/-2"
 
