@@ -109,6 +109,12 @@ class LinearRegression(TaskSampler):
         self.weight_scale = weight_scale
         self.noise_std = noise_std
 
+    @property
+    def input_variance(self) -> float:
+        """The variance of one input coordinate: ``r^2 / 12`` (uniform) or ``r^2`` (normal)."""
+        r2 = self.input_range**2
+        return r2 / 12 if self.input_distribution == "uniform" else r2
+
     def sample_inputs(self, shape: tuple[int, ...], generator, dtype) -> torch.Tensor:
         """Inputs of the given shape: ``U(-r/2, r/2)`` or ``N(0, r^2)``, drawn in place."""
         x = torch.empty(shape, device=generator.device, dtype=dtype)
