@@ -70,6 +70,7 @@ from icl_lightning.preflight import (
 from icl_lightning.profiling import NoProfiler
 from icl_lightning.progress import StepProgressBar
 from icl_lightning.run_directory import TENSORBOARD, choose_run_directory
+from icl_lightning.validate_at_end import ValidateAtEnd
 
 #: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
 _LINKS = {"model.init_args.model.init_args.input_dim": "data.input_dim"}
@@ -148,7 +149,8 @@ class ICLLightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # in every run, next to the --trainer.callbacks given (Lightning appends these)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [InterruptCheckpoint(), ExactResume()]})
+        callbacks = [InterruptCheckpoint(), ExactResume(), ValidateAtEnd()]
+        kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
