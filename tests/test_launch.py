@@ -357,7 +357,7 @@ class Stubborn:
 def test_a_second_ctrl_c_kills_the_children_still_saving(tmp_path, capsys):
     children = [Child(Run(tiny(10), "default", s, True, tmp_path), [], Stubborn()) for s in (0, 1)]
     runner.stop(children)
-    assert all(c.process.signals == [signal.SIGINT] for c in children)
+    assert all(c.process.signals == [signal.SIGTERM] for c in children)
     assert all(c.process.returncode == -9 for c in children)
     assert "Ctrl+C again: stop them now" in capsys.readouterr().out
     assert children[0].outcome(stopped=True).status == "interrupted"

@@ -261,8 +261,8 @@ def test_max_steps_caps_runs_and_a_larger_cap_resumes_them(tmp_path, monkeypatch
 
     reproduce("--max-steps", "300")
     assert planned_max_steps() == 300 and len(started) == 5  # L2-L5 and L4_recurrent
-    # no checkpoint yet: a fresh start, replacing what a run stopped before its first save left
-    assert started[0].command[-1] == "--overwrite=true"
+    # no checkpoint yet: a fresh start, never --overwrite (an earlier attempt is moved aside)
+    assert started[0].command[-1].startswith("--config=")
     assert json.loads((run.directory / "done.json").read_text())["steps"] == 300
     reproduce("--max-steps", "300")
     assert len(started) == 5 and capsys.readouterr().out.count("done earlier, skipped") == 5

@@ -11,19 +11,25 @@
 report then says "K of the paper's S steps" for each experiment, and a later call with a larger
 K resumes those runs from their ``last.ckpt`` instead of starting again.
 
-Runs live in ``<--logs>/<quick|full>/<experiment>/<variant>/seed<k>/``; a
-finished run is not run again, an interrupted one resumes from its ``last.ckpt``. The report
-goes to ``<--out>/<quick|full>/``: ``report.md``, ``results.json`` and one PNG per figure.
+Runs live in ``<--logs>/<quick|full>/<experiment>/<variant>/seed<k>/`` (``--logs`` defaults to
+``./logs/reproduce`` in the working directory); a finished run is not run again, an interrupted
+one resumes from its ``last.ckpt``, and what an attempt left without one is moved aside to
+``seed<k>.stale-<time>/``, never deleted. A run folder is trained by one runner at a time (a
+second one says who owns it). The report goes to ``<--out>/<quick|full>/`` (``--out`` defaults
+to ``./reports``): ``report.md``, ``results.json`` and one PNG per figure.
 """
 
 import argparse
 import importlib.util
 import shlex
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from icl_lightning.preflight import check_writable
 from icl_lightning.reproduce.experiments import EXPERIMENTS, Experiment
 from icl_lightning.reproduce.progress import Outcome, Progress
 from icl_lightning.reproduce.report import write_report
@@ -34,7 +40,7 @@ from icl_lightning.reproduce.runner import (
     log_tail,
     run_local,
 )
-from icl_lightning.reproduce.runs import ROOT, Run
+from icl_lightning.reproduce.runs import Run
 
 LAUNCHERS = ("processes", "slurm", "submitit-local")
 
@@ -52,8 +58,18 @@ def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.
     add("--only", nargs="+", choices=names, metavar="NAME", help=str(names))
     add("--max-steps", type=int, metavar="K", help="stop each full-scale run at K steps")
     add("--report-only", action="store_true", help="no training, only the report")
-    add("--logs", type=Path, default=ROOT / "logs" / "reproduce", help="the runs' folder")
-    add("--out", type=Path, default=ROOT / "reports", help="the report's folder")
+    add(
+        "--logs",
+        type=Path,
+        default=Path("logs", "reproduce"),
+        help="the runs' folder (default: logs/reproduce in the working directory)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=Path("reports"),
+        help="the report's folder (default: reports in the working directory)",
+    )
     add("--jobs", type=int, help="runs at once here (default: cores / threads)")
     add("--threads", type=int, help="torch threads per run (default 1)")
     add(
@@ -98,6 +114,34 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(
             f"--launcher {args.launcher} needs submitit, which is not installed: expected "
             "`pip install -e '.[cluster]'` first (or --launcher processes)."
+        )
+    if args.launcher == "slurm" and shutil.which("sbatch") is None and not args.report_only:
+        parser.error(
+            "--launcher slurm: no `sbatch` on PATH, so no SLURM cluster to submit to: expected "
+            "a SLURM login node (or --launcher processes / submitit-local here)."
+        )
+
+
+def check_folders(parser: argparse.ArgumentParser, args: argparse.Namespace, scale: str) -> None:
+    """``--out`` (and, to train, ``--logs``) must be folders this user can write, checked
+    before any training: a usage error naming the option otherwise."""
+    folders = {"out": args.out} if args.report_only else {"logs": args.logs, "out": args.out}
+    for option, folder in folders.items():
+        try:
+            check_writable(option, str(folder / scale))
+        except ValueError as error:
+            hint = " (a report of runs there alone: --report-only)" if option == "logs" else ""
+            parser.error(f"{error}{hint}")
+
+
+def warn_oversubscribed(jobs: int, threads: int, cores: int) -> None:
+    """Warn when ``jobs`` runs of ``threads`` threads ask for more than the ``cores``."""
+    if jobs * threads > cores:
+        warnings.warn(
+            f"--jobs {jobs} x --threads {threads} = {jobs * threads} threads on {cores} "
+            "core(s): the runs slow each other down (a run's time and the estimates grow); "
+            f"expected --jobs x --threads <= {cores}.",
+            stacklevel=2,
         )
 
 
@@ -153,6 +197,7 @@ def main(
     args = parser.parse_args(argv)
     check_args(parser, args)
     scale = "quick" if args.quick else "full"
+    check_folders(parser, args, scale)
     logs, out = args.logs.resolve() / scale, args.out.resolve() / scale
     chosen = [e for e in experiments if args.only is None or e.name in args.only]
     runs = [
@@ -162,6 +207,8 @@ def main(
         for s in range(args.seeds)
     ]
     jobs, threads = jobs_and_threads(args.jobs, args.threads, available_cores())
+    if args.launcher == "processes" and not args.report_only:
+        warn_oversubscribed(jobs, threads, available_cores())
     if args.report_only:
         check_logs_hold_runs(parser, logs, runs)
     estimate = sum(r.estimated_seconds() for r in runs)
@@ -176,12 +223,20 @@ def main(
         except Interrupted as stopped:
             print(summarize_interrupt(stopped, shlex.join([prog, *argv])))
             raise SystemExit(130) from None
-        unfinished = [o for o in outcomes if o.status in ("failed", "interrupted")]
+        unfinished = [o for o in outcomes if o.status in ("failed", "interrupted", "busy")]
         if unfinished:
             details = "\n".join(
-                f"  {o.run.name}: {o.message}\n{log_tail(o.run.log)}" for o in unfinished
+                f"  {o.run.name}: {o.message}"
+                + (f"\n{log_tail(o.run.log)}" if o.status == "failed" else "")
+                for o in unfinished
             )
             raise SystemExit(f"{len(unfinished)} run(s) did not finish:\n{details}")
         print(f"all runs finished in {(time.perf_counter() - start) / 60:.1f} min")
-    write_report(chosen, args.seeds, logs, out, args.quick, args.max_steps)
+    try:
+        write_report(chosen, args.seeds, logs, out, args.quick, args.max_steps)
+    except OSError as error:
+        raise SystemExit(
+            f"the report cannot be written to {out} ({error}); the runs are kept: free space "
+            "there (or choose another --out) and call again with --report-only"
+        ) from None
     print(f"report: {out / 'report.md'}")

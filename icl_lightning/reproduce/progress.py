@@ -11,8 +11,9 @@ from icl_lightning.reproduce.runs import Run
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended: ``status`` is ``trained``, ``skipped`` (finished earlier),
-    ``interrupted`` (stopped by a signal; it resumes from its ``last.ckpt``) or ``failed``;
-    ``message`` says it for the user."""
+    ``interrupted`` (stopped by a signal; it resumes from its ``last.ckpt``), ``busy`` (its
+    folder is owned by another process; not started) or ``failed``; ``message`` says it for
+    the user."""
 
     run: Run
     status: str
@@ -24,10 +25,11 @@ class Progress:
     """Prints ``[k/n] <run>: <message>`` when a run ends, with how many run and wait and the
     time left: the estimates of the waiting runs plus what remains of the running ones' (each
     :meth:`Run.estimated_seconds`), times the ratio of measured to estimated time of the runs
-    trained so far (1 before any), divided by the number of parallel jobs."""
+    trained so far (1 before any), divided by the number of parallel jobs (no more than there
+    are runs)."""
 
     def __init__(self, runs: list[Run], jobs: int, out: TextIO | None = None):
-        self.total, self.jobs, self.out = len(runs), jobs, out or sys.stdout
+        self.total, self.jobs, self.out = len(runs), max(1, min(jobs, len(runs))), out or sys.stdout
         self.waiting = {run.name: run.estimated_seconds() for run in runs}
         self.running: dict[str, float] = {}  # run name -> start time
         self.ended = 0

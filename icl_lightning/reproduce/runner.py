@@ -1,20 +1,34 @@
 """Runs on this machine: up to ``jobs`` ``fit`` processes at once, ``threads`` torch threads each.
 
-Each child runs in its own session, so a Ctrl+C reaches only this process, which then asks every
-running child to stop (SIGINT: the child stops after its current step and writes ``last.ckpt``),
-waits for them to save, and raises :class:`Interrupted` with what each one saved.
+Each run's folder is claimed first (:class:`~icl_lightning.reproduce.lock.FolderLock`, held by its
+child until it exits), so two runners never train one run. Each child runs in its own session,
+so a Ctrl+C reaches only this process, which then asks every running child to stop (SIGTERM:
+before training the child ends at once, during training it stops after its current step and
+writes ``last.ckpt``), waits for them to save, and raises :class:`Interrupted` with what each
+one saved; SIGTERM and SIGHUP to this process do the same, and on Linux a child gets SIGTERM
+when this process dies in any way (``kill -9`` included), so none trains on as an orphan.
 """
 
+import ctypes
+import functools
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from icl_lightning.reproduce.lock import Busy, FolderLock
 from icl_lightning.reproduce.progress import Outcome, Progress
-from icl_lightning.reproduce.runs import Run, child_environment, interrupted_at, write_done
+from icl_lightning.reproduce.runs import (
+    Run,
+    child_environment,
+    interrupted_at,
+    mark_attempt,
+    write_done,
+)
 
 #: how long the children may take to write their last.ckpt after a Ctrl+C before they are killed
 SAVE_GRACE_SECONDS = 600.0
@@ -34,41 +48,126 @@ def jobs_and_threads(jobs: int | None, threads: int | None, cores: int) -> tuple
     return jobs or max(1, cores // threads), threads
 
 
+#: the signals that ask the runner (and through it its children) to stop
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+if LIBC is not None:
+    LIBC.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+
+
+def child_setup(parent: int) -> None:
+    """Run in the child between fork and exec (C calls only, safe from any thread): SIGINT back
+    to its default (a runner started in the background ignores it, and the child would inherit
+    that), and SIGTERM when the thread that started it ends (``PR_SET_PDEATHSIG``), at once if
+    the runner ``parent`` is gone already."""
+    if LIBC is None:
+        return
+    LIBC.signal(signal.SIGINT, None)  # SIG_DFL
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def spawn(command: list[str], log: Path, threads: int, lock: int | None) -> subprocess.Popen:
+    """Start ``command`` writing to ``log`` (after a line opening this attempt), with
+    ``threads`` torch threads, in its own session, holding the open folder ``lock``; it dies
+    with the runner (:func:`child_setup`)."""
+    mark_attempt(log, command)
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_environment(threads),
+            start_new_session=True,
+            pass_fds=() if lock is None else (lock,),
+            preexec_fn=functools.partial(child_setup, os.getpid()),
+        )
+
+
+def ending(code: int) -> str:
+    """A child's exit code in words: ``rc 1``, ``killed by SIGKILL (out of memory?)``."""
+    if code >= 0:
+        return f"rc {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
 @dataclass
 class Child:
-    """A running ``fit`` process of ``run``."""
+    """A running ``fit`` process of ``run``, holding the run folder's ``lock``."""
 
     run: Run
     command: list[str]
     process: subprocess.Popen
     start: float = field(default_factory=time.perf_counter)
-
-    @classmethod
-    def start_run(cls, run: Run, threads: int) -> "Child":
-        command = run.prepare()
-        with open(run.log, "a") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_environment(threads),
-                start_new_session=True,
-            )
-        return cls(run, command, process)
+    lock: FolderLock | None = None
 
     def outcome(self, stopped: bool = False) -> Outcome:
-        """How the finished child ended (``stopped``: this process interrupted it); writes
-        ``done.json`` when it trained to the end."""
-        seconds = time.perf_counter() - self.start
+        """How the finished child ended, from this attempt only (``stopped``: this process
+        stopped it); writes ``done.json`` when it trained to the end; releases the folder."""
+        try:
+            return self.ended(stopped, time.perf_counter() - self.start)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def ended(self, stopped: bool, seconds: float) -> Outcome:
         code, run = self.process.returncode, self.run
         if code == 0:
-            write_done(run.directory, seconds, run.steps, self.command)
+            try:
+                write_done(run.directory, seconds, run.steps, self.command)
+            except OSError as error:
+                return Outcome(
+                    run,
+                    "failed",
+                    f"trained, but its done.json cannot be written ({error}); it resumes "
+                    "from its last.ckpt on the next call",
+                    seconds,
+                )
             return Outcome(run, "trained", f"trained in {seconds:.0f} s", seconds)
         said = interrupted_at(run.log)
-        if stopped or code < 0 or said:
-            saved = said or "stopped before it wrote a checkpoint"
+        if said or stopped or -code in STOP_SIGNALS:
+            saved = said or f"{ending(code)} before it wrote a checkpoint"
             return Outcome(run, "interrupted", f"interrupted: {saved}", seconds)
-        return Outcome(run, "failed", f"failed (rc {code}); see {run.log}", seconds)
+        return Outcome(run, "failed", f"failed ({ending(code)}); see {run.log}", seconds)
+
+
+def start(run: Run, threads: int) -> Child | Outcome:
+    """Claim ``run``'s folder and start its child; or the :class:`Outcome` of a run finished
+    earlier, owned by another process, or that cannot be started (its folder unwritable)."""
+    if run.finished():
+        return Outcome(run, "skipped", "done earlier, skipped")
+    lock = FolderLock(run.directory)
+    try:
+        lock.claim()
+    except Busy as busy:
+        return Outcome(run, "busy", f"not started: {busy}")
+    except OSError as error:
+        return Outcome(run, "failed", f"cannot claim its folder ({error})")
+    try:
+        if run.finished():  # by the process that held it a moment ago
+            lock.release()
+            return Outcome(run, "skipped", "done earlier, skipped")
+        set_aside(run)
+        command = run.prepare()
+        return Child(run, command, spawn(command, run.log, threads, lock.fd), lock=lock)
+    except OSError as error:
+        lock.release()
+        return Outcome(run, "failed", f"cannot be started ({error})")
+
+
+def set_aside(run: Run) -> None:
+    """Move what an earlier attempt of ``run`` left without a ``last.ckpt`` aside, saying so."""
+    aside = run.set_aside()
+    if aside is not None:
+        print(
+            f"{run.name}: {run.directory} held an earlier attempt without "
+            f"checkpoints/last.ckpt to resume from; moved it to {aside} and starting afresh",
+            flush=True,
+        )
 
 
 def handle(signum: int, handler):
@@ -77,6 +176,16 @@ def handle(signum: int, handler):
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signum, handler)
+
+
+def stop_on_signals() -> dict:
+    """Make each of :data:`STOP_SIGNALS` raise KeyboardInterrupt here (SIGINT and SIGHUP only
+    where not ignored: ``nohup``, or a background job); return the previous handlers."""
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = handle(signum, signal.default_int_handler)
+    return previous
 
 
 class Interrupted(Exception):
@@ -92,44 +201,47 @@ def run_local(
     runs: list[Run], jobs: int, threads: int, progress: Progress, poll: float = 0.2
 ) -> list[Outcome]:
     """Train the unfinished ``runs``, ``jobs`` at a time; return every run's :class:`Outcome`.
-    SIGTERM stops them as Ctrl+C does (the children, in their own sessions, would outlive
-    this process otherwise)."""
+    A stop signal stops the children and raises :class:`Interrupted`; any other error stops
+    them too before it goes on."""
     waiting, running, outcomes = list(runs), [], []
 
-    def end(child: Child, stopped: bool = False) -> None:
-        outcomes.append(child.outcome(stopped))
-        progress.ended_run(outcomes[-1])
+    def end(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        progress.ended_run(outcome)
 
-    previous = handle(signal.SIGTERM, signal.default_int_handler)
+    previous = stop_on_signals()
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
-                run = waiting.pop(0)
-                if run.finished():
-                    outcomes.append(Outcome(run, "skipped", "done earlier, skipped"))
-                    progress.ended_run(outcomes[-1])
+                started = start(waiting.pop(0), threads)
+                if isinstance(started, Outcome):
+                    end(started)
                     continue
-                running.append(Child.start_run(run, threads))
-                progress.started(run)
+                running.append(started)
+                progress.started(started.run)
             for child in [c for c in running if c.process.poll() is not None]:
                 running.remove(child)
-                end(child)
+                end(child.outcome())
             time.sleep(poll if running else 0)
     except KeyboardInterrupt:
         stop(running)
         for child in running:
-            end(child, stopped=True)
+            end(child.outcome(stopped=True))
         raise Interrupted(outcomes) from None
+    except BaseException:
+        stop(running)
+        raise
     finally:
-        handle(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            handle(signum, handler)
     return outcomes
 
 
 def stop(children: list[Child], grace: float = SAVE_GRACE_SECONDS) -> None:
-    """Send each child SIGINT (it stops after its current step, and the probes' measurement of
-    that step, and writes ``last.ckpt``) and wait for them, ``grace`` seconds at most; then,
-    or at a second Ctrl+C, kill those still running (they resume from their previous
-    ``last.ckpt``)."""
+    """Send each child SIGTERM (in training it stops after its current step, and the probes'
+    measurement of that step, and writes ``last.ckpt``; before, it ends at once) and wait for
+    them, ``grace`` seconds at most; then, or at a second Ctrl+C, kill those still running
+    (they resume from their previous ``last.ckpt``)."""
     if not children:
         return
     print(
@@ -140,7 +252,7 @@ def stop(children: list[Child], grace: float = SAVE_GRACE_SECONDS) -> None:
     deadline = time.monotonic() + grace
     try:
         for child in children:
-            child.process.send_signal(signal.SIGINT)
+            child.process.send_signal(signal.SIGTERM)
         for child in children:
             try:
                 child.process.wait(max(0.0, deadline - time.monotonic()))

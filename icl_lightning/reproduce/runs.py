@@ -4,13 +4,17 @@ A run is ``icl-lightning fit --config <run dir>/reproduce.yaml``: the experiment
 config with the experiment's, the variant's and the seed's changes, in a fresh process, in
 ``<logs>/<quick|full>/<experiment>/<variant>/seed<k>/``. It is finished when that folder holds a
 ``done.json`` for at least its planned steps; otherwise it resumes from ``checkpoints/last.ckpt``
-when there is one. Every path is absolute, so a run resumes the same way from any working
-directory.
+when there is one, and what an attempt left without one is moved aside to
+``seed<k>.stale-<time>/`` (never deleted). Every path is absolute, so a run resumes the same way
+from any working directory.
 """
 
+import itertools
 import json
 import os
+import shlex
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +22,14 @@ from pathlib import Path
 import yaml
 
 from icl_lightning.reproduce.experiments import Experiment
+from icl_lightning.reproduce.lock import LOCK_NAME
+from icl_lightning.run_directory import RUN_FILES
 
 #: the project's root: the shipped configs are relative to it
 ROOT = Path(__file__).resolve().parents[2]
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+#: the first words of the line that opens each attempt in a run's ``fit.log``
+ATTEMPT_MARK = "==== icl-reproduce attempt"
 
 
 def set_path(config: dict, path: str, value) -> None:
@@ -110,21 +118,47 @@ class Run:
         return config
 
     def finished(self) -> bool:
-        """Whether ``done.json`` says the run reached its planned steps. An unreadable
-        ``done.json`` (e.g. cut off by a full disk) counts as unfinished, with a warning."""
+        """Whether ``done.json`` says the run reached its planned steps. A ``done.json`` that
+        cannot be read or holds no whole step count (cut off by a full disk, edited by hand, a
+        folder) counts as unfinished, with a warning naming it."""
         done = self.directory / "done.json"
         if not done.exists():
             return False
         try:
             steps = json.loads(done.read_text()).get("steps", self.steps)
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            problem = f"its steps are {steps!r}, not a whole number"
+        except (OSError, ValueError, AttributeError) as error:
+            steps, problem = None, f"{type(error).__name__}: {error}"
+        if isinstance(steps, bool) or not isinstance(steps, int):
             warnings.warn(
-                f"{done} is not a complete JSON record (truncated?): treating the run as "
-                "unfinished; it resumes from its last.ckpt.",
-                stacklevel=2,
+                f"{done} is not a complete record of a finished run ({problem}): treating the "
+                "run as unfinished; it resumes from its last.ckpt.",
+                stacklevel=1,
             )
             return False
         return steps >= self.steps
+
+    def set_aside(self) -> Path | None:
+        """Move what an earlier attempt wrote into ``<variant>/seed<k>.stale-<time>/`` when it
+        cannot be resumed (files of a run, see :data:`RUN_FILES`, but no ``last.ckpt``: stopped
+        before its first checkpoint, or the checkpoint moved away); return that folder, or
+        None when there was nothing to move. Nothing is ever deleted; the runner's lock file
+        stays (the caller holds it)."""
+        if self.checkpoint.exists() or not any(
+            next(self.directory.glob(pattern), None) for pattern in RUN_FILES
+        ):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.directory.with_name(f"{self.directory.name}.stale-{stamp}")
+        for k in itertools.count(1):
+            if not aside.exists():
+                break
+            aside = self.directory.with_name(f"{self.directory.name}.stale-{stamp}-{k}")
+        aside.mkdir()
+        for entry in self.directory.iterdir():
+            if entry.name != LOCK_NAME:
+                entry.rename(aside / entry.name)
+        return aside
 
     def prepare(self) -> list[str]:
         """Write ``reproduce.yaml`` into the run folder; return the ``fit`` command, resuming
@@ -141,11 +175,10 @@ class Run:
 
 def fit_command(config: Path, checkpoint: Path) -> list[str]:
     """``python -m icl_lightning fit --config=<config>``, with ``--ckpt_path=<checkpoint>`` when
-    that file exists; without it the run starts afresh, replacing what a run that stopped before
-    its first checkpoint left in its folder (``--overwrite=true``)."""
+    that file exists. Never ``--overwrite``: what an earlier attempt left without a checkpoint
+    is moved aside first (:meth:`Run.set_aside`), and the fit refuses to mix runs otherwise."""
     command = [sys.executable, "-m", "icl_lightning", "fit", f"--config={config}"]
-    resume = f"--ckpt_path={checkpoint}" if checkpoint.exists() else "--overwrite=true"
-    return [*command, resume]
+    return [*command, f"--ckpt_path={checkpoint}"] if checkpoint.exists() else command
 
 
 def child_environment(threads: int) -> dict[str, str]:
@@ -166,13 +199,23 @@ def write_done(directory: Path, seconds: float, steps: int, command: list[str]) 
     partial.replace(directory / "done.json")
 
 
+def mark_attempt(log: Path, command: list[str]) -> None:
+    """Append the line that opens an attempt to the run's ``fit.log`` (appended to by every
+    attempt): :func:`interrupted_at` reads only what follows the last one."""
+    with open(log, "a") as f:
+        f.write(f"{ATTEMPT_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+
+
 def interrupted_at(log: Path) -> str | None:
     """The child's own line saying where it stopped and what it saved (``Interrupted at step
-    k; saved ...``), from the end of its ``fit.log``; None if it has none."""
+    k; saved ...``), from this attempt's part of its ``fit.log`` (after the last
+    :func:`mark_attempt` line); None if it has none."""
     if not log.exists():
         return None
     with open(log, "rb") as f:
         f.seek(max(0, f.seek(0, 2) - 20000))
         tail = f.read().decode(errors="replace").splitlines()
-    lines = [line for line in tail if line.startswith("Interrupted at step")]
+    starts = [i for i, line in enumerate(tail) if line.startswith(ATTEMPT_MARK)]
+    attempt = tail[starts[-1] :] if starts else tail
+    lines = [line for line in attempt if line.startswith("Interrupted at step")]
     return lines[-1] if lines else None

@@ -15,15 +15,10 @@ from pathlib import Path
 
 import submitit
 
+from icl_lightning.reproduce.lock import Busy, FolderLock
 from icl_lightning.reproduce.progress import Outcome, Progress
-from icl_lightning.reproduce.runner import Interrupted
-from icl_lightning.reproduce.runs import (
-    Run,
-    child_environment,
-    fit_command,
-    interrupted_at,
-    write_done,
-)
+from icl_lightning.reproduce.runner import Interrupted, ending, set_aside, spawn
+from icl_lightning.reproduce.runs import Run, fit_command, interrupted_at, write_done
 
 #: how long the child may take to write its last.ckpt when the job is preempted
 SAVE_GRACE_SECONDS = 60.0
@@ -53,18 +48,23 @@ class FitJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> float:
         directory, command = Path(self.directory), self.command()
+        lock = FolderLock(directory)
+        try:
+            lock.claim()
+        except Busy as busy:
+            raise RuntimeError(f"not started: {busy}") from None
         start = time.perf_counter()
-        with open(directory / "fit.log", "a") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(self.threads)
-            )
+        try:
+            self._process = spawn(command, directory / "fit.log", self.threads, lock.fd)
             # poll, not wait(): a blocking wait holds the Popen's lock, and checkpoint() (run as
             # a signal handler in this thread) could then never see the child exit
             while (code := self._process.poll()) is None:
                 time.sleep(0.5)
+        finally:
+            lock.release()
         seconds = time.perf_counter() - start
         if code != 0:
-            raise RuntimeError(f"{' '.join(command)} failed (rc {code}); see {log.name}")
+            raise RuntimeError(f"{' '.join(command)} failed ({ending(code)}); see fit.log")
         write_done(directory, seconds, self.steps, command)
         return seconds
 
@@ -118,14 +118,21 @@ def run_submitit(
     threads each, and wait for them; return every run's :class:`Outcome`."""
     outcomes, pending = [], []
     for run in runs:
-        if run.finished():
-            outcomes.append(Outcome(run, "skipped", "done earlier, skipped"))
-            progress.ended_run(outcomes[-1])
-        else:
-            run.prepare()
+        outcome = prepare(run)
+        if outcome is None:
             pending.append(run)
-    with ex.batch():
-        jobs = [ex.submit(FitJob(str(run.directory), run.steps, threads)) for run in pending]
+        else:
+            outcomes.append(outcome)
+            progress.ended_run(outcome)
+    try:
+        with ex.batch():
+            jobs = [ex.submit(FitJob(str(run.directory), run.steps, threads)) for run in pending]
+    except submitit.core.utils.FailedJobError as error:
+        lines = str(error).strip().splitlines() or [repr(error)]
+        raise SystemExit(
+            f"submitting the {len(pending)} job(s) failed: {lines[-1]}\n(check --partition, "
+            "--account, --time and --gpus-per-run; nothing was trained)"
+        ) from None
     for run, job in zip(pending, jobs, strict=True):
         progress.started(run)
         print(f"submitted {run.name}: job {job.job_id}", flush=True)
@@ -144,6 +151,26 @@ def run_submitit(
         )
         raise Interrupted(outcomes, note) from None
     return outcomes
+
+
+def prepare(run: Run) -> Outcome | None:
+    """Ready ``run``'s folder for its job (its earlier unresumable attempt moved aside, its
+    config written) while holding its lock, which the job claims again when it starts; None,
+    or the :class:`Outcome` of a run finished earlier, owned by another process or unwritable."""
+    if run.finished():
+        return Outcome(run, "skipped", "done earlier, skipped")
+    lock = FolderLock(run.directory)
+    try:
+        lock.claim()
+        set_aside(run)
+        run.prepare()
+    except Busy as busy:
+        return Outcome(run, "busy", f"not submitted: {busy}")
+    except OSError as error:
+        return Outcome(run, "failed", f"cannot be prepared ({error})")
+    finally:
+        lock.release()
+    return None
 
 
 def job_outcome(run: Run, job: submitit.Job) -> Outcome:
