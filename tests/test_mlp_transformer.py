@@ -41,6 +41,18 @@ def test_shapes_and_invariance_to_context_order(options):
     assert not torch.allclose(other, pred)  # and it does read the context
 
 
+def test_feature_gd_is_the_theorys_one_step_gd_on_its_features():
+    """FeatureGD writes the GD step out (models import no theory); it is theory's one_step_gd."""
+    from icl_lightning.theory.gd import linear_kernel, one_step_gd
+
+    torch.manual_seed(0)
+    model, batch = FeatureGD(3, eta=0.7).double(), prompts(3)
+    phi = model.features
+    kernel = linear_kernel(phi(batch.context_x), phi(batch.query_x))
+    expected = one_step_gd(kernel, batch.context_y, 0.7)
+    assert (model(batch.context_x, batch.context_y, batch.query_x) - expected).abs().max() < 1e-12
+
+
 def test_feature_gd_with_identity_features_is_one_plain_gd_step_exactly():
     d, eta = 4, 0.1
     model = FeatureGD(d, feature_dim=d, mlp_layers=0, eta=eta).double()

@@ -7,9 +7,10 @@ step on these features from ``w0 = 0`` predicts
 
     pred = (eta / N) sum_i y_i <phi(x_i), phi(x_q)>                      (kernel regression view)
 
-(:func:`~icl_lightning.theory.gd.one_step_gd` with the kernel ``<phi(x_i), phi(x_q)>``), which
-:class:`FeatureGD` computes with fixed (GD-construction) attention, and which a trained
-:class:`MLPTransformer` can implement with its attention.
+(:func:`~icl_lightning.theory.gd.one_step_gd` with the kernel ``<phi(x_i), phi(x_q)>``; models
+import nothing from the theory, so :class:`FeatureGD` writes it out; a test holds it to that
+function), which :class:`FeatureGD` computes with fixed (GD-construction)
+attention, and which a trained :class:`MLPTransformer` can implement with its attention.
 """
 
 from collections.abc import Sequence
@@ -21,7 +22,6 @@ from torch import nn
 from icl_lightning.checks import require
 from icl_lightning.models.init import variance_scaling_
 from icl_lightning.models.lsa import LSA, LSALayer
-from icl_lightning.theory.gd import linear_kernel, one_step_gd
 
 
 class FeatureMap(nn.Module):
@@ -182,5 +182,5 @@ class FeatureGD(nn.Module):
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """``(eta / N) sum_i y_i <phi(x_i), phi(x_q)>`` of shape ``(B,)``."""
-        kernel = linear_kernel(self.features(context_x), self.features(query_x))
-        return one_step_gd(kernel, context_y, self.eta)
+        kernel = torch.einsum("bnf,bf->bn", self.features(context_x), self.features(query_x))
+        return self.eta / context_y.shape[-1] * (context_y * kernel).sum(-1)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import torch
 
-from icl_lightning.models.products import key_query, projection_value
 from icl_lightning.theory.gd import Weights
 
 Learner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,7 +73,7 @@ def matched_products(
     """
 
     def products(w: Weights) -> tuple[torch.Tensor, torch.Tensor]:
-        return key_query(w["W_Q"], w["W_K"])[0], projection_value(w["P"], w["W_V"])[0]
+        return w["W_K"][0].T @ w["W_Q"][0], w["P"][0] @ w["W_V"][0]
 
     KQ, PV = products(trained)
     c = KQ.diagonal()[:input_dim].mean()

@@ -1,10 +1,12 @@
-"""Paper B's implicit weight updates (Dherin et al., 2025), for any block k of a contextual
-transformer (:class:`~icl_lightning.models.ContextualTransformer`; K = k = 1 is paper B's
-single block, :class:`~icl_lightning.models.ContextualBlock`).
+"""Paper B's implicit weight updates (Dherin et al., 2025), for any block k of a stack of
+contextual blocks (:class:`~icl_lightning.theory.interface.BlockStack`, such as
+:class:`~icl_lightning.models.ContextualTransformer`; K = k = 1 is paper B's single block),
+whatever its contextual layer (attention, a recurrence, a state-space layer: only
+``A(C, x)``, ``A(x)`` and the prefix outputs of :mod:`icl_lightning.theory.interface` are used).
 
 Block k is a contextual block ``M_{W_k}(A_k(C^k, x^k))`` on its own input tokens ``(C^k, x^k)``
 (the prompt's tokens for k = 1; the outputs of blocks 1..k-1 on the full prompt otherwise,
-:meth:`~icl_lightning.models.ContextualTransformer.block_input`). Dropping the block index, for
+:meth:`~icl_lightning.theory.interface.BlockStack.block_input`). Dropping the block index, for
 a part Y of its context C:
 
 - Theorem 2.2: ``Delta W(Y) = (W Delta A(Y)) A(C \\ Y, x)^T / ||A(C \\ Y, x)||^2`` with
@@ -27,21 +29,18 @@ from typing import NamedTuple
 import torch
 
 from icl_lightning.checks import require
-from icl_lightning.models.contextual_transformer import (
-    ContextualLayer,
-    ContextualMLP,
-    ContextualTransformer,
-)
+from icl_lightning.theory.interface import BlockMLP, BlockStack, ContextualLayerLike
 
 
-def check_model(model: object) -> ContextualTransformer:
+def check_model(model: object) -> BlockStack:
     """``model`` itself, or a clear error when it is not a contextual block or stack of them."""
     require(
-        isinstance(model, ContextualTransformer),
+        isinstance(model, BlockStack),
         "model",
         type(model).__name__,
-        "a ContextualBlock or ContextualTransformer (icl_lightning.models); the Delta-W theory "
-        "needs its A(C, x), A(x) and W",
+        "a ContextualBlock or ContextualTransformer (icl_lightning.models) or another "
+        "BlockStack (icl_lightning.theory.interface); the Delta-W theory needs its A(C, x), "
+        "A(x), prefix outputs and W",
     )
     return model
 
@@ -79,7 +78,7 @@ class Split(NamedTuple):
 
 
 def token_split(
-    layer: ContextualLayer, W: torch.Tensor, context, query, Y: torch.Tensor | None = None
+    layer: ContextualLayerLike, W: torch.Tensor, context, query, Y: torch.Tensor | None = None
 ) -> Split:
     """Theorem 2.2 on tokens: ``A_C = A(C, x)`` and ``A_rest = A(C \\ Y, x)`` of the layer
     ``A`` on ``context`` ``(B, N, D)`` and ``query`` ``(B, D)`` (``Y``: a bool ``(B, N)`` mask;
@@ -89,9 +88,7 @@ def token_split(
     return Split(delta_W(W, A_C, A_rest), A_C, A_rest)
 
 
-def delta_W_split(
-    model: ContextualTransformer, k: int, context_x, context_y, query_x, Y=None
-) -> Split:
+def delta_W_split(model: BlockStack, k: int, context_x, context_y, query_x, Y=None) -> Split:
     """:func:`token_split` of block k (1-based) on its input ``(C^k, x^k)``; ``Y`` a bool
     ``(B, N)`` mask of the context tokens (default: all of them)."""
     context, query = check_model(model).block_input(k, context_x, context_y, query_x)
@@ -99,7 +96,7 @@ def delta_W_split(
     return token_split(layer, mlp.W, context, query, Y)
 
 
-def implicit_output(mlp: ContextualMLP, split: Split) -> torch.Tensor:
+def implicit_output(mlp: BlockMLP, split: Split) -> torch.Tensor:
     """``M_{W + Delta W}(A_rest)`` (+ ``Delta A`` with the skip), the whole output token
     ``(B, D)``, from the pre-activation ``u = (W + Delta W) A_rest + b``; Theorem 2.2 says it
     equals ``M_W(A_C)``."""
@@ -117,9 +114,7 @@ class Equivalence(NamedTuple):
     implicit_prediction: torch.Tensor  # T with block k's output token replaced, (B,)
 
 
-def equivalence(
-    model: ContextualTransformer, k: int, context_x, context_y, query_x, Y=None
-) -> Equivalence:
+def equivalence(model: BlockStack, k: int, context_x, context_y, query_x, Y=None) -> Equivalence:
     """Both sides of Theorem 2.2 for block k (1-based; ``Y`` as in :func:`delta_W_split`):
     block k's output token at the query and the final predictions from each (equal, since
     the context tokens after block k do not depend on its query output). For K = k = 1:
@@ -136,11 +131,11 @@ def equivalence(
     )
 
 
-def A_sequence(model: ContextualTransformer, k: int, context_x, context_y, query_x):
+def A_sequence(model: BlockStack, k: int, context_x, context_y, query_x):
     """``A_k,i = A_k(c^k_1..c^k_i, x^k)`` for i = 0..N, ``(B, N + 1, D)``: Proposition 3.1's
     sequence for block k on its own input (``A_k,0 = A_k(x^k)``). From running sums over the
-    context (:meth:`ContextualLayer.prefixes`): O(N) time and memory per prompt, equal to
-    N + 1 masked passes."""
+    context, or one scan of a recurrence (the layer's ``prefixes``): O(N) time and memory per
+    prompt, equal to N + 1 passes over the prefixes."""
     context, query = check_model(model).block_input(k, context_x, context_y, query_x)
     return model.layers(k)[0].prefixes(context, query)
 

@@ -1,8 +1,8 @@
 """Paper B's Fig. 3 learners: finetuning the MLP weight W by SGD against the implicit Delta W_i.
 
-For block k of a contextual transformer (:class:`~icl_lightning.models.ContextualTransformer`;
-K = k = 1 is paper B's block) with ``M_W(z) = W_2 f(u) + b_2`` and the pre-activation
-``u = W z + b``, W enters only through u, so
+For block k of a stack of contextual blocks (:class:`~icl_lightning.theory.interface.BlockStack`,
+any contextual layer; K = k = 1 is paper B's block) with ``M_W(z) = W_2 f(u) + b_2`` and the
+pre-activation ``u = W z + b``, W enters only through u, so
 
     grad_W 0.5 (r(M_W(z)) - y)^2 = g z^T,    g = (r(M_W(z)) - y) d r(M_W(z))/du,
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import vjp
 
-from icl_lightning.models.contextual_transformer import ContextualMLP, ContextualTransformer
+from icl_lightning.theory.interface import BlockMLP, BlockStack
 
 #: the rest of the network after a block: output tokens ``(..., D)`` -> predictions ``(...)``,
 #: each row on its own; ``None``: the token's last entry
@@ -32,7 +32,7 @@ Readout = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def read(
-    mlp: ContextualMLP,
+    mlp: BlockMLP,
     readout: Readout,
     u: torch.Tensor,
     z: torch.Tensor,
@@ -47,7 +47,7 @@ def read(
 
 
 def read_and_slope(
-    mlp: ContextualMLP,
+    mlp: BlockMLP,
     readout: Readout,
     u: torch.Tensor,
     z: torch.Tensor,
@@ -64,7 +64,7 @@ def read_and_slope(
 
 
 def context_free_inputs(
-    model: ContextualTransformer, k: int, context_x: torch.Tensor, query_x: torch.Tensor
+    model: BlockStack, k: int, context_x: torch.Tensor, query_x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block k's MLP inputs on context-free prompts: ``z_i = A_k(x^k(x_i))`` for the context
     inputs ``(B, M, d)`` -> ``(B, M, D)`` and ``z = A_k(x^k(x_q))`` for the queries ``(B, d)``
@@ -78,7 +78,7 @@ def context_free_inputs(
     return z[:, :-1], z[:, -1]
 
 
-def context_free_readout(model: ContextualTransformer, k: int) -> Readout:
+def context_free_readout(model: BlockStack, k: int) -> Readout:
     """r of block k: its output tokens ``(..., D)`` through blocks k+1..K on the query alone, to
     the predictions ``(...)``; ``None`` (the token's last entry) for k = K."""
     if k == model.num_blocks:
@@ -94,7 +94,7 @@ def context_free_readout(model: ContextualTransformer, k: int) -> Readout:
 
 
 def sgd_on_W(
-    mlp: ContextualMLP,
+    mlp: BlockMLP,
     examples: torch.Tensor,
     targets: torch.Tensor,
     test: torch.Tensor,
@@ -138,7 +138,7 @@ def sgd_on_W(
 
 
 def delta_W_predictions(
-    mlp: ContextualMLP,
+    mlp: BlockMLP,
     A_seq: torch.Tensor,
     chunk: int | None = None,
     test: torch.Tensor | None = None,

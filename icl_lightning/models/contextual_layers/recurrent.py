@@ -1,0 +1,108 @@
+"""Recurrent contextual layers on torch's fused modules: Elman RNN (tanh), GRU and LSTM.
+
+With normalised tokens ``e^ = LN_1(e)`` and the state ``h_t`` of size S from ``h_0 = 0``::
+
+    Elman:  h_t = tanh(W_ih e^_t + b_ih + W_hh h_{t-1} + b_hh)                  (nn.RNN)
+    GRU:    nn.GRU's gated update of h_t                                       (nn.GRU)
+    LSTM:   nn.LSTM's (h_t, c_t), c_t = f_t * c_{t-1} + i_t * g_t               (nn.LSTM)
+    a(c_1..c_i, x) = W_out h' + b_out,   h' = step(h_i, e^_q)                 (read at the query)
+
+so ``A(C, x)`` is one fused pass over ``[c_1, ..., c_N, x]`` read at its last token, and the
+prefix outputs come from one fused pass over C (every ``h_i``) and one fused step of all N + 1
+states on x. nn.LSTM returns only ``h_t`` at every t; ``c_t`` follows exactly from the gates at
+the known ``h_{t-1}`` by a parallel scan of ``c_t = f_t c_{t-1} + i_t g_t``.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icl_lightning.models.contextual_layers.base import RecurrentLayer
+from icl_lightning.models.contextual_layers.scan import linear_scan
+from icl_lightning.models.init import variance_scaling_
+
+
+class ElmanRNN(RecurrentLayer):
+    """Elman's RNN, ``h_t = tanh(W_ih e^_t + b_ih + W_hh h_{t-1} + b_hh)`` (``nn.RNN``); a
+    subclass names another fused ``module`` with the state h (``nn.GRU``).
+
+    Args:
+        token_dim: D.
+        state_size: S, the size of h (default D).
+        residual, layer_norm: as :class:`~icl_lightning.models.contextual_layers.ContextualLayer`.
+        init_scale: variance-scaling (fan-in) factor of the read-out ``W_out``; the cell keeps
+            torch's initialisation.
+    """
+
+    module = nn.RNN
+
+    def __init__(
+        self,
+        token_dim: int,
+        state_size: int | None = None,
+        residual: bool = True,
+        layer_norm: bool = False,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__(token_dim, residual, layer_norm)
+        S = state_size or token_dim
+        self.cell = self.module(token_dim, S, batch_first=True)
+        self.W_out = nn.Parameter(variance_scaling_(torch.empty(token_dim, S), init_scale, S))
+        self.b_out = nn.Parameter(torch.zeros(token_dim))
+
+    def _zeros(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``h_0 = 0`` of every prompt, ``(B, 1, S)``."""
+        return tokens.new_zeros(len(tokens), 1, self.cell.hidden_size)
+
+    def _scan(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``h_0..h_N`` ``(B, N + 1, S)``: one fused pass over the tokens."""
+        if tokens.shape[1] == 0:
+            return self._zeros(tokens)
+        return torch.cat([self._zeros(tokens), self.cell(tokens)[0]], 1)
+
+    def states(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._scan(tokens)
+
+    def _step(self, states, tokens: torch.Tensor) -> torch.Tensor:
+        """``h' = step(h, e^)`` ``(B, T, S)`` for every state: one fused step of B T states."""
+        B, T, S = states.shape
+        u = tokens.expand(B, T, -1).reshape(B * T, 1, -1)
+        return self.cell(u, states.reshape(1, B * T, S))[0].reshape(B, T, S)
+
+    def read(self, states, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._step(states, tokens), self.W_out, self.b_out)
+
+    def outputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.cell(tokens)[0], self.W_out, self.b_out)
+
+
+class GRU(ElmanRNN):
+    """The gated recurrent unit (``nn.GRU``); the options of :class:`ElmanRNN`."""
+
+    module = nn.GRU
+
+
+class LSTM(ElmanRNN):
+    """The LSTM (``nn.LSTM``), state ``(h_t, c_t)``; the options of :class:`ElmanRNN`."""
+
+    module = nn.LSTM
+
+    def states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h_0..h_N, c_0..c_N)``: h from one fused pass; c from the gates
+        ``[i, f, g, o] = W_ih e^_t + b_ih + W_hh h_{t-1} + b_hh`` by the parallel scan of
+        ``c_t = sigmoid(f_t) c_{t-1} + sigmoid(i_t) tanh(g_t)``."""
+        h = self._scan(tokens)
+        cell = self.cell
+        gates = F.linear(tokens, cell.weight_ih_l0, cell.bias_ih_l0) + F.linear(
+            h[:, :-1], cell.weight_hh_l0, cell.bias_hh_l0
+        )
+        i, f, g, _ = gates.chunk(4, dim=-1)
+        c = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g))
+        return h, torch.cat([self._zeros(tokens), c], 1)
+
+    def _step(self, states, tokens: torch.Tensor) -> torch.Tensor:
+        h, c = states
+        B, T, S = h.shape
+        u = tokens.expand(B, T, -1).reshape(B * T, 1, -1)
+        initial = (h.reshape(1, B * T, S), c.reshape(1, B * T, S))
+        return self.cell(u, initial)[0].reshape(B, T, S)
