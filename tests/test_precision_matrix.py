@@ -1,0 +1,88 @@
+"""Every precision Lightning accepts on CPU trains every shipped config for two steps, its probes
+included (made cheap: few prompts); ``16-true`` is refused as a usage error.
+
+``16-mixed`` is Lightning's ``bf16-mixed`` on CPU; both run the models' hand-written autograd
+functions (:mod:`icl_lightning.models.linear_attention`) under autocast.
+"""
+
+import contextlib
+import functools
+import io
+import json
+import math
+
+import pytest
+import yaml
+from conftest import CONFIGS, run_cli, tiny_args
+
+from icl_lightning.callbacks import Probe
+
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+PRECISIONS = ["64-true", "32-true", "bf16-true", "bf16-mixed", "16-mixed"]
+# CI (`make test`) runs every config under bf16-mixed (autocast, the path of the custom autograd
+# functions) and the demo under every precision; the rest of the matrix is marked slow
+# (`make test-all`: about 2.5 minutes on one quiet core)
+FAST = {(config.stem, "bf16-mixed") for config in SHIPPED}
+FAST |= {("demo", precision) for precision in PRECISIONS}
+
+
+@functools.cache
+def cheap_probes(config) -> str:
+    """The config's resolved ``trainer.callbacks`` as a JSON option value, each probe measuring
+    (and tuning its baselines) on 32 prompts instead of thousands."""
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code == 0, f"{config.name} does not parse"
+    callbacks = yaml.safe_load(out.getvalue())["trainer"]["callbacks"] or []
+    for callback in callbacks:
+        options = callback.get("init_args", {})
+        options.update({key: 32 for key in ("num_tasks", "tuning_tasks") if key in options})
+    return json.dumps(callbacks)
+
+
+def matrix():
+    for config in SHIPPED:
+        for precision in PRECISIONS:
+            slow = (config.stem, precision) not in FAST
+            marks = [pytest.mark.slow] if slow else []
+            yield pytest.param(config, precision, marks=marks, id=f"{config.stem}-{precision}")
+
+
+@pytest.mark.parametrize("config, precision", matrix())
+def test_every_config_trains_in_every_cpu_precision(config, precision, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        [
+            "fit",
+            f"--config={config}",
+            *tiny_args(tmp_path, steps=2),
+            "--data.init_args.batch_size=16",
+            "--data.init_args.num_val_tasks=32",
+            f"--trainer.callbacks={cheap_probes(config)}",
+            f"--trainer.precision={precision}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    assert math.isfinite(cli.trainer.callback_metrics["train/loss"])
+    probes = [callback for callback in cli.trainer.callbacks if isinstance(callback, Probe)]
+    assert len(probes) == len(json.loads(cheap_probes(config)))
+    for probe in probes:
+        assert probe.last_results, f"{type(probe).__name__} measured nothing"
+        assert all(map(math.isfinite, probe.last_results.values())), probe.last_results
+
+
+def test_16_true_is_a_usage_error_naming_the_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            [
+                "fit",
+                f"--config={CONFIGS / 'demo.yaml'}",
+                *tiny_args(tmp_path, steps=2),
+                "--trainer.precision=16-true",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "--trainer.precision=16-true" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
