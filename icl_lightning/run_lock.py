@@ -1,12 +1,14 @@
 """RunLock: one process at a time owns a folder (a run directory, a runner's run folder).
 
-An exclusive ``fcntl.flock`` on a lock file, taken without waiting: it is atomic (the kernel
-grants it to one process only) and lasts as long as the process holds the file open, so the
-kernel drops it when the process ends, however it ends (``kill -9`` included). A lock file left
-by a dead process therefore never blocks. While held, the file records its owner (pid, host,
-command line, start time), and the process that loses raises :class:`RunLocked` naming it.
+An exclusive ``fcntl.flock`` on a lock file (created with its folder), taken without waiting:
+it is atomic (the kernel grants it to one process only) and lasts as long as the process holds
+the file open, so the kernel drops it when the process ends, however it ends (``kill -9``
+included). A lock file left by a dead process therefore never blocks. While held, the file
+records its owner (pid, host, command line, start time), and the process that loses raises
+:class:`RunLocked` naming it.
 
-:meth:`RunLock.release` deletes the file (a finished run keeps no trace of it); a process that
+:meth:`RunLock.release` deletes the file, and the folders created for it while still empty
+(a finished run keeps no trace of the lock, a refused one no folder); a process that
 acquires checks that the file it locked is still the one at ``path``, so a release between its
 open and its lock cannot hand one folder to two processes. POSIX only (``fcntl``); on a network
 filesystem ``flock`` is as reliable as that filesystem's locking.
@@ -67,6 +69,7 @@ class RunLock:
         self.path = Path(path)
         self.what = what or str(self.path.parent)
         self._fd: int | None = None
+        self._created: list[Path] = []
 
     @property
     def held(self) -> bool:
@@ -76,9 +79,14 @@ class RunLock:
         """Take the lock now, or raise :class:`RunLocked` naming its owner; returns ``self``."""
         if self._fd is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._created = [p for p in (folder, *folder.parents) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # its folder was removed by a release in between: again
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -102,10 +110,16 @@ class RunLock:
             return None
 
     def release(self) -> None:
-        """Delete the lock file and drop the lock (nothing when not held)."""
+        """Delete the lock file, and the folders :meth:`acquire` created for it that are still
+        empty; drop the lock (nothing when not held)."""
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote there), or gone
+                break
         os.close(self._fd)
         self._fd = None
 
