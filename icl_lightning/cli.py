@@ -14,7 +14,14 @@ Runs and their directories:
 
 - ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues that run, any number of times and
   from a relative or absolute path: the logger writes into ``<run>`` again (its TensorBoard
-  curves stay one run) and ``last.ckpt`` stays the one checkpoint.
+  curves stay one run) and ``last.ckpt`` stays the one checkpoint. ``--ckpt_path last`` is the
+  newest ``last.ckpt`` of the config's runs. A resume keeps the model and data options the
+  checkpoint records (``--allow_changes=true`` allows a change); ``config.yaml`` stays the first
+  leg's, and each later leg that trains writes ``config-leg<k>.yaml`` beside it.
+- A fit owns its run directory while it runs (``<run>/.fit.lock``): a second fit or resume of
+  the same run is a usage error naming the first one's process.
+- A full disk or a failing TensorBoard writer ends the run with one message naming the last
+  good checkpoint (or saying that none exists), exit 1.
 - ``--trainer.logger false``: the run's files (``config.yaml``, ``checkpoints/``) go to a new
   ``<trainer.default_root_dir>/version_<k>`` (default root ``logs/unlogged``), never the cwd;
   a resume continues its own ``version_<k>``.
@@ -22,9 +29,9 @@ Runs and their directories:
   ``--trainer.logger.init_args.version``) is refused, unless it resumes that run or
   ``--overwrite=true`` asks to delete the earlier run's event files and checkpoints first.
 - Before anything is written, the checkpoint is checked (a readable checkpoint of the same
-  network, with the same parameter shapes), the output folder must be writable, and every
-  probe checks that it can measure this model on this data; a failure is a usage error
-  (exit 2) naming the option or file.
+  network, with the same parameter shapes and finite weights; for a fit, a full one), the
+  output folder must be writable, and every probe checks that it can measure this model on
+  this data; a failure is a usage error (exit 2) naming the option or file.
 """
 
 import re
@@ -38,7 +45,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
@@ -50,18 +57,28 @@ from icl_lightning.checkpointing import (
     RunCheckpoint,
 )
 from icl_lightning.checkpointing.lightning_private import add_link_parents
+from icl_lightning.checkpointing.run_record import RunConfig, RunRecord, recorded_run
+from icl_lightning.checkpointing.write_failure import (
+    RunWriteError,
+    quiet_writer_threads,
+    write_failure,
+)
 from icl_lightning.cli_defaults import add_optimizer_with_default, with_run_name
 from icl_lightning.data.datamodule import ICLDataModule
 from icl_lightning.final_metrics import FinalMetrics
 from icl_lightning.loggers import tensorboard_loggers
 from icl_lightning.modules.base import ICLRegressionModule
+from icl_lightning.overlays import OverlayParser
 from icl_lightning.preflight import (
     LIGHTNING_CKPT_NAMES,
+    check_checkpoint_finite,
     check_checkpoint_module,
     check_checkpoint_network,
+    check_checkpoint_resumable,
     check_linked_unset,
     check_memory,
     check_optimizer,
+    check_resume_options,
     check_validation_schedule,
     free_memory,
     load_checkpoint,
@@ -69,7 +86,7 @@ from icl_lightning.preflight import (
 )
 from icl_lightning.profiling import NoProfiler
 from icl_lightning.progress import StepProgressBar
-from icl_lightning.run_directory import TENSORBOARD, choose_run_directory
+from icl_lightning.run_directory import TENSORBOARD, choose_run_directory, resolve_last
 from icl_lightning.validate_at_end import ValidateAtEnd
 
 #: model options the CLI sets from the data: target -> source (an attribute of the datamodule)
@@ -147,11 +164,26 @@ class ICLLightningCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", ICLDataModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", OverlayParser)  # a config's `config:` key: its base
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # in every run, next to the --trainer.callbacks given (Lightning appends these)
         callbacks = [InterruptCheckpoint(), ExactResume(), ValidateAtEnd()]
         kwargs.setdefault("trainer_defaults", {"callbacks": callbacks})
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("save_config_callback", RunConfig)
+        self._checkpoint: dict | None = None  # the --ckpt_path checkpoint, once read
+        self._run_lock = None  # this fit's claim on its run directory
+        try:
+            with quiet_writer_threads():
+                super().__init__(*args, **kwargs)
+        except OSError as error:
+            resumed_from = self._checkpoint and self.run_config.get("ckpt_path")
+            failure = write_failure(error, getattr(self, "trainer", None), resumed_from)
+            if failure is None:
+                raise
+            raise failure from error
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     def add_arguments_to_parser(self, parser) -> None:
         for target, source in _LINKS.items():
@@ -165,6 +197,14 @@ class ICLLightningCLI(LightningCLI):
             help="fit: start again in a run directory that already holds a run (an explicit "
             "--trainer.logger.init_args.version), deleting its event files and checkpoints "
             "first; without it such a fit is refused.",
+        )
+        parser.add_argument(
+            "--allow_changes",
+            type=bool,
+            default=False,
+            help="fit --ckpt_path: continue the run with model or data options other than those "
+            "its checkpoint records (without it such a resume is refused, naming them); the "
+            "run keeps its config.yaml and records this leg's config as config-leg<k>.yaml.",
         )
         add_optimizer_with_default(parser)  # paper A's AdamW, as the module's own default
         parser.set_defaults(
@@ -207,9 +247,18 @@ class ICLLightningCLI(LightningCLI):
         config = self.config[subcommand]
         try:
             check_linked_unset(config, _LINKS)
-            if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CKPT_NAMES:
-                checkpoint = load_checkpoint(config.ckpt_path)
-                check_checkpoint_module(checkpoint, config.ckpt_path, config.model.class_path)
+            if config.get("ckpt_path") == "last":
+                config.ckpt_path = resolve_last(config)
+                rank_zero_info(f"--ckpt_path last: {config.ckpt_path}")
+            ckpt_path = config.get("ckpt_path")
+            if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+                self._checkpoint = checkpoint = load_checkpoint(ckpt_path)
+                check_checkpoint_module(checkpoint, ckpt_path, config.model.class_path)
+                check_checkpoint_finite(checkpoint, ckpt_path)
+                if subcommand == "fit":
+                    check_checkpoint_resumable(checkpoint, ckpt_path)
+                    if not config.get("allow_changes"):
+                        check_resume_options(checkpoint, ckpt_path, config.as_dict())
         except ValueError as error:
             self.parser.error(str(error))
 
@@ -244,9 +293,13 @@ class ICLLightningCLI(LightningCLI):
             if getattr(config.trainer.logger, "class_path", None) == TENSORBOARD:
                 # final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
                 config.trainer.logger.init_args.default_hp_metric = False
-            choose_run_directory(config, fit=self.subcommand == "fit")
+            recorded = recorded_run(self._checkpoint)
+            fit = self.subcommand == "fit"
+            self._run_lock, given = choose_run_directory(config, fit, recorded)
         except ValueError as error:
             self.parser.error(str(error))
+        if self.save_config_callback is RunConfig:  # the config reruns as a new run
+            self.save_config_kwargs = {**self.save_config_kwargs, "as_given": given}
         add_link_parents(self, _LINKS)
 
     # ------------------------------------------------------------------- building the run
@@ -280,15 +333,16 @@ class ICLLightningCLI(LightningCLI):
                 "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
             )
         options = self.run_config.as_dict()
-        params = {key: options[key] for key in ("model", "data", "optimizer") if key in options}
-        self.trainer.callbacks.append(FinalMetrics(params))
+        keys = ("model", "data", "optimizer", "seed_everything")
+        self.trainer.callbacks.append(FinalMetrics({k: options[k] for k in keys if k in options}))
+        self.trainer.callbacks.append(RunRecord(options))  # model and data, in every checkpoint
 
     def _check_run(self) -> None:
         """ValueError unless checkpoint, probes, data and trainer fit together."""
         config = self.run_config
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
-            check_checkpoint_network(load_checkpoint(ckpt_path), ckpt_path, self.model)
+        if self._checkpoint is not None:
+            check_checkpoint_network(self._checkpoint, ckpt_path, self.model)
         for callback in self.trainer.callbacks:
             if isinstance(callback, Probe):
                 callback.check(self.model, self.datamodule)
@@ -355,11 +409,15 @@ class ICLLightningCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``icl-lightning`` console script (exit 1 when stopped by SIGTERM or
-    Ctrl+C, after ``last.ckpt`` was written)."""
+    Ctrl+C, after ``last.ckpt`` was written, or when a file could not be written: one message
+    naming the last good checkpoint)."""
     try:
         ICLLightningCLI(args=args)
     except SIGTERMException as stopped:
         raise SystemExit(1) from stopped
+    except RunWriteError as failed:
+        print(f"icl-lightning: error: {failed.strerror}", file=sys.stderr)
+        raise SystemExit(1) from failed
 
 
 if __name__ == "__main__":

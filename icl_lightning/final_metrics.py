@@ -1,33 +1,76 @@
-"""FinalMetrics: the run's final measurements in TensorBoard's hparams tab."""
+"""FinalMetrics: the run's key options and final measurements in TensorBoard's hparams tab."""
+
+import re
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from torch.utils.tensorboard.summary import hparams
 from typing_extensions import override
 
 from icl_lightning.loggers import tensorboard_loggers
 
+#: a per-index series (``context/loss_n7``, ``ft/sgd_loss_i3``): a curve, not a final number
+_SERIES = re.compile(r".*_[ni]\d+")
+
+
+def _init_args(options: dict | None) -> dict:
+    return (options or {}).get("init_args") or {}
+
+
+def _class_name(options: dict | None) -> str | None:
+    path = (options or {}).get("class_path")
+    return path.rsplit(".", 1)[-1] if path else None
+
+
+def key_hparams(options: dict) -> dict:
+    """The options a reader compares runs by, under short names: ``task`` and ``model`` (class
+    names), ``d`` (input dimension), ``N`` (context length), ``L`` (layers or blocks),
+    ``heads``, ``lr`` and ``seed`` (``seed_everything``); those a run does not have are left
+    out. Every option stays in the run's ``config.yaml`` and ``hparams.yaml``."""
+    data = _init_args(options.get("data"))
+    network = _init_args(options.get("model")).get("model")
+    layers = _init_args(network)
+    chosen = {
+        "task": _class_name(data.get("task")),
+        "model": _class_name(network),
+        "d": _init_args(data.get("task")).get("input_dim"),
+        "N": data.get("num_context"),
+        "L": layers.get("num_layers", layers.get("num_blocks")),
+        "heads": layers.get("num_heads"),
+        "lr": _init_args(options.get("optimizer")).get("lr"),
+        "seed": options.get("seed_everything"),
+    }
+    return {name: value for name, value in chosen.items() if value is not None}
+
 
 class FinalMetrics(Callback):
-    """At the end of training, log ``params`` with the run's final metrics to the hparams tab.
+    """At the end of training, write the hparams tab's entry of this run: :func:`key_hparams`
+    of ``options`` beside the final value of each one-number metric (``val/loss``, each probe's
+    scalars; not ``train/*``, not per-index series such as ``context/loss_n7``).
 
-    The metrics are every one-number entry of ``trainer.callback_metrics`` but ``train/*``:
-    ``val/loss``, ``val/zero_loss`` and each probe's last scalars, as ``hp/<name>`` (their own
-    tags, so the curves themselves are untouched). Runs can then be compared side by side.
+    The entry names the metrics' own tags, whose last values TensorBoard shows: no ``hp/``
+    copies of the curves are written. All of ``options`` goes to ``hparams.yaml``.
 
     Args:
-        params: the run's options, e.g. the CLI's ``model``, ``data`` and ``optimizer``.
+        options: the run's options, e.g. the CLI's ``model``, ``data``, ``optimizer`` and
+            ``seed_everything``.
     """
 
-    def __init__(self, params: dict) -> None:
-        self.params = params
+    def __init__(self, options: dict) -> None:
+        self.options = options
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {
-            f"hp/{name}": float(value)
+            name: float(value)
             for name, value in trainer.callback_metrics.items()
-            if value.numel() == 1 and not name.startswith("train/")
+            if value.numel() == 1 and not name.startswith("train/") and not _SERIES.fullmatch(name)
         }
-        if metrics:
-            for board in tensorboard_loggers(trainer):
-                board.log_hyperparams(self.params, metrics, step=trainer.global_step)
+        if not metrics:
+            return
+        experiment, start, end = hparams(key_hparams(self.options), metrics)
+        for board in tensorboard_loggers(trainer):
+            board.log_hyperparams(self.options)  # hparams.yaml (no summary: no metrics given)
+            writer = board.experiment._get_file_writer()  # torch's, as Lightning's own call
+            for summary in (experiment, start, end):
+                writer.add_summary(summary, trainer.global_step)

@@ -13,10 +13,11 @@ class ValidateAtEnd(Callback):
     last step this callback sets ``trainer.should_stop``, which makes Lightning run its
     validation loop once before stopping (where validation is due in this epoch at all:
     ``check_val_every_n_epoch`` and ``limit_val_batches=0`` are respected). Where the last step
-    ends an epoch, or is a validation step anyway, nothing changes.
+    ends an epoch, Lightning validates there anyway and nothing changes.
     """
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
+        ends_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if 0 < trainer.max_steps <= trainer.global_step and not ends_epoch:
             trainer.should_stop = True

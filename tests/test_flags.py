@@ -70,22 +70,30 @@ def test_max_epochs_accumulation_and_val_check_interval(tmp_path):
     assert len(validated) == 3  # after each of the epoch's 3 steps
 
 
-def test_hparams_tab_holds_the_final_metrics(tmp_path):
+def test_hparams_tab_holds_the_key_options_and_final_metrics_without_copies(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path)])
     run = Path(cli.trainer.logger.log_dir)
     scalars = read_scalars(run)
-    final = cli.trainer.callback_metrics
-    for name in ("val/loss", "context/loss_n20", "gd/loss_ratio"):
-        assert scalars[f"hp/{name}"] == {6: pytest.approx(float(final[name]))}
-    plugins = [
-        value
+    assert not [tag for tag in scalars if tag.startswith("hp")]  # no copies of the curves
+    entries = [
+        plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
         for path in run.glob("events.out.tfevents.*")
         for event in EventFileLoader(str(path)).Load()
         for value in event.summary.value
         if value.metadata.plugin_data.plugin_name == "hparams"
     ]
-    content = b"".join(v.metadata.plugin_data.content for v in plugins)
-    assert b"hp/val/loss" in content and b"hp_metric" not in content
+    experiment = next(e.experiment for e in entries if e.HasField("experiment"))
+    names = {info.name for info in experiment.hparam_infos}
+    assert names == {"task", "model", "d", "N", "L", "heads", "lr", "seed"}
+    metrics = {info.name.tag for info in experiment.metric_infos}
+    assert {"val/loss", "gd/loss_ratio"} <= metrics <= set(scalars)  # the curves' own tags
+    assert not [tag for tag in metrics if tag.startswith(("train/", "context/loss_n"))]
+    start = next(e.session_start_info for e in entries if e.HasField("session_start_info"))
+    values = {key: value.WhichOneof("kind") for key, value in start.hparams.items()}
+    assert start.hparams["d"].number_value == 5 and start.hparams["N"].number_value == 20
+    assert start.hparams["task"].string_value == "LinearRegression" and len(values) == 8
     assert os.path.getsize(run / "hparams.yaml") > 0
 
 
