@@ -157,6 +157,9 @@ def start(run: Run, threads: int) -> Child | Outcome:
     except OSError as error:
         lock.release()
         return Outcome(run, "failed", f"cannot be started ({error})")
+    except BaseException:
+        lock.release()
+        raise
 
 
 def set_aside(run: Run) -> None:
