@@ -113,15 +113,20 @@ class RecurrentLayer(ContextualLayer):
         """``out(h_t, e^_t)`` after every token of a sequence ``(B, T, D)`` -> ``(B, T, D)``."""
         raise NotImplementedError
 
+    def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``out(h_T, e^_T)`` at the last token of a sequence ``(B, T, D)`` -> ``(B, D)`` (a
+        subclass with a closed form for the last state alone overrides it)."""
+        return self.outputs(tokens)[:, -1]
+
     def forward(
         self, context: torch.Tensor, query: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``A(S, x)`` as :meth:`ContextualLayer.forward`; for all of C one fused pass over the
-        sequence ``[c_1, ..., c_N, x]``, read at its last token."""
+        """``A(S, x)`` as :meth:`ContextualLayer.forward`; for all of C one pass over the
+        sequence ``[c_1, ..., c_N, x]``, read at its last token (:meth:`last_output`)."""
         if keep is not None:
             return super().forward(context, query, keep)
         tokens = self.norm_in(torch.cat([context, query.unsqueeze(1)], dim=1))
-        return self._finish(self.outputs(tokens)[:, -1], query)
+        return self._finish(self.last_output(tokens), query)
 
     def prefixes(self, context: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``A(c_1..c_i, x)`` for i = 0..N: the states ``h_0..h_N`` from one scan over C, then

@@ -77,6 +77,14 @@ class DiagonalSSM(RecurrentLayer):
     def outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._out(linear_scan(*self._inputs(tokens)), tokens)
 
+    def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``y_T`` from ``h_T = sum_t Lambda^(T - t) gamma B e^_t`` (one weighted sum, no scan)."""
+        Lambda, b = self._inputs(tokens)
+        T = tokens.shape[1]
+        powers = torch.arange(T - 1, -1, -1, dtype=b.dtype, device=b.device)
+        h = torch.einsum("bts,ts->bs", b, torch.exp(powers[:, None] * -torch.exp(self.nu)))
+        return self._out(h, tokens[:, -1])
+
 
 class SelectiveSSM(RecurrentLayer):
     """The selective (input-dependent) diagonal recurrence (module doc).
@@ -130,3 +138,13 @@ class SelectiveSSM(RecurrentLayer):
     def outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         a, b, C = self._inputs(tokens)
         return self._out(linear_scan(a, b), C, tokens)
+
+    def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``y_T`` from ``h_T = sum_t exp(sum_{r > t} Delta_r A) * b_t`` (the exponents are
+        <= 0: no overflow; one reverse cumulative sum, no scan)."""
+        Delta = F.softplus(F.linear(tokens, self.W_Delta, self.b_Delta))
+        log_a = -Delta.unsqueeze(-1) * torch.exp(self.A_log)  # (B, T, D, S)
+        later = log_a.flip(1).cumsum(1).flip(1) - log_a  # sum over r > t
+        b = (Delta * tokens).unsqueeze(-1) * F.linear(tokens, self.W_B).unsqueeze(-2)
+        h = (torch.exp(later) * b).sum(1)  # (B, D, S)
+        return self._out(h, F.linear(tokens[:, -1], self.W_C), tokens[:, -1])
