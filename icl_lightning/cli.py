@@ -57,6 +57,7 @@ from icl_lightning.checkpointing import (
     RunCheckpoint,
 )
 from icl_lightning.checkpointing.lightning_private import add_link_parents
+from icl_lightning.checkpointing.resume import nothing_to_train
 from icl_lightning.checkpointing.run_record import RunConfig, RunRecord, recorded_run
 from icl_lightning.checkpointing.write_failure import (
     RunWriteError,
@@ -293,8 +294,16 @@ class ICLLightningCLI(LightningCLI):
             if getattr(config.trainer.logger, "class_path", None) == TENSORBOARD:
                 # final metrics replace Lightning's placeholder hp_metric = -1 in the hparams tab
                 config.trainer.logger.init_args.default_hp_metric = False
-            recorded = recorded_run(self._checkpoint)
             fit = self.subcommand == "fit"
+            idle = (
+                fit
+                and self._checkpoint
+                and nothing_to_train(self._checkpoint, trainer.max_steps, trainer.max_epochs)
+            )
+            if idle:  # then it writes nothing: no logs, no config, no checkpoint
+                rank_zero_info(f"Nothing to train: {idle}; no file is written.")
+                trainer.logger = False
+            recorded = recorded_run(self._checkpoint)
             self._run_lock, given = choose_run_directory(config, fit, recorded)
         except ValueError as error:
             self.parser.error(str(error))

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import instantiate_class
 
+from icl_lightning.checkpointing.run_record import RUN_RECORD_KEY, changed_options
 from icl_lightning.modules.base import NETWORK_CLASS_KEY, network_class
 
 #: ``--ckpt_path`` values that Lightning resolves itself
@@ -46,6 +47,42 @@ def check_checkpoint_module(checkpoint: dict, ckpt_path: str, class_path: str) -
         raise ValueError(
             f"--ckpt_path={ckpt_path} holds a {theirs}, but the model is a {class_path}: "
             "expected a checkpoint of the configured model (or the config it was trained with)."
+        )
+
+
+def check_checkpoint_finite(checkpoint: dict, ckpt_path: str) -> None:
+    """Every floating weight in the checkpoint must be finite."""
+    for name, tensor in checkpoint["state_dict"].items():
+        if tensor.is_floating_point() and not tensor.isfinite().all():
+            raise ValueError(
+                f"--ckpt_path={ckpt_path} holds non-finite weights ({name}): expected a "
+                "checkpoint of a run before it diverged."
+            )
+
+
+def check_checkpoint_resumable(checkpoint: dict, ckpt_path: str) -> None:
+    """A fit can continue only a full checkpoint: weights, optimizer state and loop state."""
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} holds weights only (written with "
+            "--checkpoint.save_weights_only=true), without the optimizer and loop state a fit "
+            "continues from: expected a full checkpoint such as <run>/checkpoints/last.ckpt "
+            "(validate and test do evaluate this one)."
+        )
+
+
+def check_resume_options(checkpoint: dict, ckpt_path: str, options: dict) -> None:
+    """A resume must keep the model and data options recorded in the checkpoint (a
+    checkpoint that records none is not checked)."""
+    recorded = checkpoint.get(RUN_RECORD_KEY)
+    changes = changed_options(recorded, options) if recorded else []
+    if changes:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} was trained with other model/data options than this "
+            f"resume's: {'; '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}. Expected "
+            "the options it was trained with (its run's config.yaml), or --allow_changes=true "
+            "to continue with these (the run keeps its config.yaml and records this leg's as "
+            "config-leg<k>.yaml)."
         )
 
 

@@ -10,8 +10,16 @@ from typing_extensions import override
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, quota, permissions); the message names the
-    file and says what is left to resume from."""
+    """A checkpoint could not be written (disk full, quota, permissions): ``OSError(errno,
+    reason, path)`` whose message names the file and says whether an earlier one of that name
+    is left (``kept``)."""
+
+    def __init__(self, code: int | None, reason: str, path: str, kept: str) -> None:
+        super().__init__(code, reason, path)
+        self.kept = kept
+
+    def __str__(self) -> str:
+        return f"Could not write the checkpoint {self.filename} ({self.strerror}); {self.kept}."
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,14 +55,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as error:
             temporary.unlink(missing_ok=True)
             kept = (
-                f"the previous {path} is unchanged and resumes"
+                f"the previous {path} is unchanged"
                 if path.is_file()
                 else "no earlier checkpoint of that name exists"
             )
             reason = error.strerror or errno.errorcode.get(error.errno or 0, str(error))
-            raise CheckpointWriteError(
-                error.errno,
-                f"Could not write the checkpoint {path} ({reason}); {kept}. Free space there "
-                "(or choose another --trainer.logger.init_args.save_dir), then resume with "
-                f"--ckpt_path {path}",
-            ) from error
+            raise CheckpointWriteError(error.errno, reason, str(path), kept) from error

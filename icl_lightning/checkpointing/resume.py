@@ -1,4 +1,5 @@
-"""ExactResume: a resumed run continues at the very step, epoch and curve point it stopped at."""
+"""ExactResume: a resumed run continues at the very step, epoch and curve point it stopped at;
+:func:`nothing_to_train` tells beforehand when a resume would train no step."""
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -49,3 +50,19 @@ class ExactResume(Callback):
         elif batches["current"]["completed"] > 0:  # stopped midway: store it as running
             for count in (epochs["total"], epochs["current"]):
                 count["processed"] = count["completed"] = count["started"] - 1
+
+
+def nothing_to_train(checkpoint: dict, max_steps: int | None, max_epochs: int | None) -> str | None:
+    """Why a fit resumed from ``checkpoint`` with these ``--trainer`` limits trains no step
+    (Lightning's own stopping rule: ``max_steps`` or ``max_epochs`` reached, where -1 is no
+    limit and ``max_epochs`` defaults to 1000 without ``max_steps``), or None if it trains."""
+    steps = -1 if max_steps is None else max_steps
+    epochs = max_epochs if max_epochs is not None else (1000 if steps == -1 else -1)
+    step = checkpoint.get("global_step", 0)
+    if steps != -1 and step >= steps:
+        return f"the checkpoint is at step {step}, and --trainer.max_steps={steps}"
+    progress, _ = fit_loop_progress(checkpoint)
+    done = progress["current"]["completed"] if progress else 0
+    if epochs != -1 and done >= epochs:
+        return f"the checkpoint has finished {done} epochs, and --trainer.max_epochs={epochs}"
+    return None
