@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder: whatever a run writes relative to the
+    working directory (``logs/``, ``reports/``, Lightning's ``default_root_dir``) lands there,
+    never in the checkout, where a ``make demo`` may be training meanwhile. Tests name the
+    shipped files by absolute paths (``ROOT``, ``CONFIGS``)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def tiny_args(save_dir: Path, steps: int = 6) -> list[str]:
     """CLI options that shrink any config to a few seconds of CPU work."""
     return [

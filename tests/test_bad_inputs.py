@@ -1,5 +1,8 @@
 """The catalogue of bad inputs: each is a usage error (exit 2) before any work, naming the option
-or file and what was allowed, leaving no file behind and changing none."""
+or file and what was allowed, leaving no file behind and changing none.
+
+Every case reads and writes only temporary folders (copies of the configs it uses), so a run
+training in the same checkout at the same time (`make demo`) cannot change what it watches."""
 
 import hashlib
 import json
@@ -9,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, ROOT, run_cli, tiny_args
+from conftest import CONFIGS, run_cli, tiny_args
 
-DEMO = str(CONFIGS / "demo.yaml")
-BLOCK = str(CONFIGS / "contextual_block.yaml")
+# copies of these shipped configs, in the prepared inputs (the fixture ``inputs``)
+DEMO = "{inputs}/configs/demo.yaml"
+BLOCK = "{inputs}/configs/contextual_block.yaml"
 
 
 LINEAR_D3 = {"class_path": "icl_lightning.data.LinearRegression", "init_args": {"input_dim": 3}}
@@ -268,16 +272,23 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """Good checkpoints of an LSA and a contextual block, damaged files and configs."""
+    """Good checkpoints of an LSA and a contextual block, damaged files and configs (copies of
+    the shipped configs the cases use, under ``configs/``)."""
     folder = tmp_path_factory.mktemp("inputs")
-    for name, config in [("lsa", DEMO), ("block", BLOCK)]:
-        save = folder / f"run_{name}"
-        run_cli(["fit", f"--config={config}", *tiny_args(save, steps=1), "--trainer.callbacks=[]"])
-        shutil.copy(next(save.rglob("last.ckpt")), folder / f"{name}.ckpt")
-        shutil.rmtree(save)
+    (folder / "configs").mkdir()
+    for name in ("demo.yaml", "contextual_block.yaml"):
+        shutil.copy(CONFIGS / name, folder / "configs" / name)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(folder)
+        for name, config in [("lsa", DEMO), ("block", BLOCK)]:
+            save = folder / f"run_{name}"
+            config = config.format(inputs=folder)
+            run_cli(["fit", f"--config={config}", *tiny_args(save, 1), "--trainer.callbacks=[]"])
+            shutil.copy(next(save.rglob("last.ckpt")), folder / f"{name}.ckpt")
+            shutil.rmtree(save)
     (folder / "truncated.ckpt").write_bytes((folder / "lsa.ckpt").read_bytes()[:2000])
     (folder / "notes.ckpt").write_text("not a checkpoint\n")
-    config = yaml.safe_load(Path(DEMO).read_text())
+    config = yaml.safe_load((folder / "configs" / "demo.yaml").read_text())
     config["trainer"]["max_stepz"] = 3
     (folder / "unknown_key.yaml").write_text(yaml.safe_dump(config))
     (folder / "broken.yaml").write_text("trainer: [max_steps: 3\n")
@@ -289,16 +300,6 @@ def _case(case: tuple) -> tuple:
     return (*case[1:4], case[4] if len(case) > 4 else "fit")
 
 
-def _state(inputs: Path) -> dict:
-    """Digests of every file the run could touch: its inputs, the configs and ``./logs``."""
-    logs = ROOT / "logs"
-    return {
-        "inputs": _digest(inputs),
-        "configs": _digest(CONFIGS),
-        "logs": _digest(logs) if logs.exists() else {},
-    }
-
-
 @pytest.mark.parametrize(
     ("config", "extra", "message", "subcommand"),
     [_case(c) for c in CASES],
@@ -308,9 +309,9 @@ def test_bad_input_is_a_usage_error_naming_it(
     tmp_path, monkeypatch, capsys, inputs, config, extra, message, subcommand
 ):
     monkeypatch.chdir(tmp_path)
-    before = _state(inputs)
+    before = _digest(inputs)
     args = [subcommand, *([f"--config={config}", *tiny_args(tmp_path / "logs")] if config else [])]
-    args += [a.replace("{inputs}", str(inputs)) for a in extra]
+    args = [a.replace("{inputs}", str(inputs)) for a in [*args, *extra]]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(args)
     err = capsys.readouterr().err
@@ -318,7 +319,7 @@ def test_bad_input_is_a_usage_error_naming_it(
     assert exit_info.value.code == 2, error
     assert re.search(message, error), error
     assert not list(tmp_path.rglob("*")), "stray files"
-    assert _state(inputs) == before, "a file changed"
+    assert _digest(inputs) == before, "a file changed"
 
 
 def test_catalogue_is_large_enough():
