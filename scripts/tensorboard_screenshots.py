@@ -50,7 +50,8 @@ def start_tensorboard(logdir: Path, port: int, timeout: float = 60) -> subproces
             return server
         except OSError:
             if server.poll() is not None:
-                raise SystemExit(f"tensorboard exited ({server.returncode}) on --logdir {logdir}")
+                message = f"tensorboard exited ({server.returncode}) on --logdir {logdir}"
+                raise SystemExit(message) from None
             time.sleep(0.5)
     server.terminate()
     raise SystemExit(f"tensorboard did not answer on port {port} within {timeout:.0f} s")
