@@ -2,7 +2,6 @@
 what was expected (the CLI turns it into a usage error, exit 2)."""
 
 import os
-import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,7 +18,8 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
 def load_checkpoint(ckpt_path: str) -> dict:
-    """The checkpoint at ``ckpt_path`` (tensors memory-mapped), if it is a complete one."""
+    """The checkpoint at ``ckpt_path`` (tensors memory-mapped), if it is a complete one whose
+    every part passes its checksum."""
     expected = "expected a .ckpt written by icl-lightning fit"
     path = Path(ckpt_path)
     if not path.is_file():
@@ -30,11 +30,19 @@ def load_checkpoint(ckpt_path: str) -> dict:
             f"format); {expected}."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError) as error:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # every part against its CRC-32
+        if not damaged:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 (a damaged pickle raises any kind of error)
         raise ValueError(
-            f"--ckpt_path={ckpt_path} cannot be read ({error}); {expected}."
+            f"--ckpt_path={ckpt_path} cannot be read ({type(error).__name__}: {error}); {expected}."
         ) from error
+    if damaged:
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} is damaged: its part {damaged} fails its checksum; "
+            f"{expected}."
+        )
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"--ckpt_path={ckpt_path} holds no state_dict; {expected}.")
     return checkpoint

@@ -13,7 +13,6 @@ import torch
 from conftest import CONFIGS, run_cli, tiny_args
 from torch import nn
 
-from icl_lightning.checkpointing import CheckpointWriteError
 from icl_lightning.cli import main
 from icl_lightning.data import LinearRegression
 
@@ -104,7 +103,7 @@ def test_network_whose_only_argument_is_input_dim_trains(tmp_path, monkeypatch):
     assert torch.equal(cli.model.model.w, torch.load(last)["state_dict"]["model.w"])
 
 
-def test_full_disk_keeps_the_last_checkpoint_and_names_it(tmp_path, monkeypatch):
+def test_full_disk_keeps_the_last_checkpoint_and_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     every_2 = ["--checkpoint.every_n_train_steps=2", NO_PROBES]
     _fit(4, *every_2)
@@ -118,11 +117,12 @@ def test_full_disk_keeps_the_last_checkpoint_and_names_it(tmp_path, monkeypatch)
 
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", full_disk)
-        with pytest.raises(CheckpointWriteError) as error:
+        with pytest.raises(SystemExit) as error:
             _fit(8, *every_2, f"--ckpt_path={last}")
-    message = str(error.value)
+    message = capsys.readouterr().err
+    assert error.value.code == 1 and "Traceback" not in message
     assert str(last) in message and "No space left on device" in message
-    assert "unchanged and resumes" in message
+    assert "previous version, unchanged (step 4)" in message
     assert last.read_bytes() == before  # the previous checkpoint, whole
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
     _fit(8, *every_2, f"--ckpt_path={last}")  # and it resumes
@@ -171,7 +171,7 @@ def test_nan_data_after_a_checkpoint_names_that_existing_file(tmp_path, monkeypa
     _fit(4, NO_PROBES)
     last = _run() / "checkpoints" / "last.ckpt"
     with pytest.raises(FloatingPointError, match="train/loss is nan at step 5") as error:
-        _fit(8, NAN_TASK, NO_PROBES, f"--ckpt_path={last}")
+        _fit(8, NAN_TASK, NO_PROBES, f"--ckpt_path={last}", "--allow_changes=true")
     named = _named_checkpoints(str(error.value))
     assert named and all(path.is_file() for path in named)
     assert torch.load(last, weights_only=True)["global_step"] == 4

@@ -83,9 +83,11 @@ def write_failure(
         )
     else:
         path, step = kept
+        same = failure.filename and Path(failure.filename).resolve() == path.resolve()
+        version = "that file's previous version, unchanged" if same else path
         after = (
-            f"The last good checkpoint is {path} (step {step}): free space (or choose another "
-            f"--trainer.logger.init_args.save_dir), then resume with --ckpt_path {path}"
+            f"The last good checkpoint is {version} (step {step}): free space, then resume "
+            f"with --ckpt_path {path}"
         )
     return RunWriteError(failure.errno, f"Could not write {what} ({reason}). {after}")
 
