@@ -9,6 +9,8 @@ when there is one, and what an attempt left without one is moved aside to
 from any working directory.
 """
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from icl_lightning.cli import ICLLightningCLI
 from icl_lightning.reproduce.experiments import Experiment
 from icl_lightning.reproduce.lock import LOCK_NAME
 from icl_lightning.run_directory import RUN_FILES
@@ -32,25 +35,31 @@ TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 ATTEMPT_MARK = "==== icl-reproduce attempt"
 
 
-def set_path(config: dict, path: str, value) -> None:
-    """Set ``config[a][b][c] = value`` for ``path = "a.b.c"``; ``callbacks.<Class>.<arg>`` sets
-    the init arg of the trainer callback whose class_path ends in ``Class``. An ``init_args``
-    in the path is skipped where the config gives that class's options without a class_path
-    (``data: {batch_size: 64}`` for the default data module)."""
-    keys = path.split(".")
-    if keys[0] == "callbacks":
-        callbacks = config["trainer"]["callbacks"]
-        match = [c for c in callbacks if c["class_path"].endswith("." + keys[1])]
-        if not match:
-            raise KeyError(f"{path}: no callback {keys[1]} in the config")
-        match[0].setdefault("init_args", {})[keys[2]] = value
-        return
-    node = config
-    for key in keys[:-1]:
-        implicit_class = node and "class_path" not in node and "init_args" not in node
-        if not (key == "init_args" and implicit_class):
-            node = node.setdefault(key, {})
-    node[keys[-1]] = value
+def resolved_config(config: Path, options: list[str]) -> dict:
+    """The options that ``icl-lightning fit --config <config> <options>`` runs with, as its
+    ``--print_config`` writes them: read by the CLI's own parser (a ``config:`` base merged, every
+    default spelled out); a ValueError naming ``config`` with the CLI's message if it fails."""
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        try:
+            ICLLightningCLI(args=["fit", f"--config={config}", *options, "--print_config"])
+        except SystemExit as exit_info:
+            if exit_info.code:
+                problem = errors.getvalue().strip().splitlines()[-1:] or [str(exit_info)]
+                raise ValueError(f"--config={config}: {problem[0]}") from exit_info
+    return yaml.safe_load(printed.getvalue())
+
+
+def set_callback_option(config: dict, path: str, value) -> None:
+    """``callbacks.<Class>.<arg>``: set the init arg of the trainer callback of ``config`` whose
+    class_path ends in ``Class``; a ValueError if it has none."""
+    _, name, arg = path.split(".")
+    match = [
+        c for c in config["trainer"]["callbacks"] or [] if c["class_path"].endswith(f".{name}")
+    ]
+    if not match:
+        raise ValueError(f"{path}: no callback {name} in the config")
+    match[0]["init_args"][arg] = value
 
 
 def planned_steps(experiment: Experiment, quick: bool, max_steps: int | None = None) -> int:
@@ -96,10 +105,11 @@ class Run:
         return 10 + e.variant_seconds.get(self.variant, e.seconds) * self.steps / 1000
 
     def config(self) -> dict:
-        """The shipped config with the experiment's, the variant's and the seed's changes, and
-        the logger writing into :attr:`directory`."""
+        """The experiment's config as the CLI reads it (:func:`resolved_config`: an overlay's
+        base merged), with the experiment's, the variant's and the seed's changes, and the
+        logger writing into :attr:`directory`. A change ``a.b.c`` is the CLI's option
+        ``--a.b.c``; ``callbacks.<Class>.<arg>`` then sets a probe's argument."""
         e = self.experiment
-        config = yaml.safe_load((ROOT / e.config).read_text())
         changes = {
             **e.changes,
             **e.variants[self.variant],
@@ -109,12 +119,19 @@ class Run:
             "data.init_args.seed": self.seed,
             "trainer.enable_progress_bar": False,  # the runner shows progress over runs
         }
-        for path, value in changes.items():
-            set_path(config, path, value)
-        logger = config["trainer"].setdefault("logger", {"class_path": TENSORBOARD})
-        logger.setdefault("init_args", {}).update(
+        probes = {path: value for path, value in changes.items() if path.startswith("callbacks.")}
+        options = [f"--{path}={json.dumps(v)}" for path, v in changes.items() if path not in probes]
+        try:
+            config = resolved_config(ROOT / e.config, options)
+            for path, value in probes.items():
+                set_callback_option(config, path, value)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: its config cannot be built: {error}") from error
+        logger = config["trainer"]["logger"] or {"class_path": TENSORBOARD, "init_args": {}}
+        logger["init_args"].update(
             save_dir=str(self.directory.parents[1]), name=self.variant, version=self.directory.name
         )
+        config["trainer"]["logger"] = logger
         return config
 
     def finished(self) -> bool:
