@@ -68,7 +68,9 @@ class GDAlignment(GDBaselineProbe):
 
     namespace = "gd"
     charts = {
-        "Fig. 2: loss of T vs GD and GD++": r"loss_(model|gd|gd_pp|interp)",
+        "Fig. 2: loss of T vs GD and GD++": r"loss_(model|gd|gd_pp)",
+        # on its own chart: thousands at step 0, where the interpolation means nothing yet
+        "Fig. 2: loss of the interpolated weights": r"loss_interp",
         "loss of T / loss of GD": r"loss_ratio",
         "Fig. 2: model cos of T with GD, GD++": r"model_cos(_pp)?",
         "model diff": r"model_diff(_pp)?",

@@ -19,7 +19,10 @@ A probe evaluates the training model on a fixed set of prompts (its own seed) ev
   resume.
 
 A subclass implements :meth:`compute` (sums over one chunk of prompts) and may override
-:meth:`finalize` (sums -> results), :meth:`scalars` and :meth:`figures`.
+:meth:`finalize` (sums -> results), :meth:`scalars` and :meth:`figures`. Its mistakes are errors
+naming it: a :meth:`compute` that returns anything but a dict of tensors, or per-prompt values
+(shapes that follow the chunk's size), and a non-scalar result the default :meth:`scalars` would
+have to drop (unless named in :attr:`Probe.figure_only`).
 """
 
 import copy
@@ -35,6 +38,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
+from icl_lightning.callbacks.comparisons import ComparisonRuns, layout_charts
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.curriculum import Curriculum
@@ -88,6 +92,9 @@ class Probe(Callback):
     #: scalars whose names (without the prefix) match its regex in full. Names no chart matches
     #: are grouped by their first word (``loss_model``, ``loss_gd`` -> chart ``loss``).
     charts: dict[str, str] = {}
+    #: Names of non-scalar results (after :meth:`finalize`) that only :meth:`figures` draws: the
+    #: default :meth:`scalars` leaves them out. Any other non-scalar result is an error there.
+    figure_only: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -138,6 +145,10 @@ class Probe(Callback):
         #: None``: the full size)
         self._evaluation_sets: dict[tuple, ICLBatch] = {}
         self._results: dict[str, torch.Tensor] | None = None  # the latest, for the figures
+        #: whether :meth:`_computed` has compared compute's shapes on a chunk and on one prompt
+        self._shapes_checked = False
+        #: the compared curves' sibling runs, by the TensorBoard run folder they belong to
+        self._sibling_runs: dict[str, ComparisonRuns] = {}
 
     # ----------------------------------------------------------------- what subclasses write
     def compute(self, model: nn.Module, batch: ICLBatch) -> dict[str, torch.Tensor]:
@@ -153,8 +164,19 @@ class Probe(Callback):
         return {k: v if k in self.maxima else v / count for k, v in sums.items()}
 
     def scalars(self, results: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The scalars to log (namespace added by the base); default: the 0-d results."""
-        return {name: float(v) for name, v in results.items() if v.ndim == 0}
+        """The scalars to log (namespace added by the base); default: every result, each 0-d
+        (a ``ValueError`` naming the probe otherwise), but those in :attr:`figure_only`."""
+        logged = {name: v for name, v in results.items() if name not in self.figure_only}
+        for name, v in logged.items():
+            if torch.as_tensor(v).ndim != 0:
+                raise ValueError(
+                    f"{type(self).__name__}: result {name!r} has shape {tuple(v.shape)}, but "
+                    "the probe logs scalars. Return sums over the prompts from compute (0-d "
+                    "for a scalar, e.g. `.sum()` of per-prompt values), or name a result that "
+                    f"only figures draw in {type(self).__name__}.figure_only, or override "
+                    "scalars()."
+                )
+        return {name: float(v) for name, v in logged.items()}
 
     def figures(self, results: dict[str, torch.Tensor]) -> dict[str, Figure]:
         """Figures to log, by tag (namespace added by the base); default: none."""
@@ -266,10 +288,10 @@ class Probe(Callback):
         try:
             with torch.no_grad():
                 if chunks:
-                    parts = [self.compute(model, chunk) for chunk in chunks]
+                    parts = [self._computed(model, chunk) for chunk in chunks]
                     sums = {k: self._combine(k, [p[k] for p in parts]) for k in parts[0]}
                 else:  # an empty share still joins the reduction (zeros; -inf for maxima)
-                    one = self.compute(model, tasks[:1])
+                    one = self._computed(model, tasks[:1])
                     empty = {k: -torch.inf if k in self.maxima else 0.0 for k in one}
                     sums = {k: torch.full_like(v, empty[k]) for k, v in one.items()}
         finally:
@@ -288,6 +310,33 @@ class Probe(Callback):
             gathered = trainer.strategy.all_gather(sums[k].to(self.dtype))
             reduced[k] = gathered.reshape(-1, *sums[k].shape).amax(0)
         return self.finalize(reduced, count)
+
+    def _computed(self, model: nn.Module, chunk: ICLBatch) -> dict[str, torch.Tensor]:
+        """:meth:`compute` on ``chunk``, checked: a dict of tensors whose shapes do not depend
+        on the number of prompts (it is evaluated on the chunk and on its first prompt
+        alone, once per probe), else a ``ValueError`` naming the probe and the value."""
+        sums = self.compute(model, chunk)
+        name = type(self).__name__
+        if not isinstance(sums, dict) or not all(
+            isinstance(v, torch.Tensor) for v in sums.values()
+        ):
+            got = type(sums).__name__ if not isinstance(sums, dict) else "a dict of non-tensors"
+            raise ValueError(
+                f"{name}.compute returned {got}; expected a dict of tensors, {{name: sum over "
+                "the chunk's prompts}."
+            )
+        if not self._shapes_checked and len(chunk) > 1:
+            one = self.compute(model, chunk[:1])
+            for key, value in sums.items():
+                if key in one and one[key].shape != value.shape:
+                    raise ValueError(
+                        f"{name}.compute returned {key!r} of shape {tuple(value.shape)} for "
+                        f"{len(chunk)} prompts but {tuple(one[key].shape)} for one: "
+                        "per-prompt values. Return their sum over the chunk's prompts "
+                        "(e.g. `.sum(0)`); finalize divides by the count."
+                    )
+            self._shapes_checked = True
+        return sums
 
     def _combine(self, name: str, parts: list[torch.Tensor]) -> torch.Tensor:
         """One rank's chunks combined: summed, or the maximum for names in :attr:`maxima`."""
@@ -311,6 +360,9 @@ class Probe(Callback):
             return
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
+        charts = self.chart_tags()
+        for board in tensorboard_loggers(trainer):
+            self._comparison_runs(board.log_dir).write(self.prefix, charts, scalars, step)
         if self.log_figures and figures:
             self._log_figures(trainer, results, step)
 
@@ -323,10 +375,27 @@ class Probe(Callback):
             for board in boards:
                 board.experiment.add_figure(f"{self.prefix}{tag}", figure, step, close=False)
 
+    def _comparison_runs(self, log_dir: str) -> ComparisonRuns:
+        """The sibling runs of ``log_dir`` that hold this probe's compared curves."""
+        if log_dir not in self._sibling_runs:
+            self._sibling_runs[log_dir] = ComparisonRuns(log_dir)
+        return self._sibling_runs[log_dir]
+
+    @override
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        for runs in self._sibling_runs.values():
+            runs.close()
+        self._sibling_runs.clear()
+
+    def chart_tags(self) -> dict[str, list[str]]:
+        """This probe's charts, ``{title: [tag, ...]}``, over the scalars of its latest
+        measurement; a chart of two or more tags is a comparison (:mod:`.comparisons`)."""
+        return {title: tags for title, (_, tags) in self.layout().items()}
+
     def layout(self) -> dict[str, list]:
-        """This probe's Custom Scalars charts, ``{title: ["Multiline", [tag, ...]]}``, over the
-        scalars of its latest measurement (only charts with a tag the run logs). A name's path
-        (``block2/`` in ``block2/loss_context``) stays apart: it starts the chart's title."""
+        """This probe's charts, ``{title: ["Multiline", [tag, ...]]}``, over the scalars of its
+        latest measurement (only charts with a tag the run logs). A name's path (``block2/`` in
+        ``block2/loss_context``) stays apart: it starts the chart's title."""
         names = sorted(self.history[max(self.history)]) if self.history else []
         charts: dict[str, list[str]] = {}
         for name in names:
@@ -403,11 +472,13 @@ class Probe(Callback):
 def write_layout(trainer: "L.Trainer", probes: list[Probe]) -> None:
     """Write one Custom Scalars layout for ``probes`` to every TensorBoard logger: a category per
     namespace (``<namespace>/<tag>`` with a tag), probes of one namespace merged, so TensorBoard
-    overlays each probe's comparisons (model vs GD losses, SGD vs Delta W) live."""
+    overlays each probe's comparisons (model vs GD losses, SGD vs Delta W) live, each curve its
+    own sibling run and colour (:func:`~icl_lightning.callbacks.comparisons.layout_charts`)."""
     layout: dict[str, dict[str, list]] = {}
     for probe in probes:
         category = layout.setdefault(probe.prefix.rstrip("/"), {})
-        for title, (kind, tags) in probe.layout().items():
+        charts = layout_charts(probe.prefix, probe.chart_tags(), probe.every_n_steps)
+        for title, (kind, tags) in charts.items():
             merged = category.setdefault(title, [kind, []])[1]
             merged.extend(tag for tag in tags if tag not in merged)
     layout = {name: charts for name, charts in layout.items() if charts}
