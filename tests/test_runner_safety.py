@@ -18,6 +18,7 @@ import pytest
 from test_launch import tiny, wait_for
 
 from icl_lightning.reproduce import cli, runner, runs
+from icl_lightning.reproduce import lock as lock_module
 from icl_lightning.reproduce.lock import LOCK_NAME, Busy, FolderLock
 from icl_lightning.reproduce.progress import Outcome, Progress
 from icl_lightning.reproduce.runs import Run, mark_attempt
@@ -167,6 +168,7 @@ def test_two_runners_at_once_start_each_run_once(tmp_path, monkeypatch):
             started.append(self)
 
     monkeypatch.setattr(runner.subprocess, "Popen", Running)
+    monkeypatch.setattr(Run, "prepare", lambda self: ["fit"])
     planned = [the_run(tmp_path, seed) for seed in range(6)]
     barrier, results = threading.Barrier(2), []
 
@@ -283,7 +285,7 @@ import sys
 from icl_lightning.reproduce import cli, runs
 from icl_lightning.reproduce.experiments import Experiment
 
-runs.fit_command = lambda config, checkpoint: [sys.executable, "-c", {sleeper!r}, "60"]
+runs.Run.prepare = lambda run: [sys.executable, "-c", {sleeper!r}, "60"]
 tiny = Experiment("tiny", "Tiny", "configs/demo.yaml", 10, 10, 1, 1)
 cli.main(sys.argv[1:], [tiny])
 """
@@ -500,3 +502,70 @@ def test_the_time_left_counts_only_the_jobs_that_can_run(tmp_path):
     """--jobs 8 with 2 runs: two run at once, not eight."""
     planned = [Run(tiny(10), "default", s, True, tmp_path) for s in range(2)]
     assert Progress(planned, jobs=8).seconds_left() == 5.0
+
+
+# --- the same with real fits (slow) ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_real_rerun_keeps_the_curves_of_an_attempt_without_last_ckpt(tmp_path):
+    """A real fit in a folder whose earlier attempt left curves but no last.ckpt: the earlier
+    event file is kept byte for byte (before: ``--overwrite=true`` deleted it), the run trains."""
+    experiment = tiny(20)
+    run = Run(experiment, "default", 0, False, tmp_path / "logs" / "full")
+    run.directory.mkdir(parents=True)
+    earlier = run.directory / "events.out.tfevents.1.host"
+    earlier.write_bytes(b"\x18\x00 the earlier curves")
+    reproduce(tmp_path, experiment=experiment)
+    (aside,) = run.directory.parent.glob("seed0.stale-*")
+    assert (aside / earlier.name).read_bytes() == b"\x18\x00 the earlier curves"
+    assert json.loads((run.directory / "done.json").read_text())["steps"] == 20
+
+
+REAL_RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_launch import tiny
+from icl_lightning.reproduce import cli
+cli.main(sys.argv[1:], [tiny(100_000)])
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_runner_saves_its_training_child_at_a_checkpoint(tmp_path):
+    """``kill -9`` of the runner while its fit trains: the fit gets SIGTERM, stops after its
+    step, writes last.ckpt and ends (before: it trained on, an orphan); a rerun resumes there."""
+    script = tmp_path / "runner.py"
+    script.write_text(REAL_RUNNER.format(tests=str(Path(__file__).parent)))
+    logs = tmp_path / "logs"
+    command = [sys.executable, str(script), "--seeds", "1", "--jobs", "1", "--logs", str(logs)]
+    process = subprocess.Popen([*command, "--out", str(tmp_path / "out")])
+    run = Run(tiny(100_000), "default", 0, False, logs / "full")
+    try:
+        wait_for(run.log, "Training;", timeout=180)
+        path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        (child,) = map(int, path.read_text().split())
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 120
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(child)
+    assert "Interrupted at step" in run.log.read_text() and run.checkpoint.exists()
+    assert run.prepare()[-1] == f"--ckpt_path={run.checkpoint}"
+
+
+def test_a_filesystem_without_locks_is_a_warning_not_a_failed_run(tmp_path, monkeypatch):
+    """Lustre mounted without ``flock`` answers ENOSYS: the run goes on unlocked, with a
+    warning saying what that risks, instead of every job failing."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    lock = FolderLock(the_run(tmp_path).directory)
+    with pytest.warns(UserWarning, match="this filesystem has no file locks"):
+        lock.claim()
+    assert lock.fd is not None
+    lock.release()

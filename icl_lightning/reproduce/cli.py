@@ -176,7 +176,7 @@ def train(
 def summarize_interrupt(stopped: Interrupted, command: str) -> str:
     """What an interrupted reproduction saved, and how to continue it."""
     outcomes = stopped.outcomes
-    lines = ["Stopped (Ctrl+C or SIGTERM)."]
+    lines = ["Stopped (Ctrl+C, SIGTERM or SIGHUP)."]
     lines += [f"  {o.run.name}: {o.message}" for o in outcomes if o.status == "interrupted"]
     done = sum(o.status in ("trained", "skipped") for o in outcomes)
     lines.append(f"  {done} run(s) finished before; they are kept.")

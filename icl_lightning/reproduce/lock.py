@@ -8,15 +8,19 @@ The file names its owner (pid, host, command) for the message of whoever finds i
 (``icl-lightning fit`` keeps its own lock in the run folder; this one is the runner's.)
 """
 
+import errno
 import fcntl
 import json
 import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 LOCK_NAME = "runner.lock"
+#: what ``flock`` says on a filesystem without locks (Lustre mounted without ``flock``, some NFS)
+UNSUPPORTED = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
 
 
 class Busy(Exception):
@@ -56,7 +60,7 @@ class FolderLock:
         Raises:
             Busy: another process holds it; the message names that owner.
             OSError: the folder or lock file cannot be made (read-only, full disk, a file
-                in the way) or the filesystem has no locks.
+                in the way). A filesystem without locks is a warning (the folder unlocked).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -66,9 +70,15 @@ class FolderLock:
             owner = read_owner(fd)
             os.close(fd)
             raise Busy(f"{self.path.parent} is owned by {owner}") from None
-        except OSError:
-            os.close(fd)
-            raise
+        except OSError as error:
+            if error.errno not in UNSUPPORTED:
+                os.close(fd)
+                raise
+            warnings.warn(
+                f"{self.path}: this filesystem has no file locks ({error.strerror}); the run "
+                "folder is used unlocked, so two runners on it at once could mix one run.",
+                stacklevel=2,
+            )
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -58,7 +58,7 @@ if LIBC is not None:
 
 
 def child_setup(parent: int) -> None:
-    """Run in the child between fork and exec (C calls only, safe from any thread): SIGINT back
+    """Run in the child between fork and exec (C calls, no Python lock taken): SIGINT back
     to its default (a runner started in the background ignores it, and the child would inherit
     that), and SIGTERM when the thread that started it ends (``PR_SET_PDEATHSIG``), at once if
     the runner ``parent`` is gone already."""
@@ -88,11 +88,11 @@ def spawn(command: list[str], log: Path, threads: int, lock: int | None) -> subp
 
 
 def ending(code: int) -> str:
-    """A child's exit code in words: ``rc 1``, ``killed by SIGKILL (out of memory?)``."""
+    """A child's exit code in words: ``rc 1``, ``killed by SIGKILL``."""
     if code >= 0:
         return f"rc {code}"
     name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-    return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"killed by {name}"
 
 
 @dataclass
@@ -132,7 +132,8 @@ class Child:
         if said or stopped or -code in STOP_SIGNALS:
             saved = said or f"{ending(code)} before it wrote a checkpoint"
             return Outcome(run, "interrupted", f"interrupted: {saved}", seconds)
-        return Outcome(run, "failed", f"failed ({ending(code)}); see {run.log}", seconds)
+        oom = " (out of memory?)" if code == -signal.SIGKILL else ""
+        return Outcome(run, "failed", f"failed ({ending(code)}{oom}); see {run.log}", seconds)
 
 
 def start(run: Run, threads: int) -> Child | Outcome:
@@ -154,7 +155,7 @@ def start(run: Run, threads: int) -> Child | Outcome:
         set_aside(run)
         command = run.prepare()
         return Child(run, command, spawn(command, run.log, threads, lock.fd), lock=lock)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a folder that cannot be written, a bad config
         lock.release()
         return Outcome(run, "failed", f"cannot be started ({error})")
     except BaseException:
