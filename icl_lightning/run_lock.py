@@ -96,10 +96,14 @@ class RunLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # released and deleted between our open and our lock: again
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_owner_record()).encode())
-        os.fsync(fd)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(_owner_record()).encode())
+            os.fsync(fd)
+        except OSError:  # a full disk: no lock, no file left behind
+            self.release()
+            raise
         return self
 
     def owner(self) -> dict | None:

@@ -161,13 +161,24 @@ def test_resume_with_other_options_is_refused_unless_allowed(tmp_path, monkeypat
     assert (run / "config-leg3.yaml").is_file() and _runs() == [run]
 
 
-def test_resume_with_nothing_to_train_changes_no_file(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [
+        ([], "the checkpoint is at step 3, and --trainer.max_steps=3"),
+        (
+            ["--trainer.max_steps=-1", "--trainer.max_epochs=1"],
+            "the checkpoint is at the end of epoch 1",
+        ),
+    ],
+    ids=["max_steps", "max_epochs"],
+)
+def test_resume_with_nothing_to_train_changes_no_file(tmp_path, monkeypatch, caplog, limit, reason):
     monkeypatch.chdir(tmp_path)
-    _fit(3)
+    _fit(3, *limit)  # 3 steps: one epoch
     (run,) = _runs()
     before = _digest(tmp_path)
-    _fit(3, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
-    assert "Nothing to train: the checkpoint is at step 3" in caplog.text
+    _fit(3, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *limit)
+    assert f"Nothing to train: {reason}" in caplog.text
     assert _digest(tmp_path) == before and _runs() == [run]
 
 
@@ -175,6 +186,9 @@ def test_ckpt_path_last_resumes_the_newest_run_or_is_a_usage_error(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     error = _usage_error(capsys, 2, "--ckpt_path=last")
     assert "--ckpt_path=last: no last.ckpt to resume under logs/demo" in error
+    with pytest.raises(SystemExit):  # nor validate an untrained model
+        main(["validate", f"--config={DEMO}", *tiny_args(Path("logs")), "--ckpt_path=last"])
+    assert "--ckpt_path=last: no last.ckpt" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*"))  # not silently a new run
     _fit(2)
     _fit(2)

@@ -64,5 +64,5 @@ def nothing_to_train(checkpoint: dict, max_steps: int | None, max_epochs: int | 
     progress, _ = fit_loop_progress(checkpoint)
     done = progress["current"]["completed"] if progress else 0
     if epochs != -1 and done >= epochs:
-        return f"the checkpoint has finished {done} epochs, and --trainer.max_epochs={epochs}"
+        return f"the checkpoint is at the end of epoch {done}, and --trainer.max_epochs={epochs}"
     return None
