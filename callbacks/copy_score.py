@@ -59,6 +59,7 @@ class CopyScore(Probe):
     """
 
     namespace = "copy"
+    figure_only = ("attention_map",)
 
     @override
     def check_model(self, model: nn.Module) -> None:

@@ -27,10 +27,30 @@ def weights_are_finite(pl_module: L.LightningModule) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
+def check_initialised(module: nn.Module) -> None:
+    """Raise ``ValueError`` naming ``module``'s class when its ``__init__`` did not call
+    ``super().__init__()`` (nn.Module's bookkeeping is missing: it has no parameters, and
+    PyTorch would fail later on a missing ``_parameters``)."""
+    if "_modules" not in vars(module):
+        name = type(module).__name__
+        raise ValueError(
+            f"{name}.__init__ does not call super().__init__(): call it first in "
+            f"{name}.__init__, before setting any attribute."
+        )
+
+
 def check_prediction_shape(network: nn.Module, prediction: torch.Tensor, batch: ICLBatch) -> None:
-    """Raise ``ValueError`` unless ``network`` predicted one number per prompt, shape ``(B,)``
-    (a ``(B, 1)`` output would broadcast against the ``(B,)`` targets into a ``(B, B)`` loss)."""
+    """Raise ``ValueError`` unless ``network`` predicted one tensor of one number per prompt,
+    shape ``(B,)`` (not a tuple; a ``(B, 1)`` output would broadcast against the ``(B,)``
+    targets into a ``(B, B)`` loss)."""
     expected = tuple(batch.query_y.shape)
+    if not isinstance(prediction, torch.Tensor):
+        raise ValueError(
+            f"{type(network).__name__}(context_x, context_y, query_x) returned a "
+            f"{type(prediction).__name__}; expected a tensor of shape {expected}, one number "
+            "per prompt. Return the predictions alone from its forward (keep anything else in "
+            "another method)."
+        )
     if tuple(prediction.shape) != expected:
         raise ValueError(
             f"{type(network).__name__}(context_x, context_y, query_x) returned predictions of "
@@ -60,7 +80,10 @@ class ICLRegressionModule(L.LightningModule):
 
     Safety: the first batch checks that the network returns ``(B,)``
     (:func:`check_prediction_shape`); every checkpoint write first checks that the weights are
-    finite, and stores the network's class (:meth:`on_save_checkpoint`).
+    finite, and stores the network's class (:meth:`on_save_checkpoint`). A subclass's mistakes
+    are errors naming it: an ``__init__`` without ``super().__init__(model)`` (of the module or
+    of the network), and a ``training_step`` that returns None or a loss that is not a 0-d
+    tensor with a graph (:meth:`on_before_backward`, :meth:`on_train_batch_end`).
 
     Args:
         model: the network, any ``nn.Module`` mapping ``context_x (B, N, d)``,
@@ -84,6 +107,12 @@ class ICLRegressionModule(L.LightningModule):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"{type(self).__name__}(model=...) got a {type(model).__name__}; expected an "
+                "nn.Module mapping (context_x, context_y, query_x) to predictions (B,)."
+            )
+        check_initialised(model)
         self.model = model
         self.val_loss = MeanMetric()
         self.val_zero_loss = MeanMetric()
@@ -94,10 +123,14 @@ class ICLRegressionModule(L.LightningModule):
         """As ``nn.Module.__setattr__``, except for ``_current_fx_name``: Lightning sets that
         plain string before and after every hook call (about 40 times a step), and nn.Module's
         checks for parameters, buffers and submodules made that a fifth of the Python calls
-        Lightning makes per step; a string needs none of them."""
+        Lightning makes per step; a string needs none of them. Any other attribute set before
+        ``super().__init__(model)`` is a ``ValueError`` naming the class
+        (:func:`check_initialised`)."""
         if name == "_current_fx_name":
             self.__dict__[name] = value
         else:
+            if "_modules" not in self.__dict__:
+                check_initialised(self)
             super().__setattr__(name, value)
 
     @override
@@ -120,8 +153,35 @@ class ICLRegressionModule(L.LightningModule):
         return loss
 
     @override
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Refuse a loss that backward cannot take or that trains nothing: one that is not 0-d
+        (per-prompt values, not reduced) or has no autograd graph (detached, or computed under
+        ``torch.no_grad``). Shape and flag checks only: no host sync."""
+        if not self.automatic_optimization:
+            return
+        name = type(self).__name__
+        if loss.ndim != 0:
+            raise ValueError(
+                f"{name}.training_step returned a loss of shape {tuple(loss.shape)}; expected a "
+                "0-d tensor. Reduce it over the prompts, e.g. `.mean()`."
+            )
+        if not loss.requires_grad:
+            raise ValueError(
+                f"{name}.training_step returned a loss without an autograd graph (detached, or "
+                "computed under torch.no_grad): nothing would train. Return the loss computed "
+                "from the model's predictions."
+            )
+
+    @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Check the loss for NaN/inf every ``log_every_n_steps`` steps (one host sync then)."""
+        """Refuse a ``training_step`` that returned None (Lightning would skip its optimizer
+        step with a warning, every step); check the loss for NaN/inf every
+        ``log_every_n_steps`` steps (one host sync then)."""
+        if self.automatic_optimization and outputs.get("loss") is None:
+            raise ValueError(
+                f"{type(self).__name__}.training_step returned None at step "
+                f"{self.global_step}: nothing was trained. Return the loss, a 0-d tensor."
+            )
         if self.global_step % self.trainer.log_every_n_steps == 0:
             loss = outputs["loss"]
             if not torch.isfinite(loss):
