@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icl_lightning.checks import require
+from icl_lightning.models import batch_last
 from icl_lightning.models.init import attention_weights
 from icl_lightning.models.linear_attention import LinearAttentionReadout, LinearAttentionUpdate
 from icl_lightning.models.products import (
@@ -284,7 +285,11 @@ class LSA(nn.Module):
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """Predictions ``-h_L[query, -1]`` of shape ``(B,)``; the last layer computes only the
-        query token's last coordinate."""
-        h = self.tokens(context_x, context_y, query_x)
+        query token's last coordinate. Linear attention on the CPU in float32/float64 runs as
+        one batch-last autograd function (:mod:`~icl_lightning.models.batch_last`), anything
+        else layer by layer (:func:`predict_query`)."""
         layers = [self.layer(i) for i in range(self.num_layers)]
+        if batch_last.applies(layers, context_x):
+            return batch_last.predict(layers, context_x, context_y, query_x, self.clip)
+        h = self.tokens(context_x, context_y, query_x)
         return predict_query(layers, h, context_x.shape[1], self.clip)

@@ -1,0 +1,213 @@
+"""A stack of linear-attention layers on the CPU in one autograd function, tokens batch-last.
+
+For the deep LSA of paper A each prompt's work is a few 11 x 11 products per layer
+(``h' = h + (h K S) V``, ``S = sum_{i<N} h_i h_i^T``; :mod:`~icl_lightning.models.linear_attention`
+has the maths): as batched matrix products they run at a few percent of what the core does on a
+large matrix product. Laid out batch-last, ``(T, D, B)``, every entry of those products is one
+vector operation over a tile of prompts (:mod:`~icl_lightning.models.batch_last_kernels`, C
+compiled once per dtype, token size D and head count H with the system's C compiler and loaded
+with :mod:`ctypes`). :class:`LinearAttentionStack` runs every layer and the readout in one
+forward call, keeps each layer's input tokens, and in its backward call runs the layers in
+reverse; the activation clip (``clamp(h_l, -c, c)``) is applied inside the kernels.
+
+Where the kernels do not apply (:func:`applies`: CUDA, a dtype other than float32/float64,
+autocast, ``torch.func`` transforms, softmax or LayerNorm layers, or no working C compiler) the
+model takes the per-layer path of :mod:`~icl_lightning.models.linear_attention`.
+"""
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from icl_lightning.models.batch_last_kernels import SOURCE
+
+_SCALAR = {torch.float32: "float", torch.float64: "double"}
+_FLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
+_POINTERS = {"update_forward": 4, "update_backward": 7, "readout_forward": 4}
+_POINTERS |= {"readout_backward": 7, "pack_tokens": 4}
+_NAMES = ("W_Q", "W_K", "W_V", "P")
+_libraries: dict[tuple, ctypes.CDLL | None] = {}
+
+
+def kernel_dir() -> Path:
+    """Where compiled kernels are kept (``$ICL_LIGHTNING_KERNELS``, default a folder of the
+    system's temporary directory, as torch.compile keeps its own)."""
+    default = Path(tempfile.gettempdir()) / f"icl_lightning_kernels_{os.getuid()}"
+    return Path(os.environ.get("ICL_LIGHTNING_KERNELS", default))
+
+
+def _compile(scalar: str, D: int, H: int) -> Path:
+    """The kernels' shared library for one (dtype, D, H), compiled unless already there (named
+    by a hash of the source and flags; written to a temporary name and renamed, so that
+    processes compiling at once never load a partial file)."""
+    compiler = os.environ.get("CC", "cc")
+    flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DD={D}", f"-DH={H}"]
+    key = hashlib.sha256("\n".join([compiler, *flags, SOURCE]).encode()).hexdigest()[:16]
+    folder = kernel_dir()
+    library = folder / f"lsa_{scalar}_D{D}_H{H}_{key}.so"
+    if library.is_file():
+        return library
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler {compiler!r} (set CC)")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        source = Path(tmp) / "lsa.c"
+        source.write_text(SOURCE)
+        built = Path(tmp) / library.name
+        subprocess.run(
+            [compiler, *flags, str(source), "-o", str(built)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(built, library)
+    return library
+
+
+def library(dtype: torch.dtype, D: int, H: int) -> ctypes.CDLL | None:
+    """The loaded kernels for tokens of size D, H heads and ``dtype``; ``None`` (with one
+    warning per process) when they cannot be compiled or loaded."""
+    key = (dtype, D, H)
+    if key not in _libraries:
+        try:
+            lib = ctypes.CDLL(str(_compile(_SCALAR[dtype], D, H)))
+        except (OSError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", "") or error
+            warnings.warn(
+                f"LSA: the batch-last CPU kernels could not be built ({detail}); the deep LSA "
+                "runs on the slower per-layer path",
+                stacklevel=2,
+            )
+            lib = None
+        if lib is not None:
+            for name, pointers in _POINTERS.items():
+                function = getattr(lib, name)
+                function.restype = None
+                function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_long, ctypes.c_int]
+                function.argtypes += [ctypes.c_int] * name.startswith(("upd", "read"))
+                function.argtypes += [ctypes.c_double] * name.startswith("upd")
+        _libraries[key] = lib
+    return _libraries[key]
+
+
+def applies(layers, tensor: torch.Tensor) -> bool:
+    """Whether :class:`LinearAttentionStack` runs ``layers`` on inputs like ``tensor``: linear
+    attention without LayerNorm on the CPU, float32 or float64 weights and inputs, no autocast,
+    no ``torch.func`` transform, and kernels that compile."""
+    weight = layers[0].W_Q
+    if tensor.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if tensor.dtype not in _SCALAR or weight.dtype != tensor.dtype:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
+        return False
+    if any(layer.softmax or not isinstance(layer.norm, torch.nn.Identity) for layer in layers):
+        return False
+    H, _, D = weight.shape
+    return library(tensor.dtype, D, H) is not None
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class LinearAttentionStack(torch.autograd.Function):
+    """``h_L[query, -1]`` before the last clamp, ``(B,)``, of the prompts ``context_x``
+    ``(B, N, d)``, ``context_y`` ``(B, N)``, ``query_x`` ``(B, d)`` through the layers
+    ``weights`` (``W_Q, W_K, W_V, P`` of each distinct layer, in turn) applied in the order
+    ``depths`` (one index into them per depth; a recurrent model repeats one).
+
+    Tokens batch-last, ``h_{l+1} = clamp(h_l + (h_l K_l S_l) V_l)`` below the last layer and
+    the readout of :class:`~icl_lightning.models.linear_attention.LinearAttentionReadout` at
+    the last, with ``K = [KQ_1^T ... KQ_H^T]``, ``KQ_h = W_K,h^T W_Q,h``, ``V = [PV_1^T; ...]``,
+    ``PV_h = P_h W_V,h`` and ``U = [(PV_h)[-1]]_h``. The backward pass takes the products'
+    gradients from the kernels and maps them to the weights::
+
+        dKQ_h = (dK[:, h])^T,  dW_Q,h = W_K,h dKQ_h,  dW_K,h = W_Q,h dKQ_h^T,
+        dPV_h = (dV[h])^T (last layer: row -1 = dU[:, h]),  dP_h = dPV_h W_V,h^T,
+        dW_V,h = P_h^T dPV_h
+
+    summed over the depths that apply each layer.
+    """
+
+    @staticmethod
+    def forward(ctx, context_x, context_y, query_x, clip: float, depths, *weights):
+        B, N, d = context_x.shape
+        T, D = N + 1, d + 1
+        W_Q, W_K, W_V, P = (torch.stack(weights[i::4]) for i in range(4))  # (M, H, k, D)
+        H = W_Q.shape[1]
+        lib = library(context_x.dtype, D, H)
+        index = torch.tensor(depths)
+        Ks = _stacked(W_K.transpose(-1, -2) @ W_Q)[index].contiguous()  # (L, D, H D)
+        PV = P @ W_V  # (M, H, D, D)
+        Vs = PV.transpose(-1, -2).reshape(-1, H * D, D)[index[:-1]].contiguous()
+        U = PV[depths[-1], :, -1].T.contiguous()  # (D, H)
+        inputs = [x.contiguous() for x in (context_x, context_y, query_x)]
+        W = 64 // context_x.element_size()
+        tiles = -(-B // W)
+        hs = [context_x.new_empty(tiles, T, D, W)]
+        lib.pack_tokens(*map(_address, (*inputs, hs[0])), B, N)
+        for K_l, V_l in zip(Ks[:-1], Vs, strict=True):
+            hs.append(torch.empty_like(hs[0]))
+            lib.update_forward(*map(_address, (hs[-2], K_l, V_l, hs[-1])), tiles, T, N, clip)
+        last = context_x.new_empty(tiles * W)
+        lib.readout_forward(*map(_address, (hs[-1], Ks[-1], U, last)), tiles, T, N)
+        ctx.save_for_backward(*hs, Ks, Vs, U, W_Q, W_K, W_V, P, index)
+        ctx.clip, ctx.batch_size = clip, B
+        return last[:B]
+
+    @staticmethod
+    def backward(ctx, grad):
+        *hs, Ks, Vs, U, W_Q, W_K, W_V, P, index = ctx.saved_tensors
+        tiles, T, D, W = hs[0].shape
+        L, N, H, B = len(hs), T - 1, W_Q.shape[1], ctx.batch_size
+        lib = library(hs[0].dtype, D, H)
+        need_inputs = any(ctx.needs_input_grad[:3])
+        dKs, dVs, dU = map(torch.zeros_like, (Ks, Vs, U))
+        dh = torch.empty_like(hs[0]) if L > 1 or need_inputs else None
+        padded = grad.new_zeros(tiles * W)
+        padded[:B] = grad
+        addresses = (hs[-1], Ks[-1], U, padded, dh, dKs[-1], dU)
+        lib.readout_backward(*map(_address, addresses), tiles, T, N)
+        for layer in reversed(range(L - 1)):
+            g = dh
+            dh = torch.empty_like(g) if layer > 0 or need_inputs else None
+            addresses = (hs[layer], Ks[layer], Vs[layer], g, dh, dKs[layer], dVs[layer])
+            lib.update_backward(*map(_address, addresses), tiles, T, N, ctx.clip)
+        dKQ = dKs.view(L, D, H, D).permute(0, 2, 3, 1)  # (L, H, D, D): dKQ_h per depth
+        dPV = torch.zeros_like(dKQ)
+        dPV[:-1] = dVs.view(L - 1, H, D, D).transpose(-1, -2)
+        dPV[-1, :, -1] = dU.T
+        dKQ, dPV = (W_Q.new_zeros(len(W_Q), H, D, D).index_add_(0, index, x) for x in (dKQ, dPV))
+        dW_Q, dW_K = W_K @ dKQ, W_Q @ dKQ.transpose(-1, -2)
+        dP, dW_V = dPV @ W_V.transpose(-1, -2), P.transpose(-1, -2) @ dPV
+        dweights = [w[m] for m in range(len(W_Q)) for w in (dW_Q, dW_K, dW_V, dP)]
+        dx = dy = dq = None
+        if need_inputs:
+            dh = dh.permute(0, 3, 1, 2).reshape(tiles * W, T, D)[:B]
+            dx, dy, dq = dh[:, :N, :-1], dh[:, :N, -1], dh[:, N, :-1]
+        return dx, dy, dq, None, None, *dweights
+
+
+def _stacked(KQ: torch.Tensor) -> torch.Tensor:
+    """``K = [KQ_1^T ... KQ_H^T]`` ``(..., D, H D)`` of ``KQ`` ``(..., H, D, D)``
+    (:func:`~icl_lightning.models.products.stacked_key_query`)."""
+    *lead, H, D, _ = KQ.shape
+    return KQ.permute(*range(len(lead)), -1, -3, -2).reshape(*lead, D, H * D)
+
+
+def predict(layers, context_x, context_y, query_x, clip: float) -> torch.Tensor:
+    """``-clamp(h_L[query, -1])``, ``(B,)``: :func:`~icl_lightning.models.lsa.predict_query`
+    through :class:`LinearAttentionStack` (``layers`` as applied, a recurrent layer repeated)."""
+    distinct = list(dict.fromkeys(layers))
+    depths = tuple(distinct.index(layer) for layer in layers)
+    weights = [layer.weights()[name] for layer in distinct for name in _NAMES]
+    last = LinearAttentionStack.apply(context_x, context_y, query_x, clip, depths, *weights)
+    return -(last.clamp(-clip, clip) if clip > 0 else last)
