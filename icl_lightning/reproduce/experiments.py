@@ -15,17 +15,19 @@ from icl_lightning.reproduce.figures import (
 )
 from icl_lightning.reproduce.verdicts import Check
 
-Changes = Mapping[str, object]  # dotted config path -> value
+Changes = Mapping[str, object]  # the CLI's dotted option (without --) -> value
 
 
 @dataclass(frozen=True)
 class Experiment:
     """One paper experiment: a shipped config, its variants, checks and figures.
 
-    ``changes`` (and each variant's) map dotted config paths to values; ``callbacks.<Class>.<arg>``
-    sets a probe's argument. ``quick`` holds the extra changes of ``--quick``. ``full_steps`` is
-    the paper's step count where it states one (paper A: 5,000 for one layer, 50,000 deep,
-    10,000 for the token construction), else this project's full scale. ``seconds`` is the
+    ``changes`` (and each variant's) map the CLI's dotted options (``a.b.c`` for ``--a.b.c``) to
+    values, applied to the config as the CLI reads it (an overlay's ``config:`` base merged);
+    ``callbacks.<Class>.<arg>`` sets a probe's argument. ``quick`` holds the extra changes of
+    ``--quick``. ``full_steps`` is the paper's step count where it states one (paper A: 5,000
+    for one layer, 50,000 deep, 10,000 for the token construction), else this project's full
+    scale. ``seconds`` is the
     measured cost per 1,000 steps on a 2-core CPU and ``quick_seconds`` the measured wall time of
     one ``--quick`` run, start-up included (for the time estimates). ``quick_variants`` names the
     variants that ``--quick`` runs (default: all); ``notes`` says under a variant's heading in
