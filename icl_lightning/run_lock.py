@@ -75,6 +75,12 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    @property
+    def fd(self) -> int | None:
+        """The open lock file while held: a child started with ``pass_fds=(lock.fd,)`` holds
+        the lock too, until it ends (the runner's ``fit`` children)."""
+        return self._fd
+
     def acquire(self) -> "RunLock":
         """Take the lock now, or raise :class:`RunLocked` naming its owner; returns ``self``."""
         if self._fd is not None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from test_launch import tiny, wait_for
 
+from icl_lightning import run_lock
 from icl_lightning.reproduce import cli, runner, runs
-from icl_lightning.reproduce import lock as lock_module
-from icl_lightning.reproduce.lock import LOCK_NAME, Busy, FolderLock
+from icl_lightning.reproduce.lock import LOCK_NAME, claim_folder
 from icl_lightning.reproduce.progress import Outcome, Progress
 from icl_lightning.reproduce.runs import Run, mark_attempt
 
@@ -105,7 +105,7 @@ def test_an_attempt_without_last_ckpt_is_moved_aside_not_overwritten(tmp_path, m
     assert not any("--overwrite" in part for part in started[0].command)
     assert not (run.directory / "checkpoints").exists()
     new = sorted(p.name for p in run.directory.iterdir())
-    assert new == sorted(["done.json", "fit.log", LOCK_NAME, "reproduce.yaml"])
+    assert new == ["done.json", "fit.log", "reproduce.yaml"]  # the lock file goes with the lock
     assert f"moved it to {aside}" in capsys.readouterr().out
 
 
@@ -139,8 +139,7 @@ def test_a_run_owned_by_another_process_is_not_touched_and_names_its_owner(tmp_p
     names the owner (pid, host, command)."""
     started = stub_children(monkeypatch)
     run = the_run(tmp_path)
-    other = FolderLock(run.directory)
-    other.claim()
+    other = claim_folder(run.directory)
     (run.directory / "events.out.tfevents.1.host").write_bytes(b"live curves")
     try:
         with pytest.raises(SystemExit) as exit_info:
@@ -149,12 +148,10 @@ def test_a_run_owned_by_another_process_is_not_touched_and_names_its_owner(tmp_p
         other.release()
     message = str(exit_info.value.code)
     assert "1 run(s) did not finish" in message and "not started:" in message
-    assert f"is owned by pid {os.getpid()} on " in message and " ".join(sys.argv) in message
+    assert f"the run folder {run.directory} is in use by pid {os.getpid()} on " in message
+    assert Path(sys.argv[0]).name in message
     assert started == []
-    assert sorted(p.name for p in run.directory.iterdir()) == [
-        "events.out.tfevents.1.host",
-        LOCK_NAME,
-    ]
+    assert [p.name for p in run.directory.iterdir()] == ["events.out.tfevents.1.host"]
 
 
 def test_two_runners_at_once_start_each_run_once(tmp_path, monkeypatch):
@@ -186,29 +183,26 @@ def test_two_runners_at_once_start_each_run_once(tmp_path, monkeypatch):
         kinds = sorted(type(x).__name__ for x in (first, second))
         assert kinds == ["Child", "Outcome"]
         busy = first if isinstance(first, Outcome) else second
-        assert busy.status == "busy" and "is owned by pid" in busy.message
+        assert busy.status == "busy" and "is in use by pid" in busy.message
     for child in (x for r in results for x in r if isinstance(x, runner.Child)):
         child.lock.release()
 
 
-def test_the_child_keeps_the_folder_after_the_runner_lets_go(tmp_path):
+def test_the_child_keeps_the_folder_after_the_runner_dies(tmp_path):
     """The open lock travels to the child: a rerun cannot claim the folder while a child of a
-    runner that died (or let go) still trains or saves; once it ends, the folder is free."""
+    runner that died still trains or saves; once it ends, the folder is free."""
     run = the_run(tmp_path)
-    lock = FolderLock(run.directory)
-    lock.claim()
+    lock = claim_folder(run.directory)
     command = [sys.executable, "-c", SLEEPER, "30"]
     child = runner.spawn(command, run.log, 1, lock.fd)
-    lock.release()
+    os.close(lock.fd)  # what the kernel does to the runner's files at kill -9
     try:
-        with pytest.raises(Busy, match=f"owned by pid {os.getpid()}"):
-            FolderLock(run.directory).claim()
+        with pytest.raises(run_lock.RunLocked, match=f"in use by pid {os.getpid()}"):
+            claim_folder(run.directory)
     finally:
         child.kill()
         child.wait()
-    again = FolderLock(run.directory)
-    again.claim()
-    again.release()
+    claim_folder(run.directory).release()
 
 
 def test_a_lock_file_left_by_a_dead_process_is_claimed_again(tmp_path):
@@ -216,8 +210,7 @@ def test_a_lock_file_left_by_a_dead_process_is_claimed_again(tmp_path):
     run = the_run(tmp_path)
     run.directory.mkdir(parents=True)
     (run.directory / LOCK_NAME).write_text(json.dumps({"pid": 999999, "host": "h"}))
-    lock = FolderLock(run.directory)
-    lock.claim()
+    lock = claim_folder(run.directory)
     assert json.loads((run.directory / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
 
@@ -225,10 +218,9 @@ def test_a_lock_file_left_by_a_dead_process_is_claimed_again(tmp_path):
 def test_a_submitit_job_in_an_owned_folder_fails_naming_the_owner(tmp_path):
     slurm = pytest.importorskip("icl_lightning.reproduce.slurm")
     run = the_run(tmp_path)
-    other = FolderLock(run.directory)
-    other.claim()
+    other = claim_folder(run.directory)
     try:
-        with pytest.raises(RuntimeError, match=f"not started: .* owned by pid {os.getpid()}"):
+        with pytest.raises(RuntimeError, match=f"not started: .* in use by pid {os.getpid()}"):
             slurm.FitJob(str(run.directory), run.steps, threads=1)()
     finally:
         other.release()
@@ -313,9 +305,7 @@ def test_kill_9_of_the_runner_ends_its_children_and_frees_their_folders(tmp_path
         time.sleep(0.1)
     assert not any(map(alive, pids))
     for run in planned:
-        lock = FolderLock(run.directory)
-        lock.claim()
-        lock.release()
+        claim_folder(run.directory).release()
 
 
 def test_an_error_in_the_runner_stops_the_children_it_started(tmp_path, monkeypatch):
@@ -563,9 +553,6 @@ def test_a_filesystem_without_locks_is_a_warning_not_a_failed_run(tmp_path, monk
     def no_locks(fd, operation):
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
-    lock = FolderLock(the_run(tmp_path).directory)
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     with pytest.warns(UserWarning, match="this filesystem has no file locks"):
-        lock.claim()
-    assert lock.fd is not None
-    lock.release()
+        assert claim_folder(the_run(tmp_path).directory) is None

@@ -1,7 +1,7 @@
 """Runs on this machine: up to ``jobs`` ``fit`` processes at once, ``threads`` torch threads each.
 
-Each run's folder is claimed first (:class:`~icl_lightning.reproduce.lock.FolderLock`, held by its
-child until it exits), so two runners never train one run. Each child runs in its own session,
+Each run's folder is claimed first (:func:`~icl_lightning.reproduce.lock.claim_folder`, held by
+its child until it exits), so two runners never train one run. Each child runs in its own session,
 so a Ctrl+C reaches only this process, which then asks every running child to stop (SIGTERM:
 before training the child ends at once, during training it stops after its current step and
 writes ``last.ckpt``), waits for them to save, and raises :class:`Interrupted` with what each
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from icl_lightning.reproduce.lock import Busy, FolderLock
+from icl_lightning.reproduce.lock import claim_folder
 from icl_lightning.reproduce.progress import Outcome, Progress
 from icl_lightning.reproduce.runs import (
     Run,
@@ -29,6 +29,7 @@ from icl_lightning.reproduce.runs import (
     mark_attempt,
     write_done,
 )
+from icl_lightning.run_lock import RunLock, RunLocked
 
 #: how long the children may take to write their last.ckpt after a Ctrl+C before they are killed
 SAVE_GRACE_SECONDS = 600.0
@@ -103,7 +104,7 @@ class Child:
     command: list[str]
     process: subprocess.Popen
     start: float = field(default_factory=time.perf_counter)
-    lock: FolderLock | None = None
+    lock: RunLock | None = None
 
     def outcome(self, stopped: bool = False) -> Outcome:
         """How the finished child ended, from this attempt only (``stopped``: this process
@@ -111,8 +112,7 @@ class Child:
         try:
             return self.ended(stopped, time.perf_counter() - self.start)
         finally:
-            if self.lock is not None:
-                self.lock.release()
+            release(self.lock)
 
     def ended(self, stopped: bool, seconds: float) -> Outcome:
         code, run = self.process.returncode, self.run
@@ -141,26 +141,31 @@ def start(run: Run, threads: int) -> Child | Outcome:
     earlier, owned by another process, or that cannot be started (its folder unwritable)."""
     if run.finished():
         return Outcome(run, "skipped", "done earlier, skipped")
-    lock = FolderLock(run.directory)
     try:
-        lock.claim()
-    except Busy as busy:
+        lock = claim_folder(run.directory)
+    except RunLocked as busy:
         return Outcome(run, "busy", f"not started: {busy}")
     except OSError as error:
         return Outcome(run, "failed", f"cannot claim its folder ({error})")
     try:
         if run.finished():  # by the process that held it a moment ago
-            lock.release()
+            release(lock)
             return Outcome(run, "skipped", "done earlier, skipped")
         set_aside(run)
         command = run.prepare()
-        return Child(run, command, spawn(command, run.log, threads, lock.fd), lock=lock)
+        fd = None if lock is None else lock.fd
+        return Child(run, command, spawn(command, run.log, threads, fd), lock=lock)
     except (OSError, ValueError) as error:  # a folder that cannot be written, a bad config
-        lock.release()
+        release(lock)
         return Outcome(run, "failed", f"cannot be started ({error})")
     except BaseException:
-        lock.release()
+        release(lock)
         raise
+
+
+def release(lock: RunLock | None) -> None:
+    if lock is not None:
+        lock.release()
 
 
 def set_aside(run: Run) -> None:

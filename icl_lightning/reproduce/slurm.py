@@ -15,10 +15,11 @@ from pathlib import Path
 
 import submitit
 
-from icl_lightning.reproduce.lock import Busy, FolderLock
+from icl_lightning.reproduce.lock import claim_folder
 from icl_lightning.reproduce.progress import Outcome, Progress
-from icl_lightning.reproduce.runner import Interrupted, ending, set_aside, spawn
+from icl_lightning.reproduce.runner import Interrupted, ending, release, set_aside, spawn
 from icl_lightning.reproduce.runs import Run, fit_command, interrupted_at, write_done
+from icl_lightning.run_lock import RunLocked
 
 #: how long the child may take to write its last.ckpt when the job is preempted
 SAVE_GRACE_SECONDS = 60.0
@@ -48,20 +49,20 @@ class FitJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> float:
         directory, command = Path(self.directory), self.command()
-        lock = FolderLock(directory)
         try:
-            lock.claim()
-        except Busy as busy:
+            lock = claim_folder(directory)
+        except RunLocked as busy:
             raise RuntimeError(f"not started: {busy}") from None
         start = time.perf_counter()
         try:
-            self._process = spawn(command, directory / "fit.log", self.threads, lock.fd)
+            fd = None if lock is None else lock.fd
+            self._process = spawn(command, directory / "fit.log", self.threads, fd)
             # poll, not wait(): a blocking wait holds the Popen's lock, and checkpoint() (run as
             # a signal handler in this thread) could then never see the child exit
             while (code := self._process.poll()) is None:
                 time.sleep(0.5)
         finally:
-            lock.release()
+            release(lock)
         seconds = time.perf_counter() - start
         if code != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({ending(code)}); see fit.log")
@@ -159,17 +160,19 @@ def prepare(run: Run) -> Outcome | None:
     or the :class:`Outcome` of a run finished earlier, owned by another process or unwritable."""
     if run.finished():
         return Outcome(run, "skipped", "done earlier, skipped")
-    lock = FolderLock(run.directory)
     try:
-        lock.claim()
-        set_aside(run)
-        run.prepare()
-    except Busy as busy:
+        lock = claim_folder(run.directory)
+    except RunLocked as busy:
         return Outcome(run, "busy", f"not submitted: {busy}")
     except OSError as error:
+        return Outcome(run, "failed", f"cannot claim its folder ({error})")
+    try:
+        set_aside(run)
+        run.prepare()
+    except (OSError, ValueError) as error:
         return Outcome(run, "failed", f"cannot be prepared ({error})")
     finally:
-        lock.release()
+        release(lock)
     return None
 
 
