@@ -472,6 +472,39 @@ def test_a_full_disk_at_the_report_is_one_message(tmp_path, monkeypatch):
     assert "the report cannot be written" in message and "--report-only" in message
 
 
+def test_ctrl_c_while_the_report_is_written_is_no_traceback(tmp_path, monkeypatch, capsys):
+    stub_children(monkeypatch)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_report", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(tmp_path)
+    assert exit_info.value.code == 130
+    assert "Stopped while writing the report; the runs are kept" in capsys.readouterr().out
+
+
+def test_a_child_that_cannot_be_started_fails_that_run_only(tmp_path, monkeypatch):
+    """fork fails (no memory, too many processes) for one run: that run fails with the reason,
+    the others train."""
+    started = stub_children(monkeypatch)
+    popen = runner.subprocess.Popen
+
+    def fork_fails_once(command, **kwargs):
+        if not started and not getattr(fork_fails_once, "failed", False):
+            fork_fails_once.failed = True
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return popen(command, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", fork_fails_once)
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(tmp_path, "--seeds", "2")
+    message = str(exit_info.value.code)
+    assert "seed 0: cannot be started ([Errno 11] Resource temporarily unavailable)" in message
+    assert len(started) == 1 and "seed1" in started[0].command[-1]
+
+
 def test_a_refused_submission_is_one_message(tmp_path):
     """sbatch refuses the jobs (a wrong --partition): one message, nothing trained."""
     slurm = pytest.importorskip("icl_lightning.reproduce.slurm")

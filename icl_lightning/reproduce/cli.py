@@ -239,4 +239,8 @@ def main(
             f"the report cannot be written to {out} ({error}); the runs are kept: free space "
             "there (or choose another --out) and call again with --report-only"
         ) from None
+    except KeyboardInterrupt:
+        again = shlex.join([prog, *argv, *([] if args.report_only else ["--report-only"])])
+        print(f"Stopped while writing the report; the runs are kept. Write it with: {again}")
+        raise SystemExit(130) from None
     print(f"report: {out / 'report.md'}")
