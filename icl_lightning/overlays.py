@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from jsonargparse import ActionConfigFile, Namespace
+from jsonargparse import ActionConfigFile, Namespace, get_loader
 from jsonargparse._util import merge_config
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -71,11 +71,16 @@ class OverlayParser(LightningArgumentParser):
     def _load_config_parser_mode(self, content, path="", ext_vars=None, prev_cfg=None):
         where = Path(path).absolute() if path else "a config string"  # jsonargparse: cwd = its dir
         try:
-            loaded = yaml.safe_load(content)
+            loaded = get_loader(self.parser_mode)(content)
         except yaml.YAMLError as error:
             problem = str(error).splitlines()[0]
             raise TypeError(f"{where} is not valid YAML ({problem}).") from error
-        if not (isinstance(loaded, dict) and BASE_KEY in loaded):
+        if not isinstance(loaded, dict):
+            raise TypeError(
+                f"{where} holds {'nothing' if loaded is None else repr(loaded)}: expected a YAML "
+                "mapping of options, as in configs/."
+            )
+        if BASE_KEY not in loaded:
             return super()._load_config_parser_mode(content, path, ext_vars, prev_cfg)
         base = base_of(loaded, str(where))
         del loaded[BASE_KEY]

@@ -88,6 +88,11 @@ OVERLAYS = {
         "config: lsa_deep.yaml\nmodel:\n  model:\n    init_args:\n      num_layers: 3\n",
         ["--config=lsa_deep.yaml", "--model.model.init_args.num_layers=3"],
     ),
+    # read by jsonargparse's YAML loader, as the command line is: 5e-4 is a number
+    "exponent_and_null": (
+        "config: demo.yaml\noptimizer.init_args.lr: 5e-4\ntrainer:\n  callbacks: null\n",
+        ["--config=demo.yaml", "--optimizer.init_args.lr=5e-4", "--trainer.callbacks=null"],
+    ),
     # another class: its options start afresh, as on the command line
     "another_class_path": (
         "config: demo.yaml\nmodel:\n  model:\n    class_path: icl_lightning.models.ContextualBlock"
@@ -147,6 +152,7 @@ def test_an_overlay_with_nested_sections_trains_with_the_bases_probes(capsys):
 BROKEN_BASES = {
     "missing": (None, "File does not exist"),
     "not_yaml": ("trainer: [unclosed\n", "is not valid YAML"),
+    "empty": ("", "holds nothing: expected a YAML mapping of options"),
     "unknown_key": ("trainer:\n  max_stepz: 3\n", "does not accept option 'max_stepz'"),
     "bad_value": ("trainer:\n  max_steps: many\n", 'Parser key "trainer.max_steps"'),
     "a_folder": ("folder", "Path is not a file"),
