@@ -133,18 +133,20 @@ def test_a_chain_of_overlays_in_other_folders_resolves_each_base_beside_its_file
 
 
 def test_an_overlay_with_nested_sections_trains_with_the_bases_probes(capsys):
-    """End to end: the run's saved config.yaml and its trainer hold the base's probes and
-    clipping, and the overlay's nested changes."""
-    overlay = "config: demo.yaml\ntrainer:\n  max_steps: 2\n  enable_model_summary: false\n"
+    """End to end: the run's saved config.yaml and its trainer hold the base's probes, and the
+    overlay's nested changes (paper B's block with its skip connection, via its own overlay)."""
+    overlay = "config: contextual_block_skip.yaml\ntrainer:\n  max_steps: 2\n"
+    overlay += "  enable_model_summary: false\n"
     overlay += "data:\n  batch_size: 8\n  num_val_tasks: 16\n  batches_per_epoch: 2\n"
     write("overlay.yaml", overlay)
     cli = run_cli(["fit", "--config=overlay.yaml"])
-    assert cli.trainer.global_step == 2 and cli.trainer.gradient_clip_val == 0.001
-    probes = {type(c).__name__ for c in cli.trainer.callbacks}
-    assert {"GDAlignment", "ContextLengthProbe"} <= probes
+    assert cli.trainer.global_step == 2
+    probes = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert {"DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison"} <= set(probes)
     saved = yaml.safe_load(Path("logs/overlay/version_0/config.yaml").read_text())
-    assert len(saved["trainer"]["callbacks"]) == 2
-    assert saved["data"]["init_args"]["task"]["init_args"]["input_dim"] == 5
+    assert len(saved["trainer"]["callbacks"]) == 3
+    assert saved["model"]["init_args"]["model"]["init_args"]["mlp_skip"] is True
+    assert saved["data"]["init_args"]["task"]["init_args"]["input_dim"] == 4
     assert saved["data"]["init_args"]["batch_size"] == 8
 
 
@@ -252,13 +254,18 @@ def test_an_experiment_whose_config_fails_names_the_run_and_the_file():
 
 @pytest.mark.slow
 def test_the_runner_trains_an_overlay_experiment_end_to_end(capsys):
-    overlay = "config: demo.yaml\ntrainer:\n  enable_model_summary: false\n"
-    overlay += "data:\n  batch_size: 8\n  num_val_tasks: 16\n  batches_per_epoch: 2\n"
+    """``icl-reproduce`` on an overlay experiment whose base is relative: the child trains with
+    the base's probes and the experiment's changes."""
+    overlay = "config: contextual_block_skip.yaml\ntrainer:\n  enable_model_summary: false\n"
     config = write("configs/overlay.yaml", overlay).absolute()
-    experiment = overlay_experiment(config)
-    reproduce_cli.main(
-        ["--quick", "--logs", "logs", "--out", "reports", "--seeds", "1"], [experiment]
-    )
-    assert "trained" in capsys.readouterr().out
+    tiny = {"data.init_args.batch_size": 8, "data.init_args.num_val_tasks": 16}
+    experiment = overlay_experiment(config, **tiny, **{"callbacks.DeltaWEquivalence.num_tasks": 8})
+    reproduce_cli.main(["--quick", "--logs", "logs", "--out", "out", "--seeds", "1"], [experiment])
+    assert "overlay/default seed 0: trained" in capsys.readouterr().out
     saved = yaml.safe_load(Path("logs/quick/overlay/default/seed0/config.yaml").read_text())
-    assert len(saved["trainer"]["callbacks"]) == 2
+    probes = {
+        c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in saved["trainer"]["callbacks"]
+    }
+    assert list(probes) == ["DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison"]
+    assert probes["DeltaWEquivalence"]["num_tasks"] == 8
+    assert saved["model"]["init_args"]["model"]["init_args"]["mlp_skip"] is True
