@@ -227,7 +227,9 @@ class ICLLightningCLI(LightningCLI):
     # ------------------------------------------------------------- before anything is built
     def parse_arguments(self, parser, args) -> None:
         """As LightningCLI's, after checking that every ``--config`` file is YAML (the parser's
-        own message would not name the file)."""
+        own message would not name the file). A config's ``config:`` key names its base config
+        (:class:`~icl_lightning.overlays.OverlayParser`: the rest of the file changes it key by
+        key)."""
         given = sys.argv[1:] if args is None else args
         given = [str(a) for a in given] if isinstance(given, list | tuple) else []
         for i, arg in enumerate(given):
