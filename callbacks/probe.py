@@ -170,7 +170,8 @@ class Probe(Callback):
         for name, v in logged.items():
             if torch.as_tensor(v).ndim != 0:
                 raise ValueError(
-                    f"{type(self).__name__}: result {name!r} has shape {tuple(v.shape)}, but "
+                    f"{type(self).__name__}: result {name!r} has shape "
+                    f"{tuple(torch.as_tensor(v).shape)}, but "
                     "the probe logs scalars. Return sums over the prompts from compute (0-d "
                     "for a scalar, e.g. `.sum()` of per-prompt values), or name a result that "
                     f"only figures draw in {type(self).__name__}.figure_only, or override "
@@ -209,6 +210,18 @@ class Probe(Callback):
         ``model(context_x, context_y, query_x)``; a probe that needs more declares it here."""
 
     # ----------------------------------------------------------------------- the machinery
+    def __getattr__(self, name: str):
+        """Only reached for an attribute that is missing: when ``__init__`` did not call
+        ``super().__init__()``, an error naming the class says so (instead of the first of the
+        base's attributes that the Trainer or the CLI happens to read)."""
+        if not name.startswith("__") and "history" not in vars(self):
+            cls = type(self).__name__
+            raise AttributeError(
+                f"{cls}.__init__ does not call super().__init__(...): the Probe base's options "
+                f"and state are missing ({name!r} first). Call it in {cls}.__init__."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def prefix(self) -> str:
         """The start of every tag: ``<namespace>/``, or ``<namespace>/<tag>/`` with ``tag``."""

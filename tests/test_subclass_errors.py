@@ -103,6 +103,13 @@ class FigureOnlyProbe(VectorResultProbe):
     figure_only = ("moments",)
 
 
+class NoSuperProbe(Probe):
+    """Forgets ``super().__init__()``."""
+
+    def __init__(self, every_n_steps: int = 1):
+        self.k = every_n_steps
+
+
 HERE = __name__  # the CLI finds the classes above by their class paths, HERE.<name>
 
 
@@ -196,3 +203,11 @@ def test_a_non_scalar_result_is_an_error_never_dropped(tmp_path):
     probe = _measure(tmp_path, FigureOnlyProbe(), 16)
     assert set(probe.last_results) == {"probe/loss"}
     assert probe._results["moments"].shape == (3,)  # kept for the figures
+
+
+def test_probe_without_super_init_is_an_error_naming_it(tmp_path):
+    message = r"NoSuperProbe.__init__ does not call super\(\).__init__\(...\)"
+    with pytest.raises(AttributeError, match=message):
+        fit(tmp_path, f"--trainer.callbacks+={HERE}.NoSuperProbe")
+    assert not hasattr(NoSuperProbe(), "tag")  # hasattr and getattr defaults still work
+    assert getattr(Probe(), "not_an_option", None) is None
