@@ -12,10 +12,12 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from conftest import CONFIGS, run_cli, tiny_args
 
 from icl_lightning.callbacks import Probe
+from icl_lightning.models.lsa import LSALayer
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 PRECISIONS = ["64-true", "32-true", "bf16-true", "bf16-mixed", "16-mixed"]
@@ -86,3 +88,26 @@ def test_16_true_is_a_usage_error_naming_the_option(tmp_path, monkeypatch, capsy
     assert exit_info.value.code == 2
     assert "--trainer.precision=16-true" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("step", ["residual_update", "readout"])
+def test_custom_autograd_under_autocast_matches_autograd(step):
+    """Under bf16 autocast the hand-written backward passes
+    (:mod:`icl_lightning.models.linear_attention`) give autograd's gradients of the same
+    layer written with plain tensor operations, to bf16's precision, in float32."""
+    torch.manual_seed(0)
+    layer = LSALayer(4, init_scale=1.0)
+    h = torch.randn(8, 6, 4, requires_grad=True)
+    plain = {
+        "residual_update": lambda h: h + layer(h, 5),
+        "readout": lambda h: h[:, -1, -1] + layer.query_update(h, 5, slice(-1, None))[:, 0],
+    }[step]
+    grads = []
+    for function in (getattr(layer, step), plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = function(h) if function is plain else function(h, 5)
+        grads.append(torch.autograd.grad(out.float().square().sum(), [h, *layer.parameters()]))
+    for custom, reference in zip(*grads, strict=True):
+        assert custom.dtype == reference.dtype == torch.float32
+        scale = reference.abs().max()
+        assert (custom - reference).abs().max() <= 0.02 * scale
