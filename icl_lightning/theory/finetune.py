@@ -58,9 +58,12 @@ def read_and_slope(
     buffers ``(hidden, slope)`` like u for the default readout."""
     if readout is None:
         return mlp.prediction_and_slope(u, z, out)
-    prediction, pullback = vjp(lambda v: readout(mlp.from_preactivation(v, z)), u)
-    (slope,) = pullback(torch.ones_like(prediction))
-    return prediction, slope
+    # with grad enabled: under no_grad torch's fused CPU RNNs keep nothing for a backward pass
+    with torch.inference_mode(False), torch.enable_grad():
+        u, z = (t.clone() if t.is_inference() else t for t in (u, z))
+        prediction, pullback = vjp(lambda v: readout(mlp.from_preactivation(v, z)), u)
+        (slope,) = pullback(torch.ones_like(prediction))
+    return prediction.detach(), slope.detach()
 
 
 def context_free_inputs(

@@ -62,7 +62,7 @@ class ContextualLayer(nn.Module):
             return self.prefixes(context, query)[:, -1]
         masks = keep if keep.ndim == 3 else keep.unsqueeze(1)  # (B, S, N)
         B, S, N = masks.shape
-        order = (~masks).to(torch.uint8).argsort(-1, stable=True)  # kept tokens first
+        order = (~masks).to(torch.uint8).argsort(dim=-1, stable=True)  # kept tokens first
         D = context.shape[-1]
         kept = (
             context.unsqueeze(1)
@@ -136,4 +136,6 @@ class RecurrentLayer(ContextualLayer):
 
     def context_only(self, context: torch.Tensor) -> torch.Tensor:
         """``A(c_1..c_{i-1}, c_i)`` for every i, ``(B, N, D)``: the recurrence's outputs."""
+        if context.shape[1] == 0:  # nothing to read (torch's RNNs refuse empty sequences)
+            return context
         return self._finish(self.outputs(self.norm_in(context)), context)
