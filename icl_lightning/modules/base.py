@@ -167,9 +167,9 @@ class ICLRegressionModule(L.LightningModule):
             )
         if not loss.requires_grad:
             raise ValueError(
-                f"{name}.training_step returned a loss without an autograd graph (detached, or "
-                "computed under torch.no_grad): nothing would train. Return the loss computed "
-                "from the model's predictions."
+                f"{name}.training_step returned a loss without an autograd graph (detached, "
+                "computed under torch.no_grad, or from a network without trainable parameters): "
+                "nothing would train. Return the loss computed from the model's predictions."
             )
 
     @override
