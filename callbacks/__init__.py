@@ -4,6 +4,7 @@ Installed as ``icl_lightning.callbacks``; name a probe in YAML with
 ``class_path: icl_lightning.callbacks.<Probe>``.
 """
 
+from icl_lightning.callbacks.baselines import BaselineCurves
 from icl_lightning.callbacks.block_probe import BlockProbe
 from icl_lightning.callbacks.context_length import ContextLengthProbe
 from icl_lightning.callbacks.copy_score import CopyScore
@@ -15,8 +16,10 @@ from icl_lightning.callbacks.gd_alignment import GDAlignment
 from icl_lightning.callbacks.gd_baseline import GDBaselineProbe
 from icl_lightning.callbacks.ood import OODProbe
 from icl_lightning.callbacks.probe import Probe, predict
+from icl_lightning.callbacks.shifted_prompts import ShiftedPromptCurves
 
 __all__ = [
+    "BaselineCurves",
     "BlockProbe",
     "ContextLengthProbe",
     "CopyScore",
@@ -28,5 +31,6 @@ __all__ = [
     "GDBaselineProbe",
     "OODProbe",
     "Probe",
+    "ShiftedPromptCurves",
     "predict",
 ]

@@ -1,0 +1,239 @@
+"""The classic in-context baselines of Garg et al. (2022), at every prefix of the prompt at once.
+
+Every learner takes the prompt's points ``xs`` ``(B, K+1, d)``, ``ys`` ``(B, K+1)`` and
+queries ``qs`` ``(B, K+1, d)`` and returns ``(B, K+1)`` predictions: column k is the
+prediction for ``q_k`` fitted on the first k points ``(x_j, y_j), j < k`` (column 0, no
+points: 0, as Garg et al.). For the standard curve ``qs = xs``: the prediction for the next
+point of the prompt. Work is batched over prompts and prefixes (no Python loop over prompts;
+loops over k only where each prefix is its own solve: GD, GD++), in float64 inside.
+
+- :func:`least_squares`: ``w_k = X_k^+ y_k`` (minimum norm below d points), with ``ridge``
+  ``lambda > 0``: ``w_k = (X_k^T X_k + lambda I)^-1 X_k^T y_k`` (the posterior mean for
+  ``w ~ N(0, s^2 I)`` and noise ``sigma^2`` at ``lambda = sigma^2 / s^2``: Bayes-optimal);
+- :func:`nearest_neighbours`: the mean of ``y_j`` over the n points nearest ``q_k``;
+- :func:`averaging`: ``<mean_j y_j x_j, q_k>``;
+- :func:`lasso`: ``argmin_w 1/(2k) |y_k - X_k w|^2 + alpha |w|_1`` (scikit-learn's objective,
+  no intercept), by coordinate descent on all prefixes at once;
+- :func:`gd_curve`: L steps of paper A's GD / GD++ from 0 with step sizes per k.
+"""
+
+import torch
+
+from icl_lightning.theory.gd import (
+    gd_plus_plus_predict,
+    gd_predict,
+    optimal_eta,
+    optimal_eta_gamma,
+)
+
+
+def _exclusive_cumsum(t: torch.Tensor) -> torch.Tensor:
+    """``out[:, k] = sum_{j<k} t[:, j]`` along dim 1 (the sums over each prefix)."""
+    return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], 1).cumsum(1)
+
+
+def _matvec(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``A x`` per prompt, ``(B, d, d) x (B, d)`` (a broadcast product: on CPU faster than a
+    batched matmul of such tiny matrices)."""
+    return (A * x[:, None, :]).sum(-1)
+
+
+def least_squares(xs, ys, qs, ridge: float = 0.0, rank_tol: float = 1e-10) -> torch.Tensor:
+    """``(B, K+1)`` least-squares predictions ``<w_k, q_k>`` (module docstring), every prefix
+    by one pass over the points, O(d^2) per prompt and point.
+
+    With ``H = (X^T X + lambda I)^+`` and the projector ``M`` onto the span of the rows seen,
+    a new point ``(x, y)`` has the part ``u = (I - M) x`` outside that span. If
+    ``|u|^2 > rank_tol |x|^2`` (a new direction; only for ``lambda = 0``) it is fitted exactly
+    without moving the others' residuals: ``w <- w + (y - <w, x>) u / |u|^2`` (Gram-Schmidt);
+    otherwise recursive least squares, ``w <- w + H x (y - <w, x>) / (1 + x^T H x)``,
+    ``H <- H - H x x^T H / (1 + x^T H x)``. This is the minimum-norm solution ``X_k^+ y_k``
+    below d points and the ordinary or ridge solution from d points on. When every prompt's
+    points span R^d by the d-th, H starts there as ``(X_d^T X_d)^-1``; otherwise (inputs in
+    a subspace) :func:`_greville` carries H through the new directions too.
+    """
+    dtype, (B, K1, d) = xs.dtype, xs.shape
+    xs, ys, qs = xs.double(), ys.double(), qs.double()
+    pred = torch.zeros(B, K1, dtype=torch.float64, device=xs.device)
+    w = torch.zeros(B, d, dtype=torch.float64, device=xs.device)
+    start = 0
+    if ridge == 0:  # Gram-Schmidt while the points are new directions
+        M = torch.zeros(B, d, d, dtype=torch.float64, device=xs.device)  # projector
+        for k in range(min(d, K1 - 1)):
+            pred[:, k] = (w * qs[:, k]).sum(-1)
+            x = xs[:, k]
+            u = x - _matvec(M, x)
+            u = u - _matvec(M, u)  # twice: one Gram-Schmidt pass loses orthogonality
+            uu = (u * u).sum(-1)
+            if not bool((uu > rank_tol * (x * x).sum(-1)).all()):
+                return _greville(xs, ys, qs, rank_tol).to(dtype)
+            w = w + ((ys[:, k] - (w * x).sum(-1)) / uu)[:, None] * u
+            M.addcmul_(u[:, :, None], (u / uu[:, None])[:, None, :])
+        start = min(d, K1 - 1)
+        if start == K1 - 1:
+            pred[:, start] = (w * qs[:, start]).sum(-1)
+            return pred.to(dtype)
+        X = xs[:, :d]
+        H = torch.cholesky_inverse(torch.linalg.cholesky(X.mT @ X))
+    else:
+        H = torch.eye(d, dtype=torch.float64, device=xs.device).repeat(B, 1, 1) / ridge
+    for k in range(start, K1):  # recursive least squares
+        pred[:, k] = (w * qs[:, k]).sum(-1)
+        if k == K1 - 1:
+            break
+        x = xs[:, k]
+        Hx = _matvec(H, x)
+        s = 1 + (x * Hx).sum(-1)
+        w = w + Hx * ((ys[:, k] - (w * x).sum(-1)) / s)[:, None]
+        H.addcmul_(Hx[:, :, None], (Hx / s[:, None])[:, None, :], value=-1)
+    return pred.to(dtype)
+
+
+def _greville(xs, ys, qs, rank_tol: float) -> torch.Tensor:
+    """:func:`least_squares` at ``lambda = 0`` for inputs that may not span R^d: both updates
+    for every point, chosen per prompt, and H through a new direction ``u`` (``v = u/|u|^2``,
+    ``s = 1 + x^T H x``): ``H <- H - H x v^T - v x^T H + s v v^T``, ``M <- M + u v^T``."""
+    B, K1, d = xs.shape
+    H = torch.zeros(B, d, d, dtype=xs.dtype, device=xs.device)
+    M = torch.zeros_like(H)
+    w = torch.zeros(B, d, dtype=xs.dtype, device=xs.device)
+    pred = torch.zeros(B, K1, dtype=xs.dtype, device=xs.device)
+    for k in range(K1):
+        pred[:, k] = (w * qs[:, k]).sum(-1)
+        if k == K1 - 1:
+            break
+        x = xs[:, k]
+        error = ys[:, k] - (w * x).sum(-1)
+        u = x - (M @ x[..., None])[..., 0]
+        u = u - (M @ u[..., None])[..., 0]
+        uu = (u * u).sum(-1)
+        new = (uu > rank_tol * (x * x).sum(-1))[:, None]
+        Hx = (H @ x[..., None])[..., 0]
+        s = 1 + (x * Hx).sum(-1)
+        v = u / torch.where(new[:, 0], uu, 1.0)[:, None]
+        w = w + torch.where(new, v, Hx / s[:, None]) * error[:, None]
+        H = H + torch.where(
+            new[..., None],
+            s[:, None, None] * v[:, :, None] * v[:, None, :]
+            - Hx[:, :, None] * v[:, None, :]
+            - v[:, :, None] * Hx[:, None, :],
+            -(Hx[:, :, None] * Hx[:, None, :]) / s[:, None, None],
+        )
+        M = M + torch.where(new[..., None], u[:, :, None] * v[:, None, :], 0.0)
+    return pred
+
+
+def nearest_neighbours(xs, ys, qs, neighbours: int = 3) -> torch.Tensor:
+    """``(B, K+1)``: the mean of ``y_j`` over the ``min(k, n)`` points ``x_j, j < k`` nearest
+    ``q_k`` (Euclidean; uniform weights, as Garg et al.'s ``NNModel``)."""
+    K1 = xs.shape[1]
+    dist = torch.cdist(qs.double(), xs.double())  # (B, K+1, K+1): |q_k - x_j|
+    later = torch.ones(K1, K1, dtype=torch.bool, device=xs.device).triu()  # j >= k
+    dist = dist.masked_fill(later, torch.inf)
+    n = min(neighbours, K1)
+    nearest, index = dist.topk(n, dim=-1, largest=False)
+    valid = nearest.isfinite()
+    chosen = ys.double()[:, None, :].expand(-1, K1, -1).gather(2, index)
+    total = torch.where(valid, chosen, 0.0).sum(-1)
+    return (total / valid.sum(-1).clamp_min(1)).to(xs.dtype)
+
+
+def averaging(xs, ys, qs) -> torch.Tensor:
+    """``(B, K+1)``: ``<(1/k) sum_{j<k} y_j x_j, q_k>`` (0 for k = 0)."""
+    k = torch.arange(xs.shape[1], device=xs.device).clamp_min(1)
+    mean = _exclusive_cumsum(xs.double() * ys.double()[..., None]) / k[:, None]
+    return (mean * qs.double()).sum(-1).to(xs.dtype)
+
+
+def lasso(xs, ys, qs, alpha: float, max_sweeps: int = 5_000, tol: float = 1e-10) -> torch.Tensor:
+    """``(B, K+1)`` predictions of the lasso fitted on every prefix: scikit-learn's ``Lasso(
+    alpha, fit_intercept=False)`` objective ``1/(2k) |y_k - X_k w|^2 + alpha |w|_1``.
+
+    Cyclic coordinate descent on ``G = X^T X / k`` and ``c = X^T y / k`` (prefix sums), all
+    prefixes at once: ``w_i <- S(c_i - sum_{l != i} G_il w_l, alpha) / G_ii`` with
+    ``S(z, a) = sign(z) max(|z| - a, 0)``, until no coordinate moves more than ``tol`` in a
+    sweep (checked every 10 sweeps).
+    """
+    dtype, (B, K1, d) = xs.dtype, xs.shape
+    xs, ys, qs = xs.double(), ys.double(), qs.double()
+    k = torch.arange(1, K1, device=xs.device, dtype=torch.float64)[:, None]
+    gram = _exclusive_cumsum(xs[:, :, :, None] * xs[:, :, None, :])[:, 1:] / k[..., None]
+    c = _exclusive_cumsum(xs * ys[..., None])[:, 1:] / k
+    diag = gram.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny)
+    w = torch.zeros_like(c)
+    for sweep in range(max_sweeps):
+        before = w.clone() if sweep % 10 == 9 else None
+        for i in range(d):
+            z = c[..., i] - (gram[..., i, :] * w).sum(-1) + diag[..., i] * w[..., i]
+            w[..., i] = z.sign() * (z.abs() - alpha).clamp_min(0) / diag[..., i]
+        if before is not None and float((w - before).abs().max()) <= tol:
+            break
+    pred = torch.zeros(B, K1, dtype=torch.float64, device=xs.device)
+    pred[:, 1:] = (w * qs[:, 1:]).sum(-1)
+    return pred.to(dtype)
+
+
+def gd_curve(xs, ys, qs, etas, num_steps: int = 1, gammas=None) -> torch.Tensor:
+    """``(B, K+1)``: L = ``num_steps`` steps of GD (GD++ with ``gammas``) from ``w = 0`` on the
+    first k points, ``etas[k]`` (and ``gammas[k]``) the step sizes for k points (k >= 1)."""
+    pred = torch.zeros(xs.shape[:2], dtype=xs.dtype, device=xs.device)
+    for k in range(1, xs.shape[1]):
+        X, y, q = xs[:, :k], ys[:, :k], qs[:, k]
+        if gammas is None:
+            pred[:, k] = gd_predict(X, y, q, etas[k], num_steps)
+        else:
+            pred[:, k] = gd_plus_plus_predict(X, y, q, etas[k], gammas[k], num_steps)
+    return pred
+
+
+def tuned_step_sizes(xs, ys, num_steps: int, plus_plus: bool) -> tuple[list, list]:
+    """Per k = 0..K, the step sizes of L-step GD (``gammas`` None) or GD++ (shared ``eta,
+    gamma``) minimising the mean loss of the prediction for point k from the first k points,
+    on the tuning prompts ``xs, ys`` (:func:`~icl_lightning.theory.gd.optimal_eta`,
+    :func:`~icl_lightning.theory.gd.optimal_eta_gamma`; k = 0 predicts 0 whatever the size)."""
+    etas, gammas = [0.0], [0.0]
+    for k in range(1, xs.shape[1]):
+        prompt = (xs[:, :k], ys[:, :k], xs[:, k], ys[:, k])
+        if plus_plus:
+            eta, gamma = optimal_eta_gamma(*prompt, num_steps=num_steps)
+        else:
+            eta, gamma = optimal_eta(*prompt, num_steps=num_steps), 0.0
+        etas.append(eta)
+        gammas.append(gamma)
+    return etas, gammas
+
+
+def _net(params, x: torch.Tensor) -> torch.Tensor:
+    """``(B, n)`` outputs ``w_2^T relu(W_1 x + b_1) + b_2`` of each prompt's network."""
+    W1, b1, w2, b2 = params
+    return (torch.relu(x @ W1 + b1) * w2[:, None]).sum(-1) + b2
+
+
+def two_layer_net(
+    xs, ys, qs, hidden: int = 100, steps: int = 100, lr: float = 5e-3, generator=None
+) -> torch.Tensor:
+    """``(B, K+1)`` predictions of Garg et al.'s ``GDModel``: for each k a fresh network
+    ``f(x) = w_2^T relu(W_1 x + b_1) + b_2`` per prompt (``nn.Linear``'s initialisation), trained
+    by ``steps`` full-batch Adam steps (lr ``lr``) on the mean squared error over the first k
+    points (Garg et al.: hidden 100, 100 steps, lr 5e-3, batches of 100 >= k), then evaluated
+    at ``q_k``. All prompts' networks train at once (one loss, the sum of theirs)."""
+    B, K1, d = xs.shape
+    kw = {"dtype": xs.dtype, "device": xs.device, "generator": generator}
+    pred = torch.zeros(B, K1, dtype=xs.dtype, device=xs.device)
+
+    def uniform(shape, fan_in):
+        return ((torch.rand(shape, **kw) * 2 - 1) / fan_in**0.5).requires_grad_()
+
+    for k in range(1, K1):
+        W1, b1 = uniform((B, d, hidden), d), uniform((B, 1, hidden), d)
+        w2, b2 = uniform((B, hidden), hidden), uniform((B, 1), hidden)
+        params = [W1, b1, w2, b2]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad()
+                (_net(params, xs[:, :k]) - ys[:, :k]).square().mean(-1).sum().backward()
+                optimizer.step()
+        with torch.no_grad():
+            pred[:, k] = _net(params, qs[:, k : k + 1])[:, 0]
+    return pred
