@@ -260,8 +260,6 @@ class ICLLightningCLI(LightningCLI):
                 check_checkpoint_finite(checkpoint, ckpt_path)
                 if subcommand == "fit":
                     check_checkpoint_resumable(checkpoint, ckpt_path)
-                    if not config.get("allow_changes"):
-                        check_resume_options(checkpoint, ckpt_path, config.as_dict())
         except ValueError as error:
             self.parser.error(str(error))
 
@@ -354,6 +352,8 @@ class ICLLightningCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if self._checkpoint is not None:
             check_checkpoint_network(self._checkpoint, ckpt_path, self.model)
+            if self.subcommand == "fit" and not config.get("allow_changes"):
+                check_resume_options(self._checkpoint, ckpt_path, config.as_dict())
         for callback in self.trainer.callbacks:
             if isinstance(callback, Probe):
                 callback.check(self.model, self.datamodule)

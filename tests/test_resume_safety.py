@@ -320,3 +320,19 @@ def test_failing_tensorboard_writer_names_the_last_good_checkpoint(tmp_path, mon
     assert f"The last good checkpoint is {last} (step 2)" in err
     assert f"resume with --ckpt_path {last}" in err and err.count("error:") == 1
     assert _steps(last) == 2
+
+
+def test_moved_run_resumed_with_another_checkpoint_interval_keeps_one_last_ckpt(
+    tmp_path, monkeypatch
+):
+    """Before: Lightning's state key of the checkpoint callback holds its interval, so the
+    resumed fit lost the run's last.ckpt and wrote last-v1.ckpt beside it (a later resume
+    from last.ckpt silently rewound)."""
+    monkeypatch.chdir(tmp_path)
+    _fit(2)
+    Path("logs").rename("moved")
+    (run,) = Path("moved").glob("*/version_*")
+    last = run / "checkpoints" / "last.ckpt"
+    _fit(6, f"--ckpt_path={last}", "--checkpoint.every_n_train_steps=2")
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"] and _steps(last) == 6
+    assert not Path("logs").exists()

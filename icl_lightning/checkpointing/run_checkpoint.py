@@ -20,7 +20,8 @@ class RunCheckpoint(ModelCheckpoint):
       the folder is spelled: relative in one command and absolute in the next (the CLI points a
       resumed run's logger at the checkpoint's own run), or moved. Lightning would otherwise
       treat ``last.ckpt`` as another run's, write ``last-v1.ckpt`` beside it, and the next
-      ``--ckpt_path <run>/checkpoints/last.ckpt`` would silently rewind.
+      ``--ckpt_path <run>/checkpoints/last.ckpt`` would silently rewind. The same holds when a
+      resume changes its options (``--checkpoint.every_n_train_steps``).
 
     Example::
 
@@ -36,9 +37,21 @@ class RunCheckpoint(ModelCheckpoint):
         return super().state_key
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Before ``load_state_dict``: note the file resumed from (the trainer knows it only
+        from now on), and find this callback's state when its options changed since
+        (``--checkpoint.every_n_train_steps`` is part of Lightning's state key)."""
         self._resumed_from = trainer.ckpt_path
+        states = checkpoint.get("callbacks") or {}
+        prefix = f"{type(self).__name__}{{"
+        stored = [v for k, v in states.items() if isinstance(k, str) and k.startswith(prefix)]
+        if self.state_key in states or len(stored) != 1:
+            return
+        (state,) = stored
+        if state.get("monitor") != self.monitor:  # another measure: no best model to keep
+            state = {key: state.get(key) for key in ("dirpath", "last_model_path")}
+            state |= {"best_model_score": None, "best_model_path": ""}
+        states[self.state_key] = state
 
     @override
     def load_state_dict(self, state_dict: dict) -> None:
