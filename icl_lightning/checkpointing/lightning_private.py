@@ -18,6 +18,15 @@ Used through the functions below:
   Lightning records the module's hyperparameters: :func:`add_link_parents`
   (tests/test_data_safety.py::test_network_whose_only_argument_is_input_dim_trains).
 
+Relied on where they are used:
+
+- ``ModelCheckpoint.state_key`` starts with the class name and ``{`` (Lightning's
+  ``_generate_state_key``): ``RunCheckpoint.on_load_checkpoint`` finds its state stored under
+  other options by it (tests/test_resume_safety.py::test_moved_run_resumed_with_...).
+- TensorBoard's writer thread is a class of the ``tensorboard`` package:
+  ``write_failure.quiet_writer_threads`` silences its traceback by that module name
+  (tests/test_resume_safety.py::test_failing_tensorboard_writer_...).
+
 Overridden in place (an override cannot move here):
 
 - ``LightningCLI._instantiate_trainer`` in ``icl_lightning/cli.py``: the progress bar is left
