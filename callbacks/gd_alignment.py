@@ -45,8 +45,10 @@ class GDAlignment(GDBaselineProbe):
       applied L times;
     - ``eta``, ``eta_pp``, ``gamma_pp``: the baselines' step sizes (per-layer GD++ with L > 1:
       ``eta_pp_l<l>``, ``gamma_pp_l<l>`` for each step l); ``gd_pp_tuning_loss`` and
-      ``gd_pp_held_out_loss``: GD++'s loss with those sizes on the prompts that tuned them and
-      on the held-out prompts that chose them.
+      ``gd_pp_selection_loss``: GD++'s loss with those sizes on the tuning set and on the
+      selection set that chose them (population losses on paper A's tasks), and there
+      ``gd_pp_contraction``: ``max |E(lam)|`` on the support, the stability criterion
+      (:mod:`~icl_lightning.theory.population`).
 
     Paper A's Figure 2 (the losses and the model cos against the training step) is the Custom
     Scalars charts "Fig. 2: ..." (TensorBoard draws them live from the scalars). The figure, for
@@ -76,7 +78,7 @@ class GDAlignment(GDBaselineProbe):
         "model diff": r"model_diff(_pp)?",
         "preds diff": r"preds_diff(_pp)?",
         "step sizes of GD, GD++": r"(eta|gamma).*",
-        "GD++ sizes: loss on tuning and held-out prompts": r"gd_pp_(tuning|held_out)_loss",
+        "GD++ sizes: loss on the tuning and selection sets": r"gd_pp_(tuning|selection)_loss",
     }
     #: per distinct layer of the latest measured model, its products beside the construction's
     #: (:meth:`_matched_layers`), for the weights figures
@@ -168,9 +170,10 @@ class GDAlignment(GDBaselineProbe):
         results = super().finalize(sums, count)
         results["loss_ratio"] = results["loss_model"] / results["loss_gd"]
         sizes = self.step_sizes
-        if sizes.plus_plus_fit is not None:  # GD++'s sizes: their loss where tuned and held out
+        if sizes.plus_plus_fit is not None:  # GD++'s sizes: their loss where tuned and chosen
             fit = sizes.plus_plus_fit
-            for name in ("tuning_loss", "held_out_loss"):
+            names = ("tuning_loss", "selection_loss") + (("contraction",) if fit.support else ())
+            for name in names:
                 results[f"gd_pp_{name}"] = torch.tensor(getattr(fit, name), dtype=torch.float64)
         for name in ("eta", "eta_pp", "gamma_pp"):
             value = getattr(sizes, name)

@@ -185,8 +185,8 @@ def test_probes_give_the_same_numbers_on_two_processes(tmp_path):
     (one,) = validate(module, probes(), tmp_path / "1", devices=1)
     two = validate(module, probes(), tmp_path / "2", devices=2, strategy="ddp_spawn")
     # per-layer GD++ (L = 2): eta_pp_l1, eta_pp_l2, gamma_pp_l1, gamma_pp_l2 for eta_pp, gamma_pp,
-    # and GD++'s tuning and held-out losses
-    assert len(two) == 2 and len(one) == 14 + 2 * 2 * 3 + 2 + 2
+    # GD++'s tuning and selection losses and its contraction factor on the support
+    assert len(two) == 2 and len(one) == 14 + 2 * 2 * 3 + 2 + 3
     for rank in two:  # every rank holds the numbers of the one-process run
         assert rank.keys() == one.keys()
         for name in one:

@@ -65,20 +65,20 @@ def relative_gradient(prompts, etas, gammas, shared=False):
 @pytest.mark.parametrize("L", [2, 3, 4])
 def test_tuned_per_layer_sizes_are_a_minimum_never_worse_than_the_shared_pair(L):
     """The tuned (eta_l, gamma_l) are a stationary point of the tuning loss (checked through the
-    direct form), and on the held-out prompts they do no worse than the tuned shared pair;
+    direct form), and on the selection prompts they do no worse than the tuned shared pair;
     the reported losses are the losses of the reported sizes."""
-    tuning, held_out = tasks(num=1000, seed=1), tasks(num=1000, seed=2)
-    fit = per_layer_eta_gamma_fit(tuning, held_out, L, num_random=1, early_stopping=False)
-    shared = shared_eta_gamma_fit(tuning, held_out, L)
+    tuning, selection = tasks(num=1000, seed=1), tasks(num=1000, seed=2)
+    fit = per_layer_eta_gamma_fit(tuning, selection, L, num_random=1, early_stopping=False)
+    shared = shared_eta_gamma_fit(tuning, selection, L)
     assert len(fit.etas) == len(fit.gammas) == L and fit.gammas[-1] == 0.0
     assert fit.gradient_norm < 1e-6 and not fit.early_stopped
     assert relative_gradient(tuning, fit.etas, fit.gammas) < 1e-6
-    assert fit.held_out_loss <= shared.held_out_loss
-    for prompts, reported in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
+    assert fit.selection_loss <= shared.selection_loss
+    for prompts, reported in ((tuning, fit.tuning_loss), (selection, fit.selection_loss)):
         cx, cy, qx, qy = prompts
         direct = mean_loss(gd_plus_plus_predict(cx, cy, qx, fit.etas, fit.gammas, L), qy)
         assert direct == pytest.approx(reported, rel=1e-9)
-    assert (fit.num_tuning, fit.num_held_out) == (1000, 1000)
+    assert (fit.num_tuning, fit.num_selection) == (1000, 1000)
 
 
 @pytest.mark.parametrize("L", [2, 3, 4, pytest.param(5, marks=pytest.mark.slow)])
@@ -121,18 +121,18 @@ def test_stratified_tuning_loss_keeps_the_tail_and_estimates_the_mean():
 @pytest.mark.parametrize("L", [3, 4])
 def test_early_stopped_tuning_reports_its_sizes_honestly(L):
     """With early stopping (the default), the winner is a polished start's converged end or its
-    iterate with the lowest held-out loss: never worse than the shared pair on the held-out
+    iterate with the lowest selection loss: never worse than the shared pair on the selection
     prompts, its reported losses and |grad|/loss are those of its sizes (direct form), and a
     converged end is a stationary point."""
-    tuning, held_out = tasks(num=1000, seed=13), tasks(num=1000, seed=14)
-    fit = per_layer_eta_gamma_fit(tuning, held_out, L, num_random=1)
-    shared = shared_eta_gamma_fit(tuning, held_out, L)
-    assert fit.held_out_loss <= shared.held_out_loss and fit.gammas[-1] == 0.0
+    tuning, selection = tasks(num=1000, seed=13), tasks(num=1000, seed=14)
+    fit = per_layer_eta_gamma_fit(tuning, selection, L, num_random=1)
+    shared = shared_eta_gamma_fit(tuning, selection, L)
+    assert fit.selection_loss <= shared.selection_loss and fit.gammas[-1] == 0.0
     gradient = relative_gradient(tuning, fit.etas, fit.gammas)
     assert gradient == pytest.approx(fit.gradient_norm, rel=1e-4, abs=1e-9)
     if not fit.early_stopped:
         assert fit.gradient_norm < 1e-6
-    for prompts, reported in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
+    for prompts, reported in ((tuning, fit.tuning_loss), (selection, fit.selection_loss)):
         cx, cy, qx, qy = prompts
         direct = mean_loss(gd_plus_plus_predict(cx, cy, qx, fit.etas, fit.gammas, L), qy)
         assert direct == pytest.approx(reported, rel=1e-9)
@@ -141,12 +141,12 @@ def test_early_stopped_tuning_reports_its_sizes_honestly(L):
 def test_polish_improves_on_an_under_trained_start():
     """From a poor start (the shared pair with the step sizes spread apart), the result is a
     stationary point with a lower tuning loss than the start's."""
-    tuning, held_out = tasks(num=800, seed=5), tasks(num=800, seed=6)
+    tuning, selection = tasks(num=800, seed=5), tasks(num=800, seed=6)
     cx, cy, qx, qy = tuning
     eta, gamma = optimal_eta_gamma(*tuning, num_steps=3)
     start = ([0.5 * eta, eta, 1.5 * eta], [gamma, gamma, 0.0])
     fit = per_layer_eta_gamma_fit(
-        tuning, held_out, 3, num_random=0, extend=False, given=start, num_wide=0,
+        tuning, selection, 3, num_random=0, extend=False, given=start, num_wide=0,
         early_stopping=False,
     )  # fmt: skip
     start_loss = mean_loss(gd_plus_plus_predict(cx, cy, qx, *start, 3), qy)
@@ -154,17 +154,17 @@ def test_polish_improves_on_an_under_trained_start():
 
 
 def test_tuning_is_deterministic_and_the_seed_draws_the_random_starts():
-    tuning, held_out = tasks(num=800, seed=7), tasks(num=800, seed=8)
-    first = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=2, seed=3)
-    assert per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=2, seed=3) == first
+    tuning, selection = tasks(num=800, seed=7), tasks(num=800, seed=8)
+    first = per_layer_eta_gamma_fit(tuning, selection, 2, num_random=2, seed=3)
+    assert per_layer_eta_gamma_fit(tuning, selection, 2, num_random=2, seed=3) == first
 
 
-def test_without_held_out_prompts_the_last_quarter_selects():
-    """With no held-out prompts, the last quarter of the given ones is held out (the same fit as
+def test_without_selection_prompts_the_last_quarter_selects():
+    """With no selection prompts, the last quarter of the given ones is held out (the same fit as
     passing the split explicitly), and the wrapper returns the fit's sizes."""
     prompts = tasks(num=400, seed=9)
-    tuning, held_out = tuple(t[:300] for t in prompts), tuple(t[300:] for t in prompts)
-    explicit = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=1)
+    tuning, selection = tuple(t[:300] for t in prompts), tuple(t[300:] for t in prompts)
+    explicit = per_layer_eta_gamma_fit(tuning, selection, 2, num_random=1)
     assert per_layer_eta_gamma_fit(prompts, None, 2, num_random=1) == explicit
     assert per_layer_eta_gamma(*prompts, num_steps=2, num_random=1) == (
         explicit.etas,
@@ -174,18 +174,18 @@ def test_without_held_out_prompts_the_last_quarter_selects():
 
 def test_tuning_works_under_inference_mode():
     """Probes measure under ``torch.inference_mode``; the tuning turns autograd back on."""
-    tuning, held_out = tasks(num=400, seed=10), tasks(num=400, seed=11)
+    tuning, selection = tasks(num=400, seed=10), tasks(num=400, seed=11)
     with torch.inference_mode():
-        fit = per_layer_eta_gamma_fit(tuning, held_out, 2, num_random=0, early_stopping=False)
+        fit = per_layer_eta_gamma_fit(tuning, selection, 2, num_random=0, early_stopping=False)
     assert fit.gradient_norm < 1e-6
 
 
 def test_one_step_is_the_closed_form():
-    tuning, held_out = tasks(num=512), tasks(num=256, seed=1)
-    fit = per_layer_eta_gamma_fit(tuning, held_out, 1)
+    tuning, selection = tasks(num=512), tasks(num=256, seed=1)
+    fit = per_layer_eta_gamma_fit(tuning, selection, 1)
     assert (fit.etas[0], fit.gammas[0]) == optimal_eta_gamma(*tuning, num_steps=1)
     # its losses are the spectral form's at (eta, gamma = 0), on the prompts of each set
     eta, zero = torch.tensor([fit.etas], dtype=F64), torch.zeros(1, 1, dtype=F64)
-    for prompts, value in ((tuning, fit.tuning_loss), (held_out, fit.held_out_loss)):
+    for prompts, value in ((tuning, fit.tuning_loss), (selection, fit.selection_loss)):
         expected = float(_QueryLoss.of(prompts, 1)(eta, zero)[0])
         assert value == pytest.approx(expected, rel=1e-12, abs=0)

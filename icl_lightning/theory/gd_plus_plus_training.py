@@ -13,19 +13,28 @@ local minima and a heavy tail (a few prompts with a large ``lam_max`` dominate i
   largest eigenvalue of ``X^T X`` as step l sees it, :func:`_layer_lams`);
 - several starts are polished (the polished shared pair, the L-1 solution extended by one step,
   seeded random ones, the best of many wide random draws) and the winner is the one with the
-  lowest loss on held-out prompts drawn apart from the tuning prompts.
+  lowest loss on selection prompts drawn apart from the tuning prompts.
 
-Per step, by default (``early_stopping``), the held-out prompts also watch every iterate of the
-polish, and a start's iterate with the lowest held-out loss competes beside its converged end
-(:func:`_fit`): at L >= 4 the deepest minima of a 10,000-prompt tuning loss fit its few
-largest-``lam_max`` prompts and blow up on prompts with a larger ``lam_max`` (a held-out or
-population loss of 1e14 at a tuning loss of 0.016), so the winner may be an early-stopped
-point, not a stationary one; its ``gradient_norm`` and ``early_stopped`` say so.
+On paper A's tasks (:func:`~icl_lightning.theory.population.supports_population`) the tuning and
+selection "prompts" are :class:`~icl_lightning.theory.population.PopulationSample` draws: the
+loss is then GD++'s population loss on the support ``lam_max <= Lambda`` (``w`` and the query
+integrated out exactly, contexts importance-sampled so that the large-``lam_max`` tail is
+estimated without bias; :mod:`~icl_lightning.theory.population`), and the fit reports the
+support and ``max |E|`` on it (``contraction``): the stability criterion of docs/theory.md.
+
+On other tasks, per step, by default (``early_stopping``), the selection prompts also watch
+every iterate of the polish, and a start's iterate with the lowest selection loss competes
+beside its converged end (:func:`_fit`): at L >= 4 the deepest minima of a 10,000-prompt
+tuning loss fit its few largest-``lam_max`` prompts and blow up on prompts with a larger
+``lam_max`` (a selection or population loss of 1e14 at a tuning loss of 0.016), so the
+winner may be an early-stopped point, not a stationary one; its ``gradient_norm`` and
+``early_stopped`` say so.
 
 The last step's ``gamma_L`` transforms the inputs after the last prediction update, so it
 cannot change the prediction; it is reported as 0.
 """
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -40,12 +49,20 @@ from icl_lightning.theory.gd import (
     spectral_predict,
 )
 from icl_lightning.theory.loss import prediction_loss
+from icl_lightning.theory.population import PopulationSample, contraction, error_factor
 
 #: ``(context_x, context_y, query_x, query_y)``
 Prompts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
+#: the tuner's version: cached step sizes (:mod:`~icl_lightning.theory.tuning_cache`) tuned by
+#: another version are tuned again; raise it with any change that changes the sizes
+TUNER_VERSION = 2
+
 #: prompts the shared pair's grid search scores (the polish then uses all tuning prompts)
 GRID_PROMPTS = 2000
+
+#: nodes of a population loss (:class:`_PopulationLoss`)
+NODES = 1024
 
 #: more tuning prompts than this are stratified down to this many (:meth:`_QueryLoss.stratified`)
 TUNING_PROMPTS = 20_000
@@ -66,25 +83,33 @@ class GDPlusPlusFit:
         etas, gammas: one number per step (equal numbers for a shared pair; ``gammas[-1]`` is 0
             for per-step sizes, see the module's docstring).
         tuning_loss: mean query loss on the tuning prompts.
-        held_out_loss: mean query loss on the held-out prompts.
+        selection_loss: mean query loss on the selection prompts.
         gradient_norm: ``|grad_theta loss| / loss`` on the tuning prompts at the result.
         start: the start that won (``"shared"``, ``"extended"``, ``"random k"``, ``"wide k"``,
             ``"given"``, ``"grid"``).
-        num_tuning, num_held_out: the numbers of prompts.
+        num_tuning, num_selection: the numbers of prompts.
         early_stopped: the sizes are the iterate of the start's polish with the lowest loss on
-            the held-out prompts (early stopping), not its converged end (then
+            the selection prompts (early stopping), not its converged end (then
             ``gradient_norm`` is not tiny; see :func:`_fit`).
+        support: with population samples, ``Lambda`` (the losses are population losses on
+            ``lam_max <= Lambda``); 0 with prompts.
+        tail: with population samples, the estimated ``P(lam_max > Lambda)``.
+        contraction: with population samples, ``max |E(lam)|`` over ``[0, Lambda]``
+            (:func:`~icl_lightning.theory.population.contraction`).
     """
 
     etas: list[float]
     gammas: list[float]
     tuning_loss: float
-    held_out_loss: float
+    selection_loss: float
     gradient_norm: float
     start: str
     num_tuning: int
-    num_held_out: int
+    num_selection: int
     early_stopped: bool = False
+    support: float = 0.0
+    tail: float = 0.0
+    contraction: float = 0.0
 
 
 def _with_autograd(function):
@@ -110,6 +135,9 @@ class _QueryLoss:
         self.num_steps, self.num_context = num_steps, num_context
         self.weight = weight  # per prompt, summing to 1 (None: the plain mean)
         self.count = len(target) if count is None else count  # the prompts it stands for
+
+    #: weights of the mean largest eigenvalue (:func:`_layer_lams`); None: the plain mean
+    unit_weight = None
 
     @classmethod
     def of(cls, prompts: Prompts, num_steps: int) -> "_QueryLoss":
@@ -159,6 +187,60 @@ class _QueryLoss:
         )
         loss = prediction_loss(pred, self.target)
         return loss.mean(-1) if self.weight is None else loss @ self.weight
+
+
+class _PopulationLoss:
+    """GD++'s population loss on the support, ``scale mean_b weight_b sum_k E(lam_bk)^2``
+    (:mod:`~icl_lightning.theory.population`), for ``(M, L)`` step sizes: the interface of
+    :class:`_QueryLoss`. The sum runs over every eigenvalue of every draw, so it is computed
+    on ``NODES`` nodes: the eigenvalues sorted and cut into runs of equal length, each run
+    replaced by its weighted mean with its total weight (the importance sampler puts many
+    draws in the tail, so the runs are narrow where ``E`` grows fastest). The per-draw
+    eigenvalues (``lam``, ``unit_weight``) give the units of the sizes only."""
+
+    def __init__(self, sample: PopulationSample, num_steps: int, nodes=None) -> None:
+        self.sample, self.num_steps = sample, num_steps
+        self.lam, self.num_context = sample.lam, sample.num_context
+        self.weight = None  # no stratification: the importance weights take its place
+        self.unit_weight = sample.weight
+        self.count = len(sample.lam)
+        self.nodes = self._nodes(sample) if nodes is None else nodes
+
+    @staticmethod
+    def _nodes(sample: PopulationSample) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = sample.lam.reshape(-1)
+        weight = (sample.weight[:, None] * sample.scale / len(sample.weight)).expand_as(sample.lam)
+        order = torch.argsort(lam)
+        lam, weight = lam[order], weight.reshape(-1)[order]
+        length = -(-len(lam) // NODES)
+        pad = length * NODES - len(lam)
+        lam, weight = (
+            torch.cat([t, t.new_zeros(pad)]).reshape(NODES, length) for t in (lam, weight)
+        )
+        total = weight.sum(-1)
+        mean = (lam * weight).sum(-1) / total.clamp_min(torch.finfo(total.dtype).tiny)
+        keep = total > 0
+        return mean[keep], total[keep]
+
+    def steps(self, num_steps: int) -> "_PopulationLoss":
+        return _PopulationLoss(self.sample, num_steps, self.nodes)
+
+    def first(self, count: int) -> "_PopulationLoss":
+        """The same loss (its nodes are already few), with the units of the first ``count``
+        draws only (the task's own inputs come first)."""
+        part = _PopulationLoss(self.sample, self.num_steps, self.nodes)
+        part.lam, part.unit_weight = self.lam[:count], self.unit_weight[:count]
+        return part
+
+    def stratified(self, count: int) -> "_PopulationLoss":
+        return self
+
+    def __call__(self, etas: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+        if etas.ndim == 1:
+            etas = etas[:, None].expand(-1, self.num_steps)
+            gammas = gammas[:, None].expand(-1, self.num_steps)
+        lam, weight = self.nodes
+        return error_factor(lam, etas, gammas, self.num_context).square() @ weight
 
 
 class _Coordinates:
@@ -293,7 +375,13 @@ def _polish(
     return x * scale, float(current), float((grad / scale).norm() / current)
 
 
-def _layer_lams(lam: torch.Tensor, gammas: list[float]) -> list[float]:
+def _mean_top(lam: torch.Tensor, weight: torch.Tensor | None) -> float:
+    """The mean largest eigenvalue, weighted by ``weight`` (importance weights) if given."""
+    top = lam.max(-1).values
+    return float(top.mean() if weight is None else top @ weight / weight.sum())
+
+
+def _layer_lams(lam: torch.Tensor, gammas: list[float], weight=None) -> list[float]:
     """The mean largest eigenvalue of the transformed ``X^T X`` that each step sees:
     ``lam_k <- lam_k (1 - gamma_l lam_k)^2`` after step l. It falls fast once
     ``gamma_l lam`` is near 1 (to at most ``4 / (27 gamma_l)``), so the sizes that suit a
@@ -301,19 +389,19 @@ def _layer_lams(lam: torch.Tensor, gammas: list[float]) -> list[float]:
     in the polish."""
     lams = []
     for gamma in gammas:
-        lams.append(float(lam.max(-1).values.mean()))
+        lams.append(_mean_top(lam, weight))
         lam = lam * (1 - gamma * lam) ** 2
     return lams
 
 
 def _from_relative(
-    lam: torch.Tensor, num_context: int, u: list[float], v: list[float]
+    lam: torch.Tensor, num_context: int, u: list[float], v: list[float], weight=None
 ) -> tuple[list[float], list[float]]:
     """Per-step sizes ``eta_l = N u_l / lam_l``, ``gamma_l = v_l / lam_l`` in the units of the
     eigenvalue each step sees (:func:`_layer_lams`, built up step by step)."""
     etas, gammas = [], []
     for u_l, v_l in zip(u, v, strict=True):
-        top = float(lam.max(-1).values.mean())
+        top = _mean_top(lam, weight)
         etas.append(num_context * u_l / top)
         gammas.append(v_l / top)
         lam = lam * (1 - gammas[-1] * lam) ** 2
@@ -321,10 +409,10 @@ def _from_relative(
 
 
 def _to_relative(
-    lam: torch.Tensor, num_context: int, etas: list[float], gammas: list[float]
+    lam: torch.Tensor, num_context: int, etas: list[float], gammas: list[float], weight=None
 ) -> tuple[list[float], list[float]]:
     """The inverse of :func:`_from_relative`."""
-    lams = _layer_lams(lam, gammas)
+    lams = _layer_lams(lam, gammas, weight)
     u = [eta * top / num_context for eta, top in zip(etas, lams, strict=True)]
     return u, [gamma * top for gamma, top in zip(gammas, lams, strict=True)]
 
@@ -333,7 +421,7 @@ def _to_relative(
 SHORT_ITERATIONS = 30
 #: with early stopping: starts polished to convergence
 FINALISTS = 2
-#: with early stopping: an early-stopped point wins only if its held-out loss is lower than a
+#: with early stopping: an early-stopped point wins only if its selection loss is lower than a
 #: converged end's by more than this fraction (it is no stationary point)
 EARLY_MARGIN = 0.01
 
@@ -355,10 +443,16 @@ def _wide_starts(
     w, v = torch.rand(2, *shape, generator=generator, dtype=torch.float64)
     u = (math.log(0.3) + w * math.log(100.0)).exp()
     v = -0.3 + 1.5 * v
-    lam = loss.first(256).lam.unsqueeze(0).expand(WIDE_DRAWS, -1, -1)
+    few = loss.first(256)
+    lam = few.lam.unsqueeze(0).expand(WIDE_DRAWS, -1, -1)
+    unit = (
+        torch.ones(len(few.lam), dtype=torch.float64)
+        if few.unit_weight is None
+        else few.unit_weight
+    )
     etas, gammas = torch.empty(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
     for step in range(num_steps):
-        top = lam.max(-1).values.mean(-1)
+        top = lam.max(-1).values @ unit / unit.sum()
         etas[:, step] = loss.num_context * u[:, step] / top
         if step < num_steps - 1:
             gammas[:, step] = v[:, step] / top
@@ -375,24 +469,24 @@ def _wide_starts(
 def _fit(
     coords: _Coordinates,
     tuning: _QueryLoss,
-    held_out: _QueryLoss,
+    selection: _QueryLoss,
     starts: dict[str, tuple[list[float], list[float]]],
     max_iterations: int,
     early_stopping: bool = False,
 ) -> GDPlusPlusFit:
-    """Polish starts on ``tuning``; the lowest ``held_out`` loss wins.
+    """Polish starts on ``tuning``; the lowest ``selection`` loss wins.
 
-    Without ``early_stopping``, every start is polished to convergence. With it, the held-out
+    Without ``early_stopping``, every start is polished to convergence. With it, the selection
     prompts (stratified by ``lam_max`` to ``TUNING_PROMPTS``, their tail kept whole) watch
     every iterate: each start gets ``SHORT_ITERATIONS`` L-BFGS iterations first, and only the
     ``FINALISTS`` starts with the lowest watched loss are then polished to convergence; for
     each finalist both its converged end and its iterate with the lowest watched loss
-    (early stopping; ``early_stopped`` in the fit) compete on the whole held-out set, an
+    (early stopping; ``early_stopped`` in the fit) compete on the whole selection set, an
     early-stopped point only if its loss there is lower by more than ``EARLY_MARGIN``. The
     converged minima of the tuning loss at L >= 4 can fit the few large-``lam_max`` tuning
-    prompts and blow up on prompts with a larger ``lam_max``, which the held-out ones contain;
+    prompts and blow up on prompts with a larger ``lam_max``, which the selection ones contain;
     an early-stopped winner is not a stationary point (its ``gradient_norm`` says how far)."""
-    watched = held_out.stratified(TUNING_PROMPTS)
+    watched = selection.stratified(TUNING_PROMPTS)
 
     class Monitor:
         best = (float("inf"), None)
@@ -406,27 +500,30 @@ def _fit(
         tuning_loss = tuning(*sizes)[0]
         (grad,) = torch.autograd.grad(tuning_loss, theta)
         with torch.no_grad():
-            held_out_loss = float(held_out(*sizes)[0])
-        return GDPlusPlusFit(
-            sizes[0][0].detach().tolist(),
-            sizes[1][0].detach().tolist(),
-            float(tuning_loss.detach()),
-            held_out_loss,
-            float(grad.norm() / tuning_loss.detach()),
-            name,
-            tuning.count,
-            held_out.count,
-            early,
+            selection_loss = float(selection(*sizes)[0])
+        return _with_support(
+            tuning,
+            GDPlusPlusFit(
+                sizes[0][0].detach().tolist(),
+                sizes[1][0].detach().tolist(),
+                float(tuning_loss.detach()),
+                selection_loss,
+                float(grad.norm() / tuning_loss.detach()),
+                name,
+                tuning.count,
+                selection.count,
+                early,
+            ),
         )
 
     def scale_of(gammas) -> torch.Tensor | None:
         if coords.shared:
             return None
-        units = [coords.lam / top for top in _layer_lams(tuning.lam, gammas)]
+        units = [coords.lam / top for top in _layer_lams(tuning.lam, gammas, tuning.unit_weight)]
         return torch.tensor(units + units[: coords.L - 1], dtype=torch.float64)
 
     def rank(fit: GDPlusPlusFit) -> float:  # an early-stopped point must win by a margin
-        return fit.held_out_loss * (1 + EARLY_MARGIN if fit.early_stopped else 1)
+        return fit.selection_loss * (1 + EARLY_MARGIN if fit.early_stopped else 1)
 
     runs = []  # (name, theta, scale, monitor)
     for name, (etas, gammas) in starts.items():
@@ -447,43 +544,64 @@ def _fit(
         if monitor is not None and monitor.best[1] is not None:
             fits.append(result(monitor.best[1], name, True))
         for fit in fits:
-            if math.isfinite(fit.held_out_loss) and (best is None or rank(fit) < rank(best)):
+            if math.isfinite(fit.selection_loss) and (best is None or rank(fit) < rank(best)):
                 best = fit
     if best is None:  # the polished shared start is always finite; only degenerate data lands here
         raise ValueError("GD++ tuning: no start gave a finite loss on the tuning prompts")
     return best
 
 
-def _split(tuning: Prompts, held_out: Prompts | None) -> tuple[Prompts, Prompts]:
-    """``(tuning, held_out)``; without ``held_out``, the last quarter of ``tuning`` becomes the
-    held-out prompts (which select among the polished starts) and is not tuned on."""
-    if held_out is None:
+def _with_support(tuning, fit: GDPlusPlusFit) -> GDPlusPlusFit:
+    """``fit`` with the support, its tail and ``max |E|`` on it, when ``tuning`` is a
+    population loss (the stability criterion; unchanged otherwise)."""
+    if not isinstance(tuning, _PopulationLoss):
+        return fit
+    s = tuning.sample
+    bound = contraction(fit.etas, fit.gammas, s.support, s.num_context)
+    return dataclasses.replace(fit, support=s.support, tail=s.tail, contraction=bound)
+
+
+def _split(tuning: Prompts, selection: Prompts | None) -> tuple[Prompts, Prompts]:
+    """``(tuning, selection)``; without ``selection``, the last quarter of ``tuning`` becomes the
+    selection prompts (which select among the polished starts) and is not tuned on."""
+    if isinstance(tuning, PopulationSample):
+        if selection is None:
+            raise ValueError("GD++ tuning on a population sample needs a selection sample")
+        return tuning, selection
+    if selection is None:
         split = len(tuning[3]) - max(1, len(tuning[3]) // 4)
-        tuning, held_out = tuple(t[:split] for t in tuning), tuple(t[split:] for t in tuning)
-    return tuning, held_out
+        tuning, selection = tuple(t[:split] for t in tuning), tuple(t[split:] for t in tuning)
+    return tuning, selection
 
 
 class _Problem:
-    """The tuning and held-out prompts of one tuning (:func:`_split`), with their spectral forms
+    """The tuning and selection prompts of one tuning (:func:`_split`), with their spectral forms
     computed once, at first use, for every number of steps the tuning visits (the shared pair,
-    the per-step sizes, and the L-1, L-2, ... steps of the extended starts)."""
+    the per-step sizes, and the L-1, L-2, ... steps of the extended starts); or two
+    :class:`~icl_lightning.theory.population.PopulationSample` draws (:attr:`population`)."""
 
-    def __init__(self, tuning: Prompts, held_out: Prompts | None) -> None:
-        self.tuning, self.held_out = _split(tuning, held_out)
+    def __init__(self, tuning, selection) -> None:
+        self.tuning, self.selection = _split(tuning, selection)
+        self.population = isinstance(self.tuning, PopulationSample)
 
     @functools.cached_property
-    def _losses(self) -> tuple[_QueryLoss, _QueryLoss]:
-        return _QueryLoss.of(self.tuning, 1), _QueryLoss.of(self.held_out, 1)
+    def _losses(self):
+        if self.population:
+            return _PopulationLoss(self.tuning, 1), _PopulationLoss(self.selection, 1)
+        return _QueryLoss.of(self.tuning, 1), _QueryLoss.of(self.selection, 1)
 
     def prepare(self, num_steps: int, shared: bool):
-        """``(coordinates, tuning loss, held-out loss)`` for ``num_steps`` steps; the tuning
+        """``(coordinates, tuning loss, selection loss)`` for ``num_steps`` steps; the tuning
         loss stratified to ``TUNING_PROMPTS``."""
-        tuning, held_out = (loss.steps(num_steps) for loss in self._losses)
+        tuning, selection = (loss.steps(num_steps) for loss in self._losses)
         loss = tuning.stratified(TUNING_PROMPTS)
-        lam = float(
-            loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
-        )
-        return _Coordinates(num_steps, loss.num_context, lam, shared), loss, held_out
+        if loss.unit_weight is not None:
+            lam = _mean_top(loss.lam, loss.unit_weight)
+        else:
+            lam = float(
+                loss.lam[:, -1] @ loss.weight if loss.weight is not None else loss.lam[:, -1].mean()
+            )
+        return _Coordinates(num_steps, loss.num_context, lam, shared), loss, selection
 
 
 def _grid_pair(loss: _QueryLoss, coords: _Coordinates) -> tuple[float, float]:
@@ -506,9 +624,20 @@ def _one_step_fit(problem: _Problem) -> GDPlusPlusFit:
     closed-form ``eta`` (:func:`~icl_lightning.theory.gd.optimal_eta`) and its mean query loss
     ``0.5 mean_b (y_b - <w_b, x_b>)^2`` on both prompt sets, ``w_b`` one GD step from 0, in
     float64 (no spectral form: its eigendecompositions cost more than the rest of a probe's
-    first measurement)."""
-    tuning, held_out = (
-        [t.detach().double() for t in p] for p in (problem.tuning, problem.held_out)
+    first measurement). On population samples: ``eta = N sum w lam / sum w lam^2`` (sums over
+    draws and eigenvalues), the minimiser of ``sum w (1 - eta lam / N)^2``."""
+    if problem.population:
+        tuning, selection = (_PopulationLoss(p, 1) for p in (problem.tuning, problem.selection))
+        w = tuning.sample.weight[:, None]
+        eta = tuning.num_context * float((w * tuning.lam).sum() / (w * tuning.lam**2).sum())
+        sizes = (torch.tensor([[eta]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+        fit = GDPlusPlusFit(
+            [eta], [0.0], float(tuning(*sizes)[0]), float(selection(*sizes)[0]), 0.0,
+            "closed form", tuning.count, selection.count,
+        )  # fmt: skip
+        return _with_support(tuning, fit)
+    tuning, selection = (
+        [t.detach().double() for t in p] for p in (problem.tuning, problem.selection)
     )
     eta = optimal_eta(*tuning)
 
@@ -517,40 +646,40 @@ def _one_step_fit(problem: _Problem) -> GDPlusPlusFit:
         return float(prediction_loss(pred, prompts[3]).mean())
 
     return GDPlusPlusFit(
-        [eta], [0.0], loss(tuning), loss(held_out), 0.0, "closed form",
-        len(tuning[3]), len(held_out[3]),
+        [eta], [0.0], loss(tuning), loss(selection), 0.0, "closed form",
+        len(tuning[3]), len(selection[3]),
     )  # fmt: skip
 
 
 @_with_autograd
 def shared_eta_gamma_fit(
     tuning: Prompts,
-    held_out: Prompts | None,
+    selection: Prompts | None,
     num_steps: int,
     max_iterations: int = 200,
 ) -> GDPlusPlusFit:
     """One ``(eta, gamma)`` for all L steps: the best pair on a grid whose box grows until it
     holds the optimum, polished to convergence on ``tuning`` (see the module's docstring),
-    scored on ``held_out`` (default: the last quarter of ``tuning``, then not used for tuning).
+    scored on ``selection`` (default: the last quarter of ``tuning``, then not used for tuning).
     One step: GD's closed form (:func:`~icl_lightning.theory.gd.optimal_eta`), ``gamma = 0``."""
-    return _shared_fit(_Problem(tuning, held_out), num_steps, max_iterations)
+    return _shared_fit(_Problem(tuning, selection), num_steps, max_iterations)
 
 
 def _shared_fit(problem: _Problem, num_steps: int, max_iterations: int) -> GDPlusPlusFit:
     """:func:`shared_eta_gamma_fit` on ``problem``'s prompts."""
     if num_steps == 1:
         return _one_step_fit(problem)
-    coords, tuning_loss, held_out_loss = problem.prepare(num_steps, True)
+    coords, tuning_loss, selection_loss = problem.prepare(num_steps, True)
     with torch.no_grad():
         eta, gamma = _grid_pair(tuning_loss, coords)
     starts = {"grid": ([eta] * num_steps, [gamma] * num_steps)}
-    return _fit(coords, tuning_loss, held_out_loss, starts, max_iterations)
+    return _fit(coords, tuning_loss, selection_loss, starts, max_iterations)
 
 
 @_with_autograd
 def per_layer_eta_gamma_fit(
     tuning: Prompts,
-    held_out: Prompts | None,
+    selection: Prompts | None,
     num_steps: int,
     num_random: int = 4,
     seed: int = 0,
@@ -572,15 +701,15 @@ def per_layer_eta_gamma_fit(
     generator seeded with ``seed``), ``"wide k"`` for k < ``num_wide`` (the best of
     ``WIDE_DRAWS`` wider draws on a few tuning prompts, negative gammas included,
     :func:`_wide_starts`, from the same generator) and ``"given"`` (``given``, e.g. earlier
-    sizes). The polished start with the lowest loss on ``held_out`` (default: the last quarter
+    sizes). The polished start with the lowest loss on ``selection`` (default: the last quarter
     of ``tuning``, then not used for tuning) wins, unless the shared fit itself does better
-    there (then it is returned: never worse than the shared pair on the held-out prompts).
+    there (then it is returned: never worse than the shared pair on the selection prompts).
     With ``early_stopping``, only the ``FINALISTS`` best starts after ``SHORT_ITERATIONS`` are
-    polished to convergence, and each one's iterate with the lowest held-out loss also
+    polished to convergence, and each one's iterate with the lowest selection loss also
     competes (:func:`_fit`; ``early_stopped`` in the result). One step: the shared fit.
     """
     options = (num_random, seed, extend, given, max_iterations, num_wide, early_stopping)
-    return _per_layer_fit(_Problem(tuning, held_out), num_steps, *options)
+    return _per_layer_fit(_Problem(tuning, selection), num_steps, *options)
 
 
 def _per_layer_fit(
@@ -598,21 +727,23 @@ def _per_layer_fit(
     shared = _shared_fit(problem, num_steps, max_iterations)
     if num_steps == 1:
         return shared
-    coords, tuning_loss, held_out_loss = problem.prepare(num_steps, False)
+    coords, tuning_loss, selection_loss = problem.prepare(num_steps, False)
     lam, num_context = tuning_loss.lam, tuning_loss.num_context
+    weight = tuning_loss.unit_weight
+    early_stopping = early_stopping and not problem.population  # no tail left to overfit
     starts = {"shared": (shared.etas, shared.gammas)}
     if extend:
         fewer = _per_layer_fit(
             problem, num_steps - 1, num_random, seed, extend, None, max_iterations
         )
-        u, v = _to_relative(lam, num_context, fewer.etas, fewer.gammas)
+        u, v = _to_relative(lam, num_context, fewer.etas, fewer.gammas, weight)
         if num_steps == 2:
-            u_shared, v_shared = _to_relative(lam, num_context, shared.etas, shared.gammas)
+            u_shared, v_shared = _to_relative(lam, num_context, shared.etas, shared.gammas, weight)
             inner = (u_shared[0], v_shared[0])
         else:
             inner = (u[-2], v[-2])
         u, v = u[:-1] + [inner[0], u[-1]], v[:-1] + [inner[1], 0.0]
-        starts["extended"] = _from_relative(lam, num_context, u, v)
+        starts["extended"] = _from_relative(lam, num_context, u, v, weight)
     generator = torch.Generator().manual_seed(seed)
     eta, gamma = shared.etas[0], shared.gammas[0]
     low, high = math.log(0.5), math.log(4.0)
@@ -622,13 +753,13 @@ def _per_layer_fit(
             starts[f"random {k}"] = ((eta * (2 * w - 1).exp()).tolist(), (gamma * 2 * v).tolist())
         else:  # in the units of the eigenvalue each step sees: gamma grows over the steps
             u = (low + (high - low) * w).exp().tolist()
-            starts[f"random {k}"] = _from_relative(lam, num_context, u, (1.5 * v).tolist())
+            starts[f"random {k}"] = _from_relative(lam, num_context, u, (1.5 * v).tolist(), weight)
     for k, pair in enumerate(_wide_starts(tuning_loss, num_steps, num_wide, generator)):
         starts[f"wide {k}"] = pair
     if given is not None:
         starts["given"] = (list(given[0]), list(given[1]))
-    fit = _fit(coords, tuning_loss, held_out_loss, starts, max_iterations, early_stopping)
-    return shared if shared.held_out_loss < fit.held_out_loss else fit
+    fit = _fit(coords, tuning_loss, selection_loss, starts, max_iterations, early_stopping)
+    return shared if shared.selection_loss < fit.selection_loss else fit
 
 
 def per_layer_eta_gamma(
@@ -637,12 +768,12 @@ def per_layer_eta_gamma(
     query_x,
     query_y,
     num_steps: int,
-    held_out: Prompts | None = None,
+    selection: Prompts | None = None,
     **options,
 ) -> tuple[list[float], list[float]]:
     """``([eta_1..eta_L], [gamma_1..gamma_L])`` of :func:`per_layer_eta_gamma_fit` on these
-    tuning prompts (``held_out``: the selection prompts; ``options``: its keyword arguments)."""
+    tuning prompts (``selection``: the selection prompts; ``options``: its keyword arguments)."""
     fit = per_layer_eta_gamma_fit(
-        (context_x, context_y, query_x, query_y), held_out, num_steps, **options
+        (context_x, context_y, query_x, query_y), selection, num_steps, **options
     )
     return fit.etas, fit.gammas
