@@ -17,6 +17,7 @@ import torch
 from conftest import CONFIGS, ROOT, read_scalars, tiny_args
 from tensorboard.summary.writer import record_writer
 
+from icl_lightning.checkpointing import AtomicCheckpointIO
 from icl_lightning.cli import main
 from icl_lightning.run_directory import LOCK_FILE
 from icl_lightning.run_lock import RunLock, RunLocked
@@ -336,3 +337,25 @@ def test_moved_run_resumed_with_another_checkpoint_interval_keeps_one_last_ckpt(
     _fit(6, f"--ckpt_path={last}", "--checkpoint.every_n_train_steps=2")
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"] and _steps(last) == 6
     assert not Path("logs").exists()
+
+
+def test_two_processes_writing_one_checkpoint_never_share_a_temporary_file(tmp_path):
+    """Outside the CLI's claim (a plain Trainer), two processes saving one file: each write
+    replaces it whole (before: both wrote ``last.ckpt.tmp``, and one's rename failed)."""
+    path = tmp_path / "last.ckpt"
+    children = []
+    for value in (1.0, 2.0):
+        pid = os.fork()
+        if pid == 0:  # the child: 30 saves, exit 0 only if every one succeeded
+            code = 0
+            try:
+                for _ in range(30):
+                    AtomicCheckpointIO().save_checkpoint({"w": torch.full((1000,), value)}, path)
+            except BaseException:  # noqa: BLE001 (the parent sees the exit code)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children] == [0, 0]
+    weights = torch.load(path, weights_only=True)["w"]
+    assert weights.unique().tolist() in ([1.0], [2.0])  # one writer's, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -23,7 +23,8 @@ class CheckpointWriteError(OSError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO that writes ``<file>.tmp`` beside the checkpoint, flushes it to the disk
+    """TorchCheckpointIO that writes ``<file>.<pid>.tmp`` beside the checkpoint (a temporary file
+    of this process alone: two writers never write into one), flushes it to the disk
     and renames it over ``<file>``.
 
     The rename is atomic within one filesystem, so a write that fails (disk full, a kill) leaves
@@ -44,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "wb") as file:
