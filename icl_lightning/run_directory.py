@@ -45,18 +45,18 @@ def resumed_run(ckpt_path: str | None) -> Path | None:
     return folder.parent if folder.name == "checkpoints" else None
 
 
-def holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds a run: its config, logs or checkpoints."""
-    patterns = ("config.yaml", *RUN_FILES)
+def holds_run(folder: Path, patterns: tuple[str, ...] = ("config.yaml", *RUN_FILES)) -> bool:
+    """Whether ``folder`` holds a file of a run (by default its config, logs or checkpoints)."""
     return any(next(folder.glob(pattern), None) for pattern in patterns)
 
 
 def continued_run(ckpt_path: str | None, recorded: Path | None) -> Path | None:
-    """The run a fit from ``ckpt_path`` continues: ``<run>`` of ``<run>/checkpoints/<x>.ckpt``
-    when it holds a run, else the run directory the checkpoint records (``recorded``) if it
-    still holds one; None for a checkpoint of no run found here."""
+    """The run a fit from ``ckpt_path`` continues: ``<run>`` of ``<run>/checkpoints/<x>.ckpt``,
+    else the run directory the checkpoint records (``recorded``), whichever holds a run's
+    record (its config or logs); None for a checkpoint of no run found here."""
+    record = ("config.yaml", "events.out.tfevents.*", "metrics.csv")
     for run in (resumed_run(ckpt_path), recorded if ckpt_path else None):
-        if run is not None and run.is_dir() and holds_run(run):
+        if run is not None and run.is_dir() and holds_run(run, record):
             return run
     return None
 

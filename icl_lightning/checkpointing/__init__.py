@@ -9,6 +9,11 @@
   curve point.
 - :class:`AtomicCheckpointIO` (``atomic_io.py``): a checkpoint replaces the previous one whole or
   not at all; a failed write names the file.
+- :class:`RunRecord` and :class:`RunConfig` (``run_record.py``): every checkpoint records the
+  run's model and data options and its directory (a resume is checked against them and finds
+  its run); a resume keeps ``config.yaml`` and writes ``config-leg<k>.yaml`` if it trains.
+- ``write_failure.py``: a full disk or failing writer ends with one message naming the last
+  good checkpoint (:class:`RunWriteError`).
 - ``lightning_private.py``: every private Lightning member the project uses.
 
 The finite-weights guard and the network's class stamp are the module's own
@@ -19,6 +24,8 @@ from icl_lightning.checkpointing.atomic_io import AtomicCheckpointIO, Checkpoint
 from icl_lightning.checkpointing.interrupt import InterruptCheckpoint
 from icl_lightning.checkpointing.resume import ExactResume
 from icl_lightning.checkpointing.run_checkpoint import RunCheckpoint
+from icl_lightning.checkpointing.run_record import RunConfig, RunRecord
+from icl_lightning.checkpointing.write_failure import RunWriteError
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -26,4 +33,7 @@ __all__ = [
     "ExactResume",
     "InterruptCheckpoint",
     "RunCheckpoint",
+    "RunConfig",
+    "RunRecord",
+    "RunWriteError",
 ]
