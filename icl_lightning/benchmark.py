@@ -14,6 +14,15 @@ Tables (``--tables``, default ``side-by-side``), each over ``--repeats`` interle
   model (``bench_ref.py STEPS train-only layers=L deq=0``, ``deq=1`` for the recurrent one).
 - ``probes``: every config of ``--configs``: ``fit`` without its probes
   (``--trainer.callbacks=[]``), ``shipped``, and the probes' share ``1 - shipped / fit``.
+- ``flops``: every config of ``--configs`` and paper A's deep variants of ``--deep-config``
+  (L = 3, 4, 5 and the recurrent L = 4): the training step's FLOPs as
+  ``torch.utils.flop_counter`` counts them on the per-layer PyTorch formulation
+  (:func:`~icl_lightning.models.batch_last.disabled`: the counter cannot see into the CPU
+  kernels, and a faster formulation does the same work), the step's time on one fixed batch
+  (forward, loss, backward, clipping, optimizer), its GFLOP/s and their share of this machine's
+  one-thread float32 peak (:func:`matmul_peak`, a 2048^3 product timed before and after each
+  row), the bare loop (the step with the data sampled, as ``bare``) and, where the official code
+  has the same model, its step and ``bare / JAX``.
 - ``scaling``: short fits over N, d and L of the LSA and contextual-block configs: steps/s and
   seconds per probe measurement.
 
@@ -38,6 +47,7 @@ GPU. The runs' own output (progress bars, Lightning's messages) goes to a log fi
 
     icl-benchmark --steps 1000 --repeats 3
     icl-benchmark --tables deep probes --jax-python PATH --jax-ref DIR
+    icl-benchmark --tables flops --threads 1 --jax-python PATH --jax-ref DIR
     icl-benchmark --tables scaling
 """
 
@@ -54,17 +64,21 @@ from pathlib import Path
 from statistics import median
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.models import batch_last
 from icl_lightning.profiling import HookTimer, peak_memory_mb, reset_peak_memory
 from icl_lightning.theory.loss import prediction_loss
 
-TABLES = ("side-by-side", "deep", "probes", "scaling")
+TABLES = ("side-by-side", "deep", "probes", "flops", "scaling")
 PASSED_ON = ("--model", "--data", "--trainer", "--optimizer", "--lr_scheduler")
 #: paper A's deep settings for L > 3 (its notebook; bench_ref.py uses the same)
 DEEP_L4 = ["--model.model.num_layers=4", "--optimizer.init_args.lr=5e-4"]
-DEEP_L4 += ["--trainer.gradient_clip_val=10"]
+DEEP_L4 += ["--trainer.gradient_clip_val=10", "--model.model.clip=10"]
+#: the official code's model of each shipped config (``bench_ref.py`` options)
+JAX_MODELS = {"lsa_linear": [], "lsa_deep": ["layers=2", "deq=0"]}
 
 
 @dataclass
@@ -85,6 +99,19 @@ def deep_rows(config: str, extra: list[str]) -> list[Row]:
         Row("L = 2", config, extra, ["layers=2", "deq=0"]),
         Row("L = 4", config, [*DEEP_L4, *extra], ["layers=4", "deq=0"]),
         Row("L = 4 recurrent", config, [*recurrent, *extra], ["layers=4", "deq=1"]),
+    ]
+
+
+def deep_variants(config: str, extra: list[str]) -> list[Row]:
+    """Paper A's deeper models beside the shipped L = 2: L = 3 (gradient clipping 10), L = 4
+    and 5 (lr 5e-4, gradient and activation clipping 10), the recurrent L = 4."""
+    L3 = ["--model.model.num_layers=3", "--trainer.gradient_clip_val=10"]
+    L5 = [*DEEP_L4, "--model.model.num_layers=5"]
+    return [
+        Row("lsa_deep L = 3", config, [*L3, *extra], ["layers=3", "deq=0"]),
+        Row("lsa_deep L = 4", config, [*DEEP_L4, *extra], ["layers=4", "deq=0"]),
+        Row("lsa_deep L = 5", config, [*L5, *extra], ["layers=5", "deq=0"]),
+        *deep_rows(config, extra)[2:],
     ]
 
 
@@ -161,29 +188,72 @@ def time_fit(row: Row, steps: int, warmup: int, loop_only: bool = False) -> dict
         return {"steps_per_s": timer.steps_per_second(warmup), "peak_mb": peak_memory_mb(device)}
 
 
-def time_bare(row: Row, steps: int, warmup: int) -> dict:
-    """Steps/s of a plain PyTorch loop: same model, optimizer, clipping, on-device batches."""
+def _bare_parts(row: Row) -> tuple:
+    """The model, datamodule, optimizer, gradient clip and device of ``row`` as the CLI builds
+    them, the model on its device."""
     with tempfile.TemporaryDirectory() as log_dir:
-        cli = build(row.config, log_dir, row.overrides, steps, probes=False)
+        cli = build(row.config, log_dir, row.overrides, 2, probes=False)
     model, data, trainer = cli.model.model, cli.datamodule, cli.trainer
     device = trainer.strategy.root_device
     model.to(device)
     optimizer = cli.model.configure_optimizers()
     optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
-    clip = trainer.gradient_clip_val
+    return model, data, optimizer, trainer.gradient_clip_val, device
+
+
+def _train_step(model, optimizer, clip, batch) -> None:
+    """One plain PyTorch training step: forward, loss, backward, clipping, optimizer."""
+    pred = model(batch.context_x, batch.context_y, batch.query_x)
+    loss = prediction_loss(pred, batch.query_y).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+
+
+def time_bare(row: Row, steps: int, warmup: int, fixed_batch: bool = False) -> dict:
+    """Steps/s of a plain PyTorch loop: same model, optimizer, clipping, on-device batches
+    (``fixed_batch``: the first batch every step, the training step alone)."""
+    model, data, optimizer, clip, device = _bare_parts(row)
     timer = HookTimer([])
     reset_peak_memory(device)
+    batch = data.train_batch(0, device=device)
     for step in range(steps):
         timer.start_step()  # the clock of fit's steps, read at the same point
-        batch = data.train_batch(step, device=device)
-        pred = model(batch.context_x, batch.context_y, batch.query_x)
-        loss = prediction_loss(pred, batch.query_y).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        _train_step(
+            model, optimizer, clip, batch if fixed_batch else data.train_batch(step, device=device)
+        )
     return {"steps_per_s": timer.steps_per_second(warmup), "peak_mb": peak_memory_mb(device)}
+
+
+def step_flops(row: Row) -> int:
+    """FLOPs of one training step (after a first one, which sets up the optimizer's state)
+    as ``torch.utils.flop_counter`` counts them, on the per-layer PyTorch formulation."""
+    model, data, optimizer, clip, device = _bare_parts(row)
+    batch = data.train_batch(0, device=device)
+    _train_step(model, optimizer, clip, batch)
+    with batch_last.disabled(), FlopCounterMode(display=False) as counter:
+        _train_step(model, optimizer, clip, batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak(n: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of this machine's fastest of ``repeats`` ``n x n x n`` float32 matrix products
+    on one thread (``2 n^3`` FLOPs each)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n**3 / min(seconds) / 1e9
 
 
 def probe_costs(timer: HookTimer, probe: Probe, steps: int) -> dict[str, float]:
@@ -309,6 +379,61 @@ def measure_rows(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
                 line += f", JAX {result['steps_per_s']:.1f} steps/s"
             print(f"{line}   [{time.perf_counter() - start:.0f} s]", flush=True)
     return runs
+
+
+def measure_flops(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
+    """Per row: the counted FLOPs per step (once), and over ``args.repeats`` interleaved rounds
+    the one-thread matmul peak before and after, the step on a fixed batch, the bare loop and
+    (with ``jax``, where the official code has the model) its step."""
+    runs: dict[str, dict] = {row.name: {"peak": [], "step": [], "bare": []} for row in rows}
+    for r in range(1, args.repeats + 1):
+        for row in rows:
+            start, got = time.perf_counter(), runs[row.name]
+            with output_to(log):
+                if "flops" not in got:
+                    got["flops"] = step_flops(row)
+                before = matmul_peak()
+                got["step"].append(time_bare(row, args.steps, args.warmup, fixed_batch=True))
+                got["peak"].append((before + matmul_peak()) / 2)
+                got["bare"].append(time_bare(row, args.steps, args.warmup))
+            gflops = got["flops"] * got["step"][-1]["steps_per_s"] / 1e9
+            line = f"round {r}/{args.repeats}  {row.name}: {got['flops'] / 1e6:.1f} MFLOP, "
+            line += f"{gflops:.1f} GFLOP/s = {gflops / got['peak'][-1]:.1%} of one thread's "
+            line += f"{got['peak'][-1]:.0f}, bare {got['bare'][-1]['steps_per_s']:.1f} steps/s"
+            if jax and row.jax is not None:
+                result = time_jax(
+                    args.jax_python, args.jax_ref, args.jax_steps, row.jax, args.threads, log
+                )
+                got.setdefault("jax", []).append(result)
+                line += f", JAX {result['steps_per_s']:.1f} steps/s"
+            print(f"{line}   [{time.perf_counter() - start:.0f} s]", flush=True)
+    return runs
+
+
+def flops_table(runs: dict[str, dict]) -> list[str]:
+    """Markdown: per row, counted FLOPs per step, the step's time, GFLOP/s and share of the
+    one-thread matmul peak, the bare loop, the official step and the ratio."""
+    lines = [
+        "| config | counted MFLOP / step | step ms | GFLOP/s | % of one-thread peak (min - max) "
+        "| peak GFLOP/s | bare steps/s | JAX steps/s | bare / JAX (min - max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, got in runs.items():
+        step = [s["steps_per_s"] for s in got["step"]]
+        gflops = [got["flops"] * sps / 1e9 for sps in step]
+        share = [g / p for g, p in zip(gflops, got["peak"], strict=True)]
+        bare = [b["steps_per_s"] for b in got["bare"]]
+        cells = [name, f"{got['flops'] / 1e6:.1f}", f"{1e3 / median(step):.2f}"]
+        cells += [f"{median(gflops):.1f}", f"{median(share):.1%} ({_spread(share, '.1%')})"]
+        cells += [f"{median(got['peak']):.0f}", f"{median(bare):.1f}"]
+        if "jax" in got:
+            jax = [j["steps_per_s"] for j in got["jax"]]
+            ratio = [a / b for a, b in zip(bare, jax, strict=True)]
+            cells += [f"{median(jax):.1f}", f"{median(ratio):.2f} ({_spread(ratio)})"]
+        else:
+            cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def deep_table(runs: dict[str, dict]) -> list[str]:
@@ -488,7 +613,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show the runs' own output")
     p.add_argument("--config", default="configs/lsa_linear.yaml", help="side-by-side's config")
     p.add_argument("--deep-config", default="configs/lsa_deep.yaml")
-    p.add_argument("--configs", nargs="+", help="the probes' table (default: configs/*.yaml)")
+    p.add_argument("--configs", nargs="+", help="probes and flops tables (default: configs/*.yaml)")
     p.add_argument("--steps", type=int, default=1050, help="steps per bare/loop/fit run")
     p.add_argument("--warmup", type=int, default=50, help="steps before the clock starts")
     p.add_argument("--probe-steps", type=int, default=150, help="steps of the probes' run")
@@ -534,12 +659,14 @@ def check(p: argparse.ArgumentParser, args, extra: list[str]) -> None:
         "side-by-side": [("--config", args.config)],
         "deep": [("--deep-config", args.deep_config)],
         "probes": [("--configs", c) for c in args.configs or []],
+        "flops": [("--deep-config", args.deep_config)],
     }
+    needed["flops"] += needed["probes"]
     for table in args.tables:
         for option, path in needed.get(table, []):
             if not Path(path).is_file():
                 p.error(f"{option} {path}: no such file")
-    if "probes" in args.tables and not args.configs:
+    if {"probes", "flops"} & set(args.tables) and not args.configs:
         args.configs = sorted(str(c) for c in Path("configs").glob("*.yaml"))
         if not args.configs:
             p.error(f"--configs: no configs/*.yaml in {Path.cwd()}; name the config files")
@@ -603,6 +730,11 @@ def main(argv: list[str] | None = None) -> None:
             rows = [Row(Path(c).stem, c, extra) for c in args.configs]
             results[table] = measure_rows(rows, args, log, jax=False)
             lines, title = probes_table(results[table]), "The probes' share of each config"
+        elif table == "flops":
+            rows = [Row(Path(c).stem, c, extra, JAX_MODELS.get(Path(c).stem)) for c in args.configs]
+            rows += deep_variants(args.deep_config, extra)
+            results[table] = measure_flops(rows, args, log, jax)
+            lines, title = flops_table(results[table]), "FLOPs per step against the machine's peak"
         else:
             lines, results[table] = scaling(args, extra, log)
             title = "Scaling"

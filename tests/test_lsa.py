@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from icl_lightning.data import LinearRegression, seeded_generator
-from icl_lightning.models import LSA
+from icl_lightning.models import LSA, batch_last
 from icl_lightning.models.linear_attention import LinearAttentionReadout, LinearAttentionUpdate
 from icl_lightning.modules import ICLRegressionModule
 from icl_lightning.theory import prediction_loss
@@ -224,3 +224,80 @@ def test_from_weights_holds_the_given_layers_and_leaves_the_rng_alone():
 )
 def test_plain_linear_layer_is_one_head_linear_without_layer_norm(kwargs, plain):
     assert LSA(input_dim=3, **kwargs).layers[0].is_plain_linear is plain
+
+
+#: the variants the batch-last CPU kernels run (no LayerNorm, no softmax)
+KERNEL_VARIANTS = [v for v in VARIANTS if not v.get("layer_norm")]
+
+
+@pytest.mark.parametrize("kwargs", KERNEL_VARIANTS, ids=[str(v) for v in KERNEL_VARIANTS])
+def test_batch_last_kernels_run_and_equal_the_per_layer_path(kwargs):
+    """The exactness tests above run the kernels (float64 and float32 on the CPU): on 37
+    prompts (two full tiles and a partial one) the predictions and every gradient, the
+    prompts' included, equal the per-layer path's to 1e-10."""
+    model = _randomise(LSA(input_dim=3, **kwargs).double())
+    layers = [model.layer(i) for i in range(model.num_layers)]
+    prompts = [x.requires_grad_() for x in _prompts(B=37)]
+    assert batch_last.applies(layers, prompts[0])
+    assert batch_last.applies([la.float() for la in layers], prompts[0].float())
+    model.double()
+    weights = torch.randn(37, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    leaves = [*prompts, *model.parameters()]
+    fast = torch.autograd.grad((model(*prompts) * weights).sum(), leaves)
+    with batch_last.disabled():
+        assert not batch_last.applies(layers, prompts[0])
+        reference = torch.autograd.grad((model(*prompts) * weights).sum(), leaves)
+    for got, expected in zip(fast, reference, strict=True):
+        assert torch.allclose(got, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_linear_attention_stack_passes_gradcheck():
+    """The kernels' backward pass, the weight products' and the tokens' against finite
+    differences (float64): two distinct layers of two heads, clipping active."""
+    g = torch.Generator().manual_seed(4)
+    model = LSA(input_dim=2, num_layers=3, num_heads=2, key_size=3)
+    weights = [
+        torch.randn(p.shape, generator=g, dtype=torch.float64, requires_grad=True)
+        for p in model.parameters()
+    ]
+    prompts = [x.requires_grad_() for x in _prompts(B=3, N=4, d=2)]
+
+    def stack(*inputs):
+        return batch_last.LinearAttentionStack.apply(*inputs[:3], 2.0, (0, 1, 2), *inputs[3:])
+
+    assert (stack(*prompts, *weights).abs() > 2).any()  # the final clip is outside: above it
+    assert gradcheck(stack, (*prompts, *weights))
+
+
+@pytest.mark.parametrize(
+    "case", ["bfloat16", "autocast", "layer_norm", "softmax", "vmap", "no compiler"]
+)
+def test_where_the_kernels_do_not_apply_the_per_layer_path_runs(case, monkeypatch, tmp_path):
+    """bf16 weights, autocast (bf16-mixed), LayerNorm or softmax layers, torch.func transforms,
+    and a machine without a C compiler (one warning) take the per-layer path."""
+    model = _randomise(LSA(input_dim=3, num_layers=2, layer_norm=case == "layer_norm"))
+    model.layers[1].softmax = case == "softmax"
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
+    cx, cy, qx = (x.to(dtype) for x in _prompts())
+    model.to(dtype)
+    layers = list(model.layers)
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not batch_last.applies(layers, cx)
+            assert model(cx, cy, qx).dtype == torch.bfloat16
+        return
+    elif case == "vmap":
+        assert torch.func.vmap(lambda x: torch.tensor(batch_last.applies(layers, x)))(cx).sum() == 0
+        return
+    elif case == "no compiler":
+        monkeypatch.setattr(batch_last, "_libraries", {})
+        monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
+        monkeypatch.setenv("ICL_LIGHTNING_KERNELS", str(tmp_path / "kernels"))
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert not batch_last.applies(layers, cx)
+        assert not batch_last.applies(layers, cx)  # once per process
+    else:
+        assert not batch_last.applies(layers, cx)
+    with batch_last.disabled():
+        expected = model(cx, cy, qx)
+    assert torch.equal(model(cx, cy, qx), expected)

@@ -15,6 +15,7 @@ autocast, ``torch.func`` transforms, softmax or LayerNorm layers, or no working 
 model takes the per-layer path of :mod:`~icl_lightning.models.linear_attention`.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -34,6 +35,18 @@ _POINTERS = {"update_forward": 4, "update_backward": 7, "readout_forward": 4}
 _POINTERS |= {"readout_backward": 7, "pack_tokens": 4}
 _NAMES = ("W_Q", "W_K", "W_V", "P")
 _libraries: dict[tuple, ctypes.CDLL | None] = {}
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside, every model takes the per-layer path (the reference formulation, e.g. to count
+    its FLOPs with ``torch.utils.flop_counter``, which cannot see into the kernels)."""
+    _enabled.append(False)
+    try:
+        yield
+    finally:
+        _enabled.pop()
 
 
 def kernel_dir() -> Path:
@@ -102,7 +115,7 @@ def applies(layers, tensor: torch.Tensor) -> bool:
     attention without LayerNorm on the CPU, float32 or float64 weights and inputs, no autocast,
     no ``torch.func`` transform, and kernels that compile."""
     weight = layers[0].W_Q
-    if tensor.device.type != "cpu" or weight.device.type != "cpu":
+    if not _enabled[-1] or tensor.device.type != "cpu" or weight.device.type != "cpu":
         return False
     if tensor.dtype not in _SCALAR or weight.dtype != tensor.dtype:
         return False
