@@ -20,7 +20,9 @@
 - Every output folder must be writable (:func:`~icl_lightning.preflight.check_writable`).
 """
 
+import errno
 import re
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -35,6 +37,8 @@ VERSIONED_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.CSVLogger")
 RUN_FILES = ("events.out.tfevents.*", "metrics.csv", "checkpoints/*.ckpt")
 #: the lock file by which a fit owns its run directory
 LOCK_FILE = ".fit.lock"
+#: what ``flock`` says on a filesystem without locks (Lustre without ``flock``, some NFS)
+NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
 
 
 def resumed_run(ckpt_path: str | None) -> Path | None:
@@ -113,9 +117,10 @@ def logger_run_directory(save_dir: str, name: str | None, version: int | str | N
     return Path(save_dir) / (name or "") / folder
 
 
-def claim(run: Path) -> RunLock:
+def claim(run: Path) -> RunLock | None:
     """Own ``run`` for this process's life (:data:`LOCK_FILE`), or raise RunLocked naming
-    the process that owns it."""
+    the process that owns it; a ValueError when ``run`` cannot be written. On a filesystem
+    without file locks: None, with a warning (the run goes on unclaimed)."""
     try:
         return RunLock(run / LOCK_FILE, what=f"the run directory {run}").acquire()
     except RunLocked as error:
@@ -123,20 +128,33 @@ def claim(run: Path) -> RunLock:
             f"{error}. One run directory takes one fit at a time: expected that fit to end "
             "first, or another version."
         ) from None
+    except OSError as error:
+        if error.errno in NO_LOCKS:
+            warnings.warn(
+                f"{run}: this filesystem has no file locks ({error.strerror}); the run is not "
+                "claimed, so a second fit into it at the same time would not be refused.",
+                stacklevel=2,
+            )
+            return None
+        raise ValueError(
+            f"the run directory {run} cannot be written ({error.strerror}): expected a folder "
+            "this user can write to, on a disk with free space."
+        ) from error
 
 
-def claim_new_version(root: Path) -> tuple[Path, RunLock]:
-    """The next free ``root/version_<k>``, claimed; a version that another process owns, or
-    that holds a run by now, is passed over."""
+def claim_new_version(root: Path) -> tuple[Path, RunLock | None]:
+    """The next free ``root/version_<k>``, claimed (:func:`claim`); a version that another
+    process owns, or that holds a run by now, is passed over."""
     run = next_version(root)
     while True:
         try:
             lock = claim(run)
-            if not holds_run(run):
+        except RunLocked:
+            lock = None
+        else:
+            if lock is None or not holds_run(run):
                 return run, lock
             lock.release()
-        except RunLocked:
-            pass
         run = root / f"version_{int(run.name[8:]) + 1}"
 
 
@@ -207,6 +225,7 @@ def choose_run_directory(
         for path in earlier_run_files(run, option, resumes, config.get("overwrite")):
             path.unlink()
     except ValueError:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     return lock, {}

@@ -3,6 +3,7 @@ disk or writer ends with one message naming what is left to resume from (issue 2
 5, 6)."""
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -359,3 +360,28 @@ def test_two_processes_writing_one_checkpoint_never_share_a_temporary_file(tmp_p
     weights = torch.load(path, weights_only=True)["w"]
     assert weights.unique().tolist() in ([1.0], [2.0])  # one writer's, whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_run_directory_that_cannot_be_claimed(tmp_path, monkeypatch, capsys):
+    """Without file locks (Lustre without flock, some NFS) a fit warns and trains unclaimed;
+    a run directory it cannot write is a usage error naming it (before: a traceback)."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_locks(fd, operation) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fcntl, "flock", no_locks)
+        with pytest.warns(UserWarning, match="this filesystem has no file locks"):
+            _fit(2)
+    (run,) = _runs()
+    assert _steps(run / "checkpoints" / "last.ckpt") == 2
+
+    def read_only(self) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(RunLock, "acquire", read_only)
+    before = _digest(tmp_path)
+    error = _usage_error(capsys, 4, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    assert re.search(rf"the run directory \S*{run} cannot be written \(Permission denied\)", error)
+    assert _digest(tmp_path) == before
