@@ -177,3 +177,42 @@ def test_deep_rows_and_the_probes_share_table(tmp_path):
     assert shipped["share"] == pytest.approx(1 - shipped["steps_per_s"] / fitted, rel=1e-9)
     assert set(row["probes"][0]["probes"]) == {"GDAlignment", "OODProbe"}
     assert "| L = 4 recurrent |" in proc.stdout and "| deep |" in proc.stdout
+
+
+def test_flops_table_counts_the_per_layer_work_against_the_peak(tmp_path, monkeypatch):
+    """The flops table: counted FLOPs per step of the per-layer formulation (the kernels hide
+    theirs from the counter), a positive one-thread peak and share, and the official step only
+    where it has the model (lsa_deep at L = 2 and the deep variants' own options)."""
+    deep = (CONFIGS / "lsa_deep.yaml").read_text().replace("num_tasks: 10000", "num_tasks: 64")
+    (tmp_path / "lsa_deep.yaml").write_text(deep.replace("num_tasks: 4096", "num_tasks: 64"))
+    (tmp_path / "demo.yaml").write_text((CONFIGS / "demo.yaml").read_text())
+    _fake_bench_ref(tmp_path / "ref")
+    monkeypatch.setattr(benchmark, "matmul_peak", lambda: 50.0)
+    real_variants = benchmark.deep_variants
+    monkeypatch.setattr(benchmark, "deep_variants", lambda *a: real_variants(*a)[1:2])
+    args = ["--tables", "flops", "--configs", "demo.yaml", "lsa_deep.yaml"]
+    args += ["--deep-config=lsa_deep.yaml", "--steps", "4", "--warmup", "1", "--repeats", "1"]
+    args += ["--jax-python", sys.executable, "--jax-ref", "ref", "--jax-steps", "5", *TINY]
+    benchmark.main([*args, "--out", "bench"])
+    calls = (tmp_path / "ref" / "calls.txt").read_text().splitlines()
+    assert calls == ["5 train-only layers=2 deq=0", "5 train-only layers=4 deq=0"]
+    report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["flops"]
+    assert list(report) == ["demo", "lsa_deep", "lsa_deep L = 4"]
+    assert "jax" not in report["demo"] and report["lsa_deep"]["jax"][0]["steps_per_s"] == 10.0
+    row = benchmark.Row("lsa_deep", "lsa_deep.yaml", TINY)
+    flops = benchmark.step_flops(row)
+    assert report["lsa_deep"]["flops"] == flops
+    model, data, optimizer, clip, _ = benchmark._bare_parts(row)
+    batch = data.train_batch(0)
+    with benchmark.FlopCounterMode(display=False) as counter:  # the kernels: only the small ops
+        benchmark._train_step(model, optimizer, clip, batch)
+    assert counter.get_total_flops() < flops / 5
+    assert report["lsa_deep L = 4"]["flops"] > 3 * flops
+    table = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "| lsa_deep L = 4 |" in table and "| demo |" in table
+
+
+def test_matmul_peak_is_timed_on_one_thread_and_leaves_the_threads_alone():
+    threads = benchmark.torch.get_num_threads()
+    assert benchmark.matmul_peak(n=256, repeats=2) > 0
+    assert benchmark.torch.get_num_threads() == threads
