@@ -12,6 +12,20 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+#: a tag of a per-index series: ``context/loss_n7``, ``ft/sgd_loss_i3``
+_INDEXED = re.compile(r".*_[ni](\d+)")
+
+
+def thinned(tags: list[str]) -> list[str]:
+    """``tags``, except that a series over an index (``loss_n1`` .. ``loss_n20``: the loss after
+    n context points) keeps its first, middle and last index: twenty curves against the
+    training step are unreadable, and the whole curve over the index is the probe's figure."""
+    indices = [_INDEXED.fullmatch(tag) for tag in tags]
+    if len(tags) <= 3 or not all(indices):
+        return tags
+    ordered = sorted(tags, key=lambda tag: int(_INDEXED.fullmatch(tag)[1]))
+    return [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+
 
 def comparison_tag(prefix: str, title: str) -> str:
     """The common tag of a chart's curves: ``<prefix>compare/<title as a tag>``, e.g.

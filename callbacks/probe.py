@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from typing_extensions import override
 
-from icl_lightning.callbacks.comparisons import ComparisonRuns, layout_charts
+from icl_lightning.callbacks.comparisons import ComparisonRuns, layout_charts, thinned
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
 from icl_lightning.data.curriculum import Curriculum
@@ -402,8 +402,10 @@ class Probe(Callback):
 
     def chart_tags(self) -> dict[str, list[str]]:
         """This probe's charts, ``{title: [tag, ...]}``, over the scalars of its latest
-        measurement; a chart of two or more tags is a comparison (:mod:`.comparisons`)."""
-        return {title: tags for title, (_, tags) in self.layout().items()}
+        measurement, a series over an index thinned to three curves
+        (:func:`~icl_lightning.callbacks.comparisons.thinned`); a chart of two or more tags is
+        a comparison (:mod:`~icl_lightning.callbacks.comparisons`)."""
+        return {title: thinned(tags) for title, (_, tags) in self.layout().items()}
 
     def layout(self) -> dict[str, list]:
         """This probe's charts, ``{title: ["Multiline", [tag, ...]]}``, over the scalars of its

@@ -88,3 +88,14 @@ def test_paper_b_layout_overlays_sgd_and_delta_w(tmp_path, monkeypatch):
         len(curves) >= 2 and {r.replace("dw_", "sgd_") for r in curves if "/dw_" in r} <= curves
         for curves in fig3
     )
+
+
+def test_a_series_over_the_context_length_keeps_three_curves(tmp_path, monkeypatch):
+    """ContextLengthProbe's loss after n = 1..N points: the chart against the training step
+    draws n = 1, the middle and N (the whole curve over n is the figure), each a sibling run."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), *tiny_args(Path("logs"))])
+    layouts, scalars = _events(cli.trainer.logger.log_dir)
+    (chart,) = _charts(layouts[0])["context"].values()
+    assert set(_curves(chart[0], scalars)) == {f"context/loss_n{n}" for n in (1, 11, 20)}
+    assert {f"context/loss_n{n}" for n in range(1, 21)} <= scalars["."]  # all still logged
