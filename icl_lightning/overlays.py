@@ -16,7 +16,8 @@ every other key of the file, wherever it stands, changes the base key by key, th
 
 A base is a path relative to the file that names it (or absolute); a base may name a base of
 its own. A ``config:`` that is not a path, a base that is missing, not YAML or not a valid
-config is a usage error naming the base file.
+config is a usage error naming the base file. In any config, a key given twice (two
+``trainer:`` sections, of which YAML would keep the last) is a usage error naming the file.
 
 The parser is LightningCLI's with one private jsonargparse method overridden
 (``_load_config_parser_mode``, which turns a config file's text into options) and two called
@@ -49,6 +50,24 @@ def base_of(overlay: dict, where: str) -> str:
     return base
 
 
+def repeated_keys(node: yaml.Node, prefix: str = "") -> list[str]:
+    """``key (lines a and b)`` for each key that a mapping of the YAML tree ``node`` holds twice
+    (YAML keeps the last one silently: a second ``trainer:`` section would drop the first)."""
+    if isinstance(node, yaml.SequenceNode):
+        return [found for item in node.value for found in repeated_keys(item, prefix)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    found, lines = [], {}
+    for key, value in node.value:
+        name, line = f"{prefix}{key.value}", key.start_mark.line + 1
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":  # << merges, YAML's own
+            if name in lines:
+                found.append(f"{name} (lines {lines[name]} and {line})")
+            lines.setdefault(name, line)
+        found += repeated_keys(value, f"{name}.")
+    return found
+
+
 @contextmanager
 def errors_naming(parser, where: str):
     """Inside: an error of ``parser`` (jsonargparse exits by default) becomes a TypeError whose
@@ -72,9 +91,15 @@ class OverlayParser(LightningArgumentParser):
         where = Path(path).absolute() if path else "a config string"  # jsonargparse: cwd = its dir
         try:
             loaded = get_loader(self.parser_mode)(content)
+            repeated = repeated_keys(yaml.compose(content, Loader=yaml.SafeLoader))
         except yaml.YAMLError as error:
             problem = str(error).splitlines()[0]
             raise TypeError(f"{where} is not valid YAML ({problem}).") from error
+        if repeated:
+            raise TypeError(
+                f"{where} gives {', '.join(repeated)} twice; YAML would keep only the last: "
+                "give each key once (one section, or dotted keys)."
+            )
         if not isinstance(loaded, dict):
             raise TypeError(
                 f"{where} holds {'nothing' if loaded is None else repr(loaded)}: expected a YAML "

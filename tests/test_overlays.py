@@ -269,3 +269,16 @@ def test_the_runner_trains_an_overlay_experiment_end_to_end(capsys):
     assert list(probes) == ["DeltaWEquivalence", "DeltaWConvergence", "FinetuneComparison"]
     assert probes["DeltaWEquivalence"]["num_tasks"] == 8
     assert saved["model"]["init_args"]["model"]["init_args"]["mlp_skip"] is True
+
+
+def test_a_key_given_twice_is_a_usage_error_naming_the_file_and_lines(capsys):
+    """Was: YAML kept the second ``trainer:`` section and dropped the first without a word."""
+    write("twice.yaml", "trainer:\n  max_steps: 3\nseed_everything: 1\ntrainer:\n  max_epochs: 2\n")
+    message = usage_error(capsys, "--config=twice.yaml")
+    assert message.startswith(
+        f"{Path('twice.yaml').absolute()} gives trainer (lines 1 and 4) twice"
+    )
+    write("overlay.yaml", "config: demo.yaml\ndata:\n  batch_size: 8\n  batch_size: 16\n")
+    assert "gives data.batch_size (lines 3 and 4) twice" in usage_error(
+        capsys, "--config=overlay.yaml"
+    )
