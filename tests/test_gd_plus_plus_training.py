@@ -5,6 +5,7 @@ import torch
 from references import naive_gd_plus_plus
 from test_theory_gd import F64, TOL, mean_loss, tasks
 
+from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.theory import (
     gd_plus_plus_predict,
     optimal_eta_gamma,
@@ -17,6 +18,13 @@ from icl_lightning.theory.gd_plus_plus_training import (
     per_layer_eta_gamma,
     per_layer_eta_gamma_fit,
     shared_eta_gamma_fit,
+)
+from icl_lightning.theory.population import (
+    SUPPORT_TAIL,
+    TILTS,
+    contraction,
+    draw_population,
+    error_factor,
 )
 
 
@@ -189,3 +197,76 @@ def test_one_step_is_the_closed_form():
     for prompts, value in ((tuning, fit.tuning_loss), (selection, fit.selection_loss)):
         expected = float(_QueryLoss.of(prompts, 1)(eta, zero)[0])
         assert value == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+# ------------------------------------------------------------- the stability criterion
+#: the per-step sizes the sample-based tuning found at L = 3 (docs/theory.md): a loss of 7,985
+#: on the prompt with the largest lam_max (5.29) of 500,000
+SAMPLE_TUNED_L3 = ([4.944634, 25.563549, 228.923116], [0.278134, 2.488028, 0.0])
+
+
+def large_eigenvalue_prompt(lam_max: float, seed: int = 0):
+    """One prompt of paper A's box (d = N = 10) whose ``X^T X`` has the top eigenvalue
+    ``lam_max``: a rank-one sign pattern ``c s t^T`` (eigenvalue ``100 c^2``) plus small noise,
+    rescaled so that the top eigenvalue is exactly ``lam_max``; ``w`` and ``x_q`` drawn."""
+    g = torch.Generator().manual_seed(seed)
+    signs = [torch.where(torch.rand(10, generator=g) < 0.5, -1.0, 1.0).double() for _ in "st"]
+    x = torch.outer(*signs) * 0.2 + 0.02 * (torch.rand(10, 10, generator=g).double() - 0.5)
+    x = x * (lam_max / torch.linalg.eigvalsh(x.T @ x)[-1]).sqrt()
+    assert x.abs().max() <= 0.5  # inside the box
+    w = torch.randn(10, generator=g, dtype=F64)
+    query = torch.rand(10, generator=g, dtype=F64) - 0.5
+    return x[None], (x @ w)[None], query[None], (query @ w)[None], w
+
+
+def test_the_residual_is_the_factor_e_in_every_eigendirection():
+    """``y_q - pred = sum_k q_k w_k E(lam_k)`` (docs/theory.md) against the direct GD++."""
+    cx, cy, qx, qy = tasks(num=64, N=10, d=10)
+    w = torch.linalg.lstsq(cx[0], cy[0, :, None]).solution[:, 0]  # the task's weights
+    etas, gammas = SAMPLE_TUNED_L3
+    direct = qy[0] - gd_plus_plus_predict(cx[:1], cy[:1], qx[:1], etas, gammas, 3)[0]
+    lam, U = torch.linalg.eigh(cx[0].T @ cx[0])
+    factor = error_factor(
+        lam, torch.tensor([etas], dtype=F64), torch.tensor([gammas], dtype=F64), 10
+    )
+    spectral = ((U.T @ qx[0]) * (U.T @ w) * factor[0]).sum()
+    torch.testing.assert_close(direct, spectral, rtol=1e-9, atol=1e-12)
+
+
+def test_importance_sampling_estimates_the_plain_mean():
+    """The tilted draws' weighted mean of ``sum_k E(lam_k)^2 / 24`` (and of 1) agree with the
+    plain draws' mean; the support's edge has the estimated tail ``<= SUPPORT_TAIL``."""
+    task = LinearRegression(input_dim=10)
+    sample = draw_population(task, 10, 10, 8000, seeded_generator("cpu", 0, 1))
+    plain = draw_population(task, 10, 10, 40_000, seeded_generator("cpu", 0, 2))
+    plain_lam = plain.lam[: 40_000 // len(TILTS)]  # the untilted share
+    sizes = torch.tensor([[4.0, 30.0]], dtype=F64), torch.tensor([[0.3, 0.0]], dtype=F64)
+    weighted = sample.scale * (error_factor(sample.lam, *sizes, 10)[0] ** 2).sum(-1) @ sample.weight
+    direct = (error_factor(plain_lam, *sizes, 10)[0] ** 2).sum(-1).mean() / 24
+    assert float(weighted / len(sample.weight)) == pytest.approx(float(direct), rel=0.03)
+    assert float(sample.weight.mean()) == pytest.approx(1.0, abs=0.03)
+    assert 0 < sample.tail <= SUPPORT_TAIL and 5.0 < sample.support < 7.0
+
+
+@pytest.mark.slow
+def test_the_stability_criterion_bounds_a_large_eigenvalue_prompts_loss():
+    """Tuned on the population (support ``Lambda``, contraction C): a prompt with
+    ``lam_max`` inside the support loses at most ``0.5 |x_q|^2 |w|^2 C^2``; the sample-tuned
+    sizes lose 1e4 times more there, their contraction on the same support is 100 times
+    larger."""
+    task = LinearRegression(input_dim=10)
+    tuning, selection = (
+        draw_population(task, 10, 10, 4000, seeded_generator("cpu", 0, k)) for k in (1, 2)
+    )
+    fit = per_layer_eta_gamma_fit(tuning, selection, 3, num_random=0, num_wide=0, extend=False)
+    assert fit.support == tuning.support and 0 < fit.tail <= SUPPORT_TAIL
+    assert fit.contraction == contraction(fit.etas, fit.gammas, fit.support, 10) < 1e4
+    cx, cy, qx, qy, w = large_eigenvalue_prompt(0.98 * fit.support)
+    bound = 0.5 * float(qx.square().sum() * w.square().sum()) * fit.contraction**2
+    tuned = mean_loss(gd_plus_plus_predict(cx, cy, qx, fit.etas, fit.gammas, 3), qy)
+    assert tuned <= bound
+    old = mean_loss(gd_plus_plus_predict(cx, cy, qx, *SAMPLE_TUNED_L3, 3), qy)
+    assert (
+        old > 1e4 * tuned and contraction(*SAMPLE_TUNED_L3, fit.support, 10) > 100 * fit.contraction
+    )
+    assert fit.selection_loss < 0.07  # still useful: L-step GD ~0.13, 0.041 with every start
