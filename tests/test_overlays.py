@@ -250,6 +250,9 @@ def test_an_experiment_whose_config_fails_names_the_run_and_the_file():
     run = Run(demo, "default", 0, True, Path("logs"))
     with pytest.raises(ValueError, match="callbacks.OODProbe.x: no callback OODProbe"):
         run.config()
+    typo = overlay_experiment(config.parent / "demo.yaml", **{"data.init_args.batchsize": 8})
+    with pytest.raises(ValueError, match="Option 'batchsize' is not accepted"):  # was: written
+        Run(typo, "default", 0, True, Path("logs")).config()
 
 
 @pytest.mark.slow

@@ -45,8 +45,9 @@ def resolved_config(config: Path, options: list[str]) -> dict:
             ICLLightningCLI(args=["fit", f"--config={config}", *options, "--print_config"])
         except SystemExit as exit_info:
             if exit_info.code:
-                problem = errors.getvalue().strip().splitlines()[-1:] or [str(exit_info)]
-                raise ValueError(f"--config={config}: {problem[0]}") from exit_info
+                problem = errors.getvalue().rpartition("error: ")[2] or str(exit_info)
+                problem = " ".join(line.strip() for line in problem.splitlines())
+                raise ValueError(f"--config={config}: {problem}") from exit_info
     return yaml.safe_load(printed.getvalue())
 
 
