@@ -25,6 +25,8 @@ Tables (``--tables``, default ``side-by-side``), each over ``--repeats`` interle
   has the same model, its step and ``bare / JAX``.
 - ``scaling``: short fits over N, d and L of the LSA and contextual-block configs: steps/s and
   seconds per probe measurement.
+- ``contextual``: paper B's block with every kind of contextual layer, ``bare`` beside ``fit``
+  and the Delta-W probes' seconds against N (:mod:`icl_lightning.bench_contextual`).
 
 Steps/s count from the start of step ``--warmup`` to the start of the last step
 (:class:`~icl_lightning.profiling.HookTimer`, Lightning's profiler interface; the bare loop
@@ -72,7 +74,7 @@ from icl_lightning.models import batch_last
 from icl_lightning.profiling import HookTimer, peak_memory_mb, reset_peak_memory
 from icl_lightning.theory.loss import prediction_loss
 
-TABLES = ("side-by-side", "deep", "probes", "flops", "scaling")
+TABLES = ("side-by-side", "deep", "probes", "flops", "scaling", "contextual")
 PASSED_ON = ("--model", "--data", "--trainer", "--optimizer", "--lr_scheduler")
 #: paper A's deep settings for L > 3 (its notebook; bench_ref.py uses the same)
 DEEP_L4 = ["--model.model.num_layers=4", "--optimizer.init_args.lr=5e-4"]
@@ -735,6 +737,11 @@ def main(argv: list[str] | None = None) -> None:
             rows += deep_variants(args.deep_config, extra)
             results[table] = measure_flops(rows, args, log, jax)
             lines, title = flops_table(results[table]), "FLOPs per step against the machine's peak"
+        elif table == "contextual":  # paper B's block with every contextual layer
+            from icl_lightning.bench_contextual import contextual_table
+
+            lines, results[table] = contextual_table(args, extra, log)
+            title = "Paper B's block with every kind of contextual layer"
         else:
             lines, results[table] = scaling(args, extra, log)
             title = "Scaling"

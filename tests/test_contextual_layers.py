@@ -353,3 +353,25 @@ def test_ddp_two_processes_match_one_for_a_recurrent_block(tmp_path):
     for tag, value in scalars[1].items():
         rounding = 1e-13 if "max_" in tag else 1e-30
         assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=rounding), tag
+
+
+@pytest.mark.slow
+def test_benchmark_table_of_every_kind(tmp_path, monkeypatch):
+    """``icl-benchmark --tables contextual``: bare beside fit for every kind, and the probes'
+    seconds against N (shrunk here: 2 N values, 16 tasks, a few steps)."""
+    import json
+
+    from icl_lightning import bench_contextual, benchmark
+
+    monkeypatch.chdir(CONFIGS.parent)  # the table names configs/... as icl-benchmark's others
+    monkeypatch.setattr(bench_contextual, "PROBE_N", (5, 10))
+    monkeypatch.setattr(bench_contextual, "TASKS", 16)
+    out = tmp_path / "bench"
+    args = ["--tables", "contextual", "--steps", "4", "--warmup", "1", "--repeats", "1"]
+    benchmark.main([*args, "--out", str(out), "--data.init_args.num_context=5"])
+    results = json.loads((out / "benchmark.json").read_text())["contextual"]
+    assert set(results["runs"]) == set(bench_contextual.KINDS)
+    for kind in bench_contextual.KINDS:
+        assert results["runs"][kind]["fit / bare"][0] > 0
+        assert len(results["probe_seconds"][f"{kind} N=10"]) == 3
+    assert "| gru | 10 |" in (out / "benchmark.md").read_text()
