@@ -31,8 +31,7 @@ from icl_lightning.models.batch_last_kernels import SOURCE
 
 _SCALAR = {torch.float32: "float", torch.float64: "double"}
 _FLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
-_POINTERS = {"update_forward": 4, "update_backward": 7, "readout_forward": 4}
-_POINTERS |= {"readout_backward": 7, "pack_tokens": 4}
+_POINTERS = {"stack_forward": 7, "stack_backward": 12, "pack_tokens": 4}
 _NAMES = ("W_Q", "W_K", "W_V", "P")
 _libraries: dict[tuple, ctypes.CDLL | None] = {}
 _enabled = [True]
@@ -104,8 +103,8 @@ def library(dtype: torch.dtype, D: int, H: int) -> ctypes.CDLL | None:
                 function = getattr(lib, name)
                 function.restype = None
                 function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_long, ctypes.c_int]
-                function.argtypes += [ctypes.c_int] * name.startswith(("upd", "read"))
-                function.argtypes += [ctypes.c_double] * name.startswith("upd")
+                if name.startswith("stack"):  # N, layers, clip
+                    function.argtypes += [ctypes.c_int, ctypes.c_int, ctypes.c_double]
         _libraries[key] = lib
     return _libraries[key]
 
@@ -165,35 +164,28 @@ class LinearAttentionStack(torch.autograd.Function):
         inputs = [x.contiguous() for x in (context_x, context_y, query_x)]
         W = 64 // context_x.element_size()
         tiles = -(-B // W)
-        hs = [context_x.new_empty(tiles, T, D, W)]
-        lib.pack_tokens(*map(_address, (*inputs, hs[0])), B, N)
-        for K_l, V_l in zip(Ks[:-1], Vs, strict=True):
-            hs.append(torch.empty_like(hs[0]))
-            lib.update_forward(*map(_address, (hs[-2], K_l, V_l, hs[-1])), tiles, T, N, clip)
+        h0 = context_x.new_empty(tiles, T, D, W)
+        lib.pack_tokens(*map(_address, (*inputs, h0)), B, N)
+        hs = context_x.new_empty(len(Vs), tiles, T, D, W)  # every layer's output
         last = context_x.new_empty(tiles * W)
-        lib.readout_forward(*map(_address, (hs[-1], Ks[-1], U, last)), tiles, T, N)
-        ctx.save_for_backward(*hs, Ks, Vs, U, W_Q, W_K, W_V, P, index)
+        addresses = map(_address, (h0, Ks, Vs, Ks[-1], U, hs, last))
+        lib.stack_forward(*addresses, tiles, T, N, len(Vs), clip)
+        ctx.save_for_backward(h0, hs, Ks, Vs, U, W_Q, W_K, W_V, P, index)
         ctx.clip, ctx.batch_size = clip, B
         return last[:B]
 
     @staticmethod
     def backward(ctx, grad):
-        *hs, Ks, Vs, U, W_Q, W_K, W_V, P, index = ctx.saved_tensors
-        tiles, T, D, W = hs[0].shape
-        L, N, H, B = len(hs), T - 1, W_Q.shape[1], ctx.batch_size
-        lib = library(hs[0].dtype, D, H)
-        need_inputs = any(ctx.needs_input_grad[:3])
+        h0, hs, Ks, Vs, U, W_Q, W_K, W_V, P, index = ctx.saved_tensors
+        tiles, T, D, W = h0.shape
+        L, N, H, B = len(Ks), T - 1, W_Q.shape[1], ctx.batch_size
+        lib = library(h0.dtype, D, H)
         dKs, dVs, dU = map(torch.zeros_like, (Ks, Vs, U))
-        dh = torch.empty_like(hs[0]) if L > 1 or need_inputs else None
+        dh = torch.empty_like(h0) if any(ctx.needs_input_grad[:3]) else None
         padded = grad.new_zeros(tiles * W)
         padded[:B] = grad
-        addresses = (hs[-1], Ks[-1], U, padded, dh, dKs[-1], dU)
-        lib.readout_backward(*map(_address, addresses), tiles, T, N)
-        for layer in reversed(range(L - 1)):
-            g = dh
-            dh = torch.empty_like(g) if layer > 0 or need_inputs else None
-            addresses = (hs[layer], Ks[layer], Vs[layer], g, dh, dKs[layer], dVs[layer])
-            lib.update_backward(*map(_address, addresses), tiles, T, N, ctx.clip)
+        addresses = (h0, hs, Ks, Vs, Ks[-1], U, padded, dh, dKs, dVs, dKs[-1], dU)
+        lib.stack_backward(*map(_address, addresses), tiles, T, N, L - 1, ctx.clip)
         dKQ = dKs.view(L, D, H, D).permute(0, 2, 3, 1)  # (L, H, D, D): dKQ_h per depth
         dPV = torch.zeros_like(dKQ)
         dPV[:-1] = dVs.view(L - 1, H, D, D).transpose(-1, -2)
@@ -203,7 +195,7 @@ class LinearAttentionStack(torch.autograd.Function):
         dP, dW_V = dPV @ W_V.transpose(-1, -2), P.transpose(-1, -2) @ dPV
         dweights = [w[m] for m in range(len(W_Q)) for w in (dW_Q, dW_K, dW_V, dP)]
         dx = dy = dq = None
-        if need_inputs:
+        if dh is not None:
             dh = dh.permute(0, 3, 1, 2).reshape(tiles * W, T, D)[:B]
             dx, dy, dq = dh[:, :N, :-1], dh[:, :N, -1], dh[:, N, :-1]
         return dx, dy, dq, None, None, *dweights
