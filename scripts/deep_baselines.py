@@ -1,25 +1,26 @@
-"""Paper A's deep table from finished ``lsa_deep`` runs, against the GD++ baselines of this code.
+"""Paper A's deep table on a test set: trained models and GD / GD++ baselines, robust statistics.
 
-Every run folder ``<runs>/<variant>/seed<k>/`` of ``icl-reproduce --only lsa_deep`` holds the
-trained model (``checkpoints/last.ckpt``) and its config. This script validates each checkpoint
-once more with two GDAlignment probes, so that the final models are measured against L steps of
-GD and against GD++ tuned by the code as it is now, with one ``(eta_l, gamma_l)`` per step
-(``per_layer``) and with one pair shared by the steps (``shared``):
+Three disjoint prompt sets, named by their role: the baselines' step sizes are tuned on the
+*tuning* set and chosen on the *selection* set (:class:`~icl_lightning.theory.StepSizes`,
+keys ``(0, 1)`` and ``(0, 2)``; population samples on paper A's task), and every number here is
+on the *test* set: ``--test-tasks`` fresh float64 prompts of paper A's distribution (d = N =
+10) keyed ``(--test-seed, 3)``. Every loss is summarised per prompt set
+(:func:`~icl_lightning.theory.robust_stats.summarize`): the mean with a bootstrap interval,
+the median, the 99.9 % quantile and the number of prompts whose loss exceeds 1; two means are a
+tie when their intervals overlap.
 
-- ``trained / GD``: ``loss_model / loss_gd`` on the probe's evaluation prompts;
-- ``trained / GD++``: ``loss_model / loss_gd_pp``, and ``model cos``: ``model_cos_pp``, for each
-  kind of GD++;
-- ``GD++ held-out loss``: the loss of the tuned GD++ on its own held-out prompts;
-- ``trained / official GD++``: against GD++ with the step sizes that paper A's official code
-  learns (``--official``, default ``docs/data/gd_plus_plus_official.json``), on the same
-  evaluation prompts.
+Baselines for each L: L steps of GD; GD++ with our per-step sizes; GD++ with one shared pair;
+GD++ with the official code's sizes (``--official``: ``pre_train_gd_hps`` at its notebook's
+settings); each GD++ also through its LSA construction with the experiment's activation clip
+(paper A's notebook: 10 when L > 3), side by side with the unclipped one. With ``--runs``, the
+final checkpoint of every run ``<runs>/<variant>/seed<k>/`` is scored on the same test set, in
+float64, with its own clip (``model.clip``); the table's ± is over the trained model's seeds
+only: the baselines are one set of sizes on one test set. ``--from-json`` rebuilds the table
+and the figure (median and mean against L) from earlier ``--out`` files::
 
-It prints a markdown table with the mean +- std over seeds and writes the numbers per run as
-JSON (``--out``), and with ``--figure`` the losses against L; ``--from-json`` rebuilds both
-from earlier ``--out`` files (merged) without validating again::
-
-    python scripts/deep_baselines.py --runs logs/reproduce/full/lsa_deep --out deep.json \
-        --figure deep.png
+    python scripts/deep_baselines.py --layers 2 3 4 5 --out docs/data/deep_baselines.json \
+        --figure docs/figures/paper_a_deep_vs_L.png
+    python scripts/deep_baselines.py --runs logs/reproduce/full/lsa_deep --out deep.json
 """
 
 import argparse
@@ -27,172 +28,263 @@ import contextlib
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from icl_lightning.callbacks import GDAlignment
-from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.data import LinearRegression, seeded_generator
+from icl_lightning.models import LSA
 from icl_lightning.plotting import line_figure
-from icl_lightning.theory import gd_plus_plus_predict, prediction_loss
+from icl_lightning.theory import StepSizes, gd_plus_plus_lsa_layer, prediction_loss
+from icl_lightning.theory.gd import spectral_form, spectral_predict
+from icl_lightning.theory.population import contraction
+from icl_lightning.theory.robust_stats import compare, summarize
 
-KINDS = ("per_layer", "shared")
+D = N = 10
 LAST = Path("checkpoints/last.ckpt")
+CHUNK = 50_000
+OFFICIAL = Path(__file__).parents[1] / "docs/data/gd_plus_plus_official.json"
 
 
-def probe_config(kind: str, num_tasks: int) -> dict:
-    return {
-        "class_path": "icl_lightning.callbacks.GDAlignment",
-        "init_args": {
-            "every_n_steps": 0,
-            "num_tasks": num_tasks,
-            "gd_plus_plus": kind,
-            "tag": kind,
-            "log_figures": False,
-        },
-    }
+def clip_of(L: int) -> float:
+    """Paper A's notebook clips activations at 10 when L > 3."""
+    return 10.0 if L > 3 else 0.0
 
 
-def official_loss(probe: GDAlignment, trainer, official: dict) -> float:
-    """Mean query loss of GD++ with the official code's sizes for the probe's L, in float64 on
-    the probe's evaluation prompts (nan when the file has no sizes for that L)."""
-    sizes = official["layers"].get(str(probe.learner_steps))
-    if sizes is None:
-        return float("nan")
-    batch = probe.evaluation_set(trainer, trainer.strategy.root_device).to(torch.float64)
-    inputs = (batch.context_x, batch.context_y, batch.query_x)
-    pred = gd_plus_plus_predict(*inputs, sizes["etas"], sizes["gammas"], probe.learner_steps)
-    return float(prediction_loss(pred, batch.query_y).mean())
+def test_set(count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``count`` float64 prompts keyed ``(seed, 3)``: the test set."""
+    task = LinearRegression(input_dim=D)
+    batch = task.sample(count, N, seeded_generator("cpu", seed, 3), torch.float64)
+    return batch.context_x, batch.context_y, batch.query_x, batch.query_y
 
 
-def measure(run: Path, num_tasks: int, official: dict, tuned: dict) -> dict[str, float]:
-    """``gd/<kind>/<name>`` of both probes after validating ``run``'s last checkpoint, and
-    ``official_loss`` (:func:`official_loss`). ``tuned`` caches the probes' step sizes by
-    ``(kind, L)``: they depend on the prompts' distribution and L only, so each is tuned once
-    for all seeds (and shared by the recurrent and the non-recurrent model of one L)."""
-    callbacks = json.dumps([probe_config(kind, num_tasks) for kind in KINDS])
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    for option in ("ckpt_path", "weights_only"):  # options of the subcommands
-        config.pop(option, None)
-    args = [
-        f"--config={json.dumps(config)}",
-        f"--trainer.callbacks={callbacks}",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
+def chunked(function, prompts) -> torch.Tensor:
+    """``function(*chunk)`` over the prompts in chunks of ``CHUNK``, concatenated."""
+    count = len(prompts[3])
+    return torch.cat(
+        [function(*(t[i : i + CHUNK] for t in prompts)) for i in range(0, count, CHUNK)]
+    )
+
+
+def spectral_forms(prompts) -> tuple[torch.Tensor, ...]:
+    """:func:`~icl_lightning.theory.gd.spectral_form` of the prompts, in chunks."""
+    count = len(prompts[3])
+    parts = [
+        spectral_form(*(t[i : i + CHUNK] for t in prompts[:3])) for i in range(0, count, CHUNK)
     ]
-    with contextlib.redirect_stdout(sys.stderr):  # Lightning's messages; stdout is the table
-        cli = ICLLightningCLI(args=args, run=False)
-        probes = [c for c in cli.trainer.callbacks if isinstance(c, GDAlignment)]
-        steps = cli.model.model.num_layers
-        for probe in probes:
-            if (probe.tag, steps) in tuned:
-                probe.step_sizes.load_state_dict(tuned[probe.tag, steps])
-        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=run / LAST)
-    results = {"official_loss": official_loss(probes[0], cli.trainer, official)}
-    for probe in probes:
-        tuned[probe.tag, steps] = probe.step_sizes.state_dict()
-        results.update(probe.last_results)
-    return results
+    return tuple(torch.cat(part) for part in zip(*parts, strict=True))
 
 
-def row(values: dict[str, float], kind: str) -> dict[str, float]:
-    """The table's numbers of one run for one kind of GD++."""
-    get = {name: values[f"gd/{kind}/{name}"] for name in ("loss_model", "loss_gd", "loss_gd_pp")}
-    return {
-        "trained / GD": get["loss_model"] / get["loss_gd"],
-        "trained / GD++": get["loss_model"] / get["loss_gd_pp"],
-        "model cos": values[f"gd/{kind}/model_cos_pp"],
-        "GD++ held-out loss": values[f"gd/{kind}/gd_pp_held_out_loss"],
-        "trained loss": get["loss_model"],
-        "trained / official GD++": get["loss_model"] / values["official_loss"],
-        "GD loss": get["loss_gd"],
-        "GD++ loss": get["loss_gd_pp"],
-        "official GD++ loss": values["official_loss"],
+def gd_plus_plus_losses(prompts, spectral, etas, gammas, L: int, clip: float) -> torch.Tensor:
+    """Per-prompt losses of L GD++ steps: the spectral form without clip, the LSA
+    construction (:func:`~icl_lightning.theory.gd_plus_plus_lsa_layer`) with ``clip``."""
+    if clip == 0:
+        lam, q, s = spectral
+        sizes = [torch.tensor([v], dtype=torch.float64) for v in (etas, gammas)]
+        pred = spectral_predict(lam, q, s, *sizes, L, N)[0]
+        return prediction_loss(pred, prompts[3])
+    layers = [gd_plus_plus_lsa_layer(D, N, e, g) for e, g in zip(etas, gammas, strict=True)]
+    model = LSA.from_weights(layers)
+    model.clip = clip
+
+    def losses(cx, cy, qx, qy):
+        with torch.no_grad():
+            return prediction_loss(model(cx, cy, qx), qy)
+
+    return chunked(losses, prompts)
+
+
+def baselines(
+    L: int, prompts, spectral, official: dict, seconds: dict, tuning_tasks: int = 10_000
+) -> dict[str, dict]:
+    """Summaries of every baseline at L steps on the test set, with the sizes and, for ours,
+    how they were tuned."""
+    task = LinearRegression(input_dim=D)
+    start = time.perf_counter()
+    ours = StepSizes(tuning_tasks, 0).tune(task, N, L, "cpu")
+    shared = StepSizes(tuning_tasks, 0, gd_plus_plus="shared").tune(task, N, L, "cpu")
+    seconds[L] = time.perf_counter() - start
+    lam, q, s = spectral
+    eta = torch.tensor([ours.eta], dtype=torch.float64)
+    pred = spectral_predict(lam, q, s, eta, torch.zeros(1, dtype=torch.float64), L, N)[0]
+    gd = prediction_loss(pred, prompts[3])
+    kinds = {
+        "GD++ (ours, per step)": (ours.eta_pp, ours.gamma_pp),
+        "GD++ (one shared pair)": ([shared.eta_pp] * L, [shared.gamma_pp] * L),
     }
+    sizes = official["layers"].get(str(L))
+    if sizes is not None:
+        kinds["GD++ (official code's sizes)"] = (sizes["etas"], sizes["gammas"])
+    rows = {"GD": {**summarize(gd), "eta": ours.eta}}
+    fit = ours.plus_plus_fit
+    for name, (etas, gammas) in kinds.items():
+        clips = [0.0] + ([clip_of(L)] if clip_of(L) else [])
+        for clip in clips:
+            label = name + (f", clip {clip:g}" if clip else "")
+            losses = gd_plus_plus_losses(prompts, spectral, etas, gammas, L, clip)
+            rows[label] = {**summarize(losses), "etas": etas, "gammas": gammas}
+            if not clip:
+                rows[label]["contraction"] = contraction(etas, gammas, fit.support, N)
+    ours_row = rows["GD++ (ours, per step)"]
+    ours_row.update(
+        tuning_loss=fit.tuning_loss,
+        selection_loss=fit.selection_loss,
+        support=fit.support,
+        support_tail=fit.tail,
+        tuning_seconds=seconds[L],
+    )
+    return rows
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+def trained_losses(run: Path, prompts) -> tuple[int, float, torch.Tensor]:
+    """``(L, clip, per-prompt losses)`` of ``run``'s last checkpoint on the test set, in
+    float64."""
+    from icl_lightning.cli import ICLLightningCLI
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for option in ("ckpt_path", "weights_only"):
+        config.pop(option, None)
+    args = [f"--config={json.dumps(config)}", "--trainer.logger=false", "--trainer.callbacks=[]"]
+    with contextlib.redirect_stdout(sys.stderr):
+        cli = ICLLightningCLI(args=args, run=False)
+    state = torch.load(run / LAST, map_location="cpu", weights_only=False)["state_dict"]
+    cli.model.load_state_dict(state)
+    model = cli.model.model.double().eval()
+
+    def losses(cx, cy, qx, qy):
+        with torch.no_grad():
+            return prediction_loss(model(cx, cy, qx), qy)
+
+    return model.num_layers, model.clip, chunked(losses, prompts)
 
 
-def table(numbers: dict[str, dict[str, dict]]) -> list[str]:
-    """The markdown table: a row per variant, mean +- std over its seeds."""
-    columns = ["trained / GD++", "model cos", "GD++ held-out loss"]
-    first = ["trained loss", "trained / GD", "trained / official GD++"]
-    header = ["model", "seeds", *first, *(f"{c} ({k})" for k in KINDS for c in columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for variant, seeds in numbers.items():
-        cells = [variant, str(len(seeds))]
-        cells += [mean_std([s["per_layer"][c] for s in seeds.values()]) for c in first]
-        for kind in KINDS:
-            cells += [mean_std([s[kind][c] for s in seeds.values()]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+def cell(s: dict) -> str:
+    return (
+        f"{s['mean']:.4g} [{s['mean_low']:.4g}, {s['mean_high']:.4g}] | {s['median']:.4g} | "
+        f"{s['q999']:.3g} | {s['above_1']}"
+    )
+
+
+def table(numbers: dict) -> list[str]:
+    """Markdown: per L, every baseline's summary; per trained variant, the mean over seeds of
+    each statistic ± their std over seeds, and how its mean compares with each baseline's
+    (tie / lower / higher, per seed)."""
+    lines = [
+        "| L | learner | test mean [95 % bootstrap] | median | 99.9 % quantile | losses > 1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for L, rows in sorted(numbers.get("baselines", {}).items(), key=lambda kv: int(kv[0])):
+        lines += [f"| {L} | {name} | {cell(s)} |" for name, s in rows.items()]
+    trained = numbers.get("trained", {})
+    if trained:
+        lines += ["", "| model | seeds | test mean | median | 99.9 % quantile | losses > 1 |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for variant, seeds in trained.items():
+            values = list(seeds.values())
+
+            def spread(name, values=values):
+                xs = [v["summary"][name] for v in values]
+                return f"{statistics.mean(xs):.4g}" + (
+                    f" ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else ""
+                )
+
+            cells = [spread(n) for n in ("mean", "median", "q999", "above_1")]
+            lines.append(f"| {variant} | {len(values)} | " + " | ".join(cells) + " |")
+        lines += ["", "| model | against | per seed: tie / lower / higher |", "|---|---|---|"]
+        for variant, seeds in trained.items():
+            for name in next(iter(seeds.values()))["versus"]:
+                verdicts = [v["versus"][name] for v in seeds.values()]
+                lines.append(f"| {variant} | {name} | {', '.join(verdicts)} |")
     return lines
 
 
-def figure(numbers: dict[str, dict[str, dict]], path: Path) -> None:
-    """The losses of the non-recurrent models (variants ``L<k>``) and of the baselines against
-    L, means over seeds (the baselines' losses are on the same evaluation prompts)."""
-    depths = sorted(int(v[1:]) for v in numbers if v[1:].isdigit())
-
-    def mean(name: str, kind: str = "per_layer") -> list[float]:
-        return [statistics.mean(s[kind][name] for s in numbers[f"L{L}"].values()) for L in depths]
-
-    curves = {
-        "trained LSA": mean("trained loss"),
-        "L steps of GD": mean("GD loss"),
-        "GD++, per-step sizes (converged)": mean("GD++ loss"),
-        "GD++, official code's sizes": mean("official GD++ loss"),
-        "GD++, one shared pair": mean("GD++ loss", "shared"),
-    }
-    title = "Paper A: trained deep LSA vs GD and GD++"
-    drawn = line_figure(depths, curves, "layers L", "loss", title, logy=True)
+def figure(numbers: dict, path: Path) -> None:
+    """Median (solid) and mean (dashed) test losses against L: baselines, and trained models
+    (variants ``L<k>``, means over seeds) when present."""
+    rows = numbers["baselines"]
+    depths = sorted(int(L) for L in rows)
+    names = [
+        "GD",
+        "GD++ (ours, per step)",
+        "GD++ (one shared pair)",
+        "GD++ (official code's sizes)",
+    ]
+    curves = {}
+    for name in names:
+        if all(name in rows[str(L)] for L in depths):
+            curves[f"{name}, median"] = [rows[str(L)][name]["median"] for L in depths]
+            curves[f"{name}, mean"] = [rows[str(L)][name]["mean"] for L in depths]
+    trained = numbers.get("trained", {})
+    have = [L for L in depths if f"L{L}" in trained]
+    if have == depths:
+        for stat in ("median", "mean"):
+            curves[f"trained LSA, {stat}"] = [
+                statistics.mean(v["summary"][stat] for v in trained[f"L{L}"].values())
+                for L in depths
+            ]
+    title = "Paper A: deep LSA baselines on the test set (solid: median, dashed: mean)"
+    drawn = line_figure(depths, curves, "layers / steps L", "loss", title, logy=True)
+    for line in drawn.axes[0].get_lines():
+        if line.get_label().endswith(", mean"):
+            line.set_linestyle("--")
     drawn.axes[0].set_xticks(depths)
-    drawn.axes[0].legend(fontsize=8, loc="lower left")
+    drawn.axes[0].legend(fontsize=7, loc="lower left")
     drawn.savefig(path, dpi=100)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, help="the lsa_deep folder of the runs")
-    p.add_argument("--from-json", type=Path, nargs="+", help="no validation: earlier --out files")
-    p.add_argument("--num-tasks", type=int, default=10_000, help="evaluation prompts per probe")
-    p.add_argument("--out", type=Path, help="JSON file of the numbers per run")
-    p.add_argument("--figure", type=Path, help="PNG of the losses against L")
-    p.add_argument(
-        "--official",
-        type=Path,
-        default=Path(__file__).parents[1] / "docs/data/gd_plus_plus_official.json",
-        help="the official code's GD++ sizes per L",
-    )
+    p.add_argument("--layers", type=int, nargs="+", help="baselines at these L (no runs needed)")
+    p.add_argument("--runs", type=Path, help="the lsa_deep folder of finished runs")
+    p.add_argument("--from-json", type=Path, nargs="+", help="no scoring: earlier --out files")
+    p.add_argument("--test-tasks", type=int, default=1_000_000, help="prompts of the test set")
+    p.add_argument("--test-seed", type=int, default=0, help="the test set's key (seed, 3)")
+    p.add_argument("--tuning-tasks", type=int, default=10_000, help="StepSizes' num_tasks")
+    p.add_argument("--out", type=Path, help="JSON file of the numbers")
+    p.add_argument("--figure", type=Path, help="PNG of the median and mean losses against L")
+    p.add_argument("--official", type=Path, default=OFFICIAL, help="the official GD++ sizes")
     args = p.parse_args()
-    if (args.runs is None) == (args.from_json is None):
-        p.error("give either --runs (validate the runs) or --from-json (earlier results)")
-    for option, path in [
-        ("--official", args.official),
-        *(("--from-json", f) for f in args.from_json or []),
+    if sum(x is not None for x in (args.layers, args.runs, args.from_json)) == 0:
+        p.error("give --layers (baselines), --runs (trained models) or --from-json")
+    for option, path in [("--official", args.official)] + [
+        ("--from-json", f) for f in args.from_json or []
     ]:
         if not path.is_file():
             p.error(f"{option} {path}: no such file")
-    numbers: dict[str, dict[str, dict]] = {}
-    for path in args.from_json or []:
-        for variant, seeds in json.loads(path.read_text()).items():
-            numbers.setdefault(variant, {}).update(seeds)
+    runs = []
     if args.runs is not None:
-        runs = sorted(
-            d for d in args.runs.glob("*/seed*") if (d / "checkpoints/last.ckpt").is_file()
-        )
+        runs = sorted(d for d in args.runs.glob("*/seed*") if (d / LAST).is_file())
         if not runs:
             p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
+    numbers: dict = {"baselines": {}, "trained": {}}
+    for path in args.from_json or []:
+        earlier = json.loads(path.read_text())
+        for part in ("baselines", "trained"):
+            for key, value in earlier.get(part, {}).items():
+                numbers[part].setdefault(key, {}).update(value)
+    if args.layers or runs:
+        prompts = test_set(args.test_tasks, args.test_seed)
+        spectral = spectral_forms(prompts)
         official = json.loads(args.official.read_text())
-        tuned: dict[tuple[str, int], dict] = {}
-        for run in runs:
-            print(f"validating {run}", file=sys.stderr, flush=True)
-            values = measure(run, args.num_tasks, official, tuned)
-            numbers.setdefault(run.parent.name, {})[run.name] = {k: row(values, k) for k in KINDS}
+        numbers["test_set"] = {"count": args.test_tasks, "key": [args.test_seed, 3]}
+        numbers["tuning_set"] = {"count": args.tuning_tasks, "key": [0, 1]}
+        numbers["selection_set"] = {"key": [0, 2]}
+        seconds: dict[int, float] = {}
+        depths = set(args.layers or [])
+        trained = {run: trained_losses(run, prompts) for run in runs}
+        depths |= {L for L, _, _ in trained.values()}
+        for L in sorted(depths):
+            print(f"baselines at L = {L}", file=sys.stderr, flush=True)
+            numbers["baselines"][str(L)] = baselines(
+                L, prompts, spectral, official, seconds, args.tuning_tasks
+            )
+        for run, (L, clip, losses) in trained.items():
+            summary = summarize(losses)
+            versus = {name: compare(summary, s) for name, s in numbers["baselines"][str(L)].items()}
+            entry = {"summary": summary, "clip": clip, "layers": L, "versus": versus}
+            numbers["trained"].setdefault(run.parent.name, {})[run.name] = entry
     if args.out:
         args.out.write_text(json.dumps(numbers, indent=1))
     if args.figure:

@@ -1,14 +1,18 @@
-"""scripts/deep_baselines.py end to end: a tiny lsa_deep run validated against GD, GD++ and the
-official code's GD++ sizes; its table, JSON and figure, and usage errors naming the option."""
+"""scripts/deep_baselines.py end to end: baselines and a tiny lsa_deep run scored on a test set
+with robust statistics; the table rebuilt from JSON; the clipped GD++; usage errors."""
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 
+import torch
 from conftest import CONFIGS, ROOT, run_cli, tiny_args
+from test_theory_gd import tasks
 
 SCRIPT = ROOT / "scripts" / "deep_baselines.py"
+STATS = {"count", "mean", "mean_low", "mean_high", "median", "q999", "above_1"}
 
 
 def deep_baselines(*args, cwd):
@@ -17,11 +21,11 @@ def deep_baselines(*args, cwd):
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
 
 
-def test_a_finished_run_is_measured_against_every_baseline(tmp_path):
+def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
     run_cli(
         [
             "fit",
@@ -33,20 +37,44 @@ def test_a_finished_run_is_measured_against_every_baseline(tmp_path):
         ]
     )
     proc = deep_baselines(
-        "--runs", "runs", "--num-tasks", 64, "--out", "deep.json", "--figure", "deep.png",
-        cwd=tmp_path,
+        "--runs", "runs", "--test-tasks", 3000, "--tuning-tasks", 300, "--out", "deep.json",
+        "--figure", "deep.png", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     numbers = json.loads((tmp_path / "deep.json").read_text())
-    per_layer, shared = (numbers["L2"]["seed0"][kind] for kind in ("per_layer", "shared"))
-    assert per_layer["trained loss"] == shared["trained loss"] > 0  # one model, one prompt set
-    for name in ("trained / GD", "trained / GD++", "trained / official GD++"):
-        assert math.isfinite(per_layer[name]) and per_layer[name] > 0, name
-    # the converged per-step GD++ is never worse than the shared pair on its held-out prompts
-    assert per_layer["GD++ held-out loss"] <= shared["GD++ held-out loss"]
-    assert "| L2 | 1 |" in proc.stdout and (tmp_path / "deep.png").stat().st_size > 0
+    assert numbers["test_set"] == {"count": 3000, "key": [0, 3]}
+    assert numbers["tuning_set"]["key"] != numbers["selection_set"]["key"] != [0, 3]
+    rows = numbers["baselines"]["2"]
+    assert {"GD", "GD++ (ours, per step)", "GD++ (official code's sizes)"} <= set(rows)
+    for row in rows.values():
+        assert STATS <= set(row) and row["count"] == 3000
+        assert row["mean_low"] <= row["mean"] <= row["mean_high"] and math.isfinite(row["mean"])
+    ours = rows["GD++ (ours, per step)"]
+    assert ours["mean"] < rows["GD"]["mean"] and ours["support"] > 5 and ours["contraction"] >= 1
+    trained = numbers["trained"]["L2"]["seed0"]
+    assert STATS <= set(trained["summary"]) and trained["layers"] == 2 and trained["clip"] == 0
+    assert set(trained["versus"]) == set(rows)
+    assert set(trained["versus"].values()) <= {"tie", "lower", "higher"}
+    assert trained["versus"]["GD"] == "higher"  # 3 steps of training: not yet GD
+    assert "| 2 | GD | " in proc.stdout and "| L2 | 1 |" in proc.stdout
+    assert (tmp_path / "deep.png").stat().st_size > 0
     again = deep_baselines("--from-json", "deep.json", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout == proc.stdout
+
+
+def test_gd_plus_plus_with_a_clip_is_its_lsa_construction_clamped():
+    spec = importlib.util.spec_from_file_location("deep_baselines", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prompts = tasks(num=500, N=10, d=10)
+    spectral = script.spectral_forms(prompts)
+    etas, gammas = [4.9, 25.6, 228.9], [0.278, 2.488, 0.0]
+    plain = script.gd_plus_plus_losses(prompts, spectral, etas, gammas, 3, 0.0)
+    huge = script.gd_plus_plus_losses(prompts, spectral, etas, gammas, 3, 1e12)
+    torch.testing.assert_close(huge, plain, rtol=1e-8, atol=1e-12)  # an inactive clip
+    clipped = script.gd_plus_plus_losses(prompts, spectral, etas, gammas, 3, 0.05)
+    assert (clipped <= 0.5 * (prompts[3].abs() + 0.05) ** 2 + 1e-12).all()
+    assert not torch.allclose(clipped, plain)
 
 
 def test_usage_errors_name_the_option(tmp_path):

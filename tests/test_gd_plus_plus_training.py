@@ -248,7 +248,6 @@ def test_importance_sampling_estimates_the_plain_mean():
     assert 0 < sample.tail <= SUPPORT_TAIL and 5.0 < sample.support < 7.0
 
 
-@pytest.mark.slow
 def test_the_stability_criterion_bounds_a_large_eigenvalue_prompts_loss():
     """Tuned on the population (support ``Lambda``, contraction C): a prompt with
     ``lam_max`` inside the support loses at most ``0.5 |x_q|^2 |w|^2 C^2``; the sample-tuned
