@@ -40,7 +40,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -143,20 +142,6 @@ def _as_dict(options) -> dict | None:
     return options.as_dict() if hasattr(options, "as_dict") else options
 
 
-def _check_yaml(parser, path: str) -> None:
-    """A usage error naming ``path`` when that file exists but is not YAML."""
-    if not Path(path).is_file():
-        return  # the parser names a missing file itself
-    try:
-        yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        problem = str(error).splitlines()[0]
-        parser.error(
-            f"--config={path} is not valid YAML ({problem}): expected a YAML mapping of "
-            "options, as in configs/."
-        )
-
-
 class ICLLightningCLI(LightningCLI):
     """LightningCLI with subclass-mode model and data, linked dimensions and a run summary."""
 
@@ -226,17 +211,9 @@ class ICLLightningCLI(LightningCLI):
 
     # ------------------------------------------------------------- before anything is built
     def parse_arguments(self, parser, args) -> None:
-        """As LightningCLI's, after checking that every ``--config`` file is YAML (the parser's
-        own message would not name the file). A config's ``config:`` key names its base config
-        (:class:`~icl_lightning.overlays.OverlayParser`: the rest of the file changes it key by
-        key)."""
-        given = sys.argv[1:] if args is None else args
-        given = [str(a) for a in given] if isinstance(given, list | tuple) else []
-        for i, arg in enumerate(given):
-            if arg.startswith("--config="):
-                _check_yaml(parser, arg.split("=", 1)[1])
-            elif arg in ("-c", "--config") and i + 1 < len(given):
-                _check_yaml(parser, given[i + 1])
+        """As LightningCLI's, with :class:`~icl_lightning.overlays.OverlayParser`: a config's
+        ``config:`` key names its base config, which the rest of the file changes key by key, and
+        a config file that is not YAML, or gives a key twice, is a usage error naming it."""
         super().parse_arguments(parser, with_run_name(args))  # logs/<config's name>/
         self._check_parsed()
 

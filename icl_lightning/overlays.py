@@ -94,7 +94,10 @@ class OverlayParser(LightningArgumentParser):
             repeated = repeated_keys(yaml.compose(content, Loader=yaml.SafeLoader))
         except yaml.YAMLError as error:
             problem = str(error).splitlines()[0]
-            raise TypeError(f"{where} is not valid YAML ({problem}).") from error
+            raise TypeError(
+                f"{where} is not valid YAML ({problem}): expected a YAML mapping of options, as "
+                "in configs/."
+            ) from error
         if repeated:
             raise TypeError(
                 f"{where} gives {', '.join(repeated)} twice; YAML would keep only the last: "
