@@ -30,7 +30,8 @@ def _probe_configs() -> list[Path]:
         if "config" in cfg:  # a variant of a base config: the base's probes and model
             continue
         callbacks = cfg.get("trainer", {}).get("callbacks") or []
-        model = cfg["model"]["model"]["class_path"]
+        module = cfg["model"]  # the default module's options, or a class_path / init_args
+        model = (module.get("init_args") or module)["model"]["class_path"]
         probes = {(c["class_path"], model) for c in callbacks if ".callbacks." in c["class_path"]}
         if probes - covered:
             covered |= probes
