@@ -299,6 +299,11 @@ class ICLLightningCLI(LightningCLI):
             while str(error).startswith(_UNION_ERROR) and isinstance(error.__cause__, ValueError):
                 error = error.__cause__  # the option's own message, not jsonargparse's wrapping
             self.parser.error(str(error))
+        except ImportError as error:  # e.g. --trainer.precision transformer-engine without it
+            self.parser.error(
+                f"{error} (an option of this run needs a package that is not installed: "
+                "install it, or choose an option that does without it)"
+            )
         except RuntimeError as error:  # the Trainer refuses two callbacks with one state key
             if "more than one stateful callback" not in str(error):
                 raise

@@ -111,3 +111,17 @@ def test_default_profiler_costs_nothing_and_a_chosen_one_is_used(tmp_path):
     cli = run_cli(["fit", f"--config={DEMO}", *tiny_args(tmp_path), "--trainer.profiler=simple"])
     assert isinstance(cli.trainer.profiler, SimpleProfiler)
     assert cli.trainer.profiler.recorded_durations  # it timed the hooks
+
+
+def test_a_precision_whose_package_is_missing_is_a_usage_error(tmp_path, capsys):
+    args = [
+        "fit",
+        f"--config={DEMO}",
+        *tiny_args(tmp_path),
+        "--trainer.precision=transformer-engine",
+    ]
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(args)
+    assert stopped.value.code == 2
+    assert "transformer_engine" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
