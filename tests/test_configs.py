@@ -48,8 +48,9 @@ def test_every_shipped_config_parses_and_names_its_run_after_its_file(config, ca
         assert options["optimizer"]["init_args"]["betas"] == [0.9, 0.98]
 
 
-def test_the_shipped_configs_include_a_variant():
-    assert [p.stem for p in VARIANTS] == ["contextual_block_skip"]
+def test_the_shipped_configs_include_variants():
+    kinds = ["diagonal", "gru", "lstm", "rnn", "selective", "skip"]
+    assert [p.stem for p in VARIANTS] == [f"contextual_block_{kind}" for kind in kinds]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda p: p.stem)
