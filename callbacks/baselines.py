@@ -52,10 +52,10 @@ class BaselineCurves(Probe):
 
     Logs ``baselines/loss_<learner>`` (and ``loss_model``) at k = N as scalars over training,
     and at every measurement the whole curve against k as the scalar tag
-    ``baselines/loss_vs_k/step_<step>`` (x axis: k) written by one TensorBoard run per learner
-    inside the version folder (``<version>/baselines/<learner>``), so TensorBoard overlays them
-    in distinct colours with the learners' names as the legend; at the end the same curves as
-    the figure ``baselines/loss_vs_k``.
+    ``baselines/loss_vs_k/step_<step>`` (x axis: k) written by one TensorBoard run per
+    learner inside the version folder (``<version>/curves/baselines/<learner>``), so
+    TensorBoard overlays them in distinct colours with the learners' names as the legend; at
+    the end the same curves as the figure ``baselines/loss_vs_k``.
 
     Args:
         neighbours: n of the nearest-neighbour learner.
@@ -85,7 +85,7 @@ class BaselineCurves(Probe):
         self,
         neighbours: PositiveInt = 3,
         gd_steps: NonNegativeInt = 2,
-        tuning_tasks: PositiveInt = 2048,
+        tuning_tasks: PositiveInt = 1024,
         tuning_seed: NonNegativeInt = 0,
         lasso_alphas: list[PositiveFloat] | None = None,
         trained_net: bool = False,
@@ -198,7 +198,7 @@ class BaselineCurves(Probe):
         folder, under one tag per measurement (TensorBoard overlays the runs)."""
         for board in tensorboard_loggers(trainer):
             for name, curve in results.items():
-                folder = Path(board.log_dir) / self.prefix / name
+                folder = Path(board.log_dir) / "curves" / self.prefix / name
                 writer = self._writers.get(str(folder))
                 if writer is None:
                     writer = self._writers[str(folder)] = SummaryWriter(str(folder))

@@ -75,7 +75,8 @@ def run(setup: str, seed: int, steps: int, lr: float, root: Path) -> None:
 def curves(run_dir: Path) -> dict[str, list[float]]:
     """The last measurement's curve of every learner (its own TensorBoard run)."""
     out = {}
-    for folder in sorted((run_dir / "baselines").iterdir()):
+    root = run_dir / "curves" / "baselines"
+    for folder in sorted(root.iterdir()):
         scalars = read_scalars(folder)
         tag = max(scalars)  # loss_vs_k/step_<last step>
         out[folder.name] = [scalars[tag][k] for k in sorted(scalars[tag])]
@@ -86,7 +87,7 @@ def summarize(root: Path, seeds: list[int]) -> dict:
     report = {}
     for setup, (d, n, _) in SETUPS.items():
         runs = [root / f"garg_toy_{setup}" / f"seed{s}" for s in seeds]
-        runs = [r for r in runs if (r / "baselines").is_dir()]
+        runs = [r for r in runs if (r / "curves" / "baselines").is_dir()]
         if not runs:
             continue
         per_seed = [curves(r) for r in runs]

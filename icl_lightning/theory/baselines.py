@@ -17,12 +17,15 @@ loops over k only where each prefix is its own solve: GD, GD++), in float64 insi
 - :func:`gd_curve`: L steps of paper A's GD / GD++ from 0 with step sizes per k.
 """
 
+import math
+from functools import partial
+
 import torch
 
 from icl_lightning.theory.gd import (
     gd_plus_plus_predict,
     gd_predict,
-    optimal_eta,
+    grid_search,
     optimal_eta_gamma,
 )
 
@@ -186,18 +189,77 @@ def gd_curve(xs, ys, qs, etas, num_steps: int = 1, gammas=None) -> torch.Tensor:
     return pred
 
 
+def _powers(xs, ys, qs, count: int) -> torch.Tensor:
+    """``(B, count)``: ``u_j = q^T A^j s`` for ``A = X^T X``, ``s = X^T y``, j < ``count``."""
+    v = (xs * ys[..., None]).sum(1)  # broadcast products: faster than batched tiny matmuls
+    out = []
+    for _ in range(count):
+        out.append((qs * v).sum(-1))
+        v = (xs * (xs * v[:, None, :]).sum(-1, keepdim=True)).sum(1)
+    return torch.stack(out, -1)
+
+
+def step_size_polynomial(xs, ys, qs, num_steps: int, plus_plus: bool):
+    """GD's (GD++'s) prediction as a polynomial in its step sizes: ``(features (B, M),
+    monomials)`` with ``pred = features @ monomials(a, gamma)``, ``a = eta / k``.
+
+    L steps of GD from 0: ``pred = sum_{l=1..L} (-1)^(l+1) C(L, l) a^l u_{l-1}``,
+    ``u_j = q^T A^j s``. Two steps of GD++ (shared ``eta, gamma``; the inputs become
+    ``(I - gamma A) x`` after step 1): ``pred = 2a u_0 - a^2 u_1 - 2a gamma u_1
+    + 2a^2 gamma u_2 + a gamma^2 u_2 - a^2 gamma^2 u_3``.
+    """
+    if not plus_plus:
+        u = _powers(xs, ys, qs, num_steps)
+        signs = [(-1) ** j * math.comb(num_steps, j + 1) for j in range(num_steps)]
+        features = u * torch.tensor(signs, dtype=u.dtype, device=u.device)
+
+        def monomials(a, gamma):
+            return torch.stack([a ** (j + 1) for j in range(num_steps)])
+
+        return features, monomials
+    u0, u1, u2, u3 = _powers(xs, ys, qs, 4).unbind(-1)
+    features = torch.stack([2 * u0, -u1, -2 * u1, 2 * u2, u2, -u3], -1)
+
+    def monomials(a, gamma):
+        return torch.stack([a, a**2, a * gamma, a**2 * gamma, a * gamma**2, a**2 * gamma**2])
+
+    return features, monomials
+
+
+def _quadratic_loss(monomials, S, v, k, eta, gamma=None) -> torch.Tensor:
+    """``m^T S m - 2 v^T m`` for each candidate ``(eta, gamma)``: the mean squared error up to
+    the constant ``E y^2``, with ``m = monomials(eta / k, gamma)``."""
+    m = monomials(eta / k, torch.zeros_like(eta) if gamma is None else gamma)
+    return torch.einsum("mc,mn,nc->c", m, S, m) - 2 * (v @ m)
+
+
 def tuned_step_sizes(xs, ys, num_steps: int, plus_plus: bool) -> tuple[list, list]:
-    """Per k = 0..K, the step sizes of L-step GD (``gammas`` None) or GD++ (shared ``eta,
-    gamma``) minimising the mean loss of the prediction for point k from the first k points,
-    on the tuning prompts ``xs, ys`` (:func:`~icl_lightning.theory.gd.optimal_eta`,
-    :func:`~icl_lightning.theory.gd.optimal_eta_gamma`; k = 0 predicts 0 whatever the size)."""
+    """Per k = 0..K, the step sizes of L-step GD (``gammas`` 0) or 2-step GD++ (shared
+    ``eta, gamma``; more steps: :func:`~icl_lightning.theory.gd.optimal_eta_gamma`) minimising
+    the mean squared error of the prediction for point k from the first k points, on the
+    tuning prompts ``xs, ys``. The loss is a quadratic form in the monomials of
+    :func:`step_size_polynomial`, ``E y^2 - 2 m^T E[y F] + m^T E[F F^T] m``: its moments are
+    taken once per k, then :func:`~icl_lightning.theory.gd.grid_search` costs nothing per
+    prompt (``eta in [0, 6k / mean lam_max]``, ``gamma in [0, 1 / mean lam_max]``, as
+    ``optimal_eta``'s, widened by ``lam_max >= trace(A) / d``)."""
+    xs, ys = xs.double(), ys.double()
     etas, gammas = [0.0], [0.0]
     for k in range(1, xs.shape[1]):
-        prompt = (xs[:, :k], ys[:, :k], xs[:, k], ys[:, k])
+        X, y, q, target = xs[:, :k], ys[:, :k], xs[:, k], ys[:, k]
+        if plus_plus and num_steps > 2:
+            eta, gamma = optimal_eta_gamma(X, y, q, target, num_steps)
+            etas.append(eta)
+            gammas.append(gamma)
+            continue
+        F, monomials = step_size_polynomial(X, y, q, num_steps, plus_plus)
+        loss = partial(_quadratic_loss, monomials, F.T @ F / len(F), F.T @ target / len(F), k)
+        # lam_max >= trace(A) / d: the bounds of optimal_eta's search, widened to be safe
+        scale = float((X * X).sum()) / (X.shape[0] * X.shape[-1])
         if plus_plus:
-            eta, gamma = optimal_eta_gamma(*prompt, num_steps=num_steps)
+            (eta, gamma), _ = grid_search(loss, [0.0, 0.0], [6 * k / scale, 1 / scale])
         else:
-            eta, gamma = optimal_eta(*prompt, num_steps=num_steps), 0.0
+            (eta,), _ = grid_search(loss, [0.0], [6 * k / scale], num=64)
+            gamma = 0.0
         etas.append(eta)
         gammas.append(gamma)
     return etas, gammas
