@@ -1,15 +1,15 @@
-"""The README's worked examples run as written."""
+"""The worked examples of the README and docs/extending.md run as written."""
 
 import re
 import sys
 
 from conftest import CONFIGS, ROOT, run_cli, tiny_args
 
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "README.md").read_text() + (ROOT / "docs" / "extending.md").read_text()
 
 
 def _block_starting_with(first_line: str, language: str = "python") -> str:
-    """The README's one ```<language> block whose first line is ``first_line``."""
+    """The one ```<language> block of the two pages whose first line is ``first_line``."""
     blocks = re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
     (block,) = [b for b in blocks if b.startswith(first_line)]
     return block
