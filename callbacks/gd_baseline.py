@@ -19,7 +19,8 @@ class GDBaselineProbe(Probe):
     """A probe that compares the model with L steps of GD whose step sizes are tuned for the
     evaluation task (:class:`~icl_lightning.theory.step_sizes.StepSizes`), once per task, N,
     L and active input dimension (``size="current"``: the curriculum's), before each
-    measurement.
+    measurement; sizes tuned before (by any run with the same options and tuner version) come
+    from the disk cache (:mod:`~icl_lightning.theory.tuning_cache`).
 
     L is ``num_steps``, or the model's ``num_layers``. Subclasses read :attr:`step_sizes` and
     :attr:`learner_steps`, or take GD itself from :meth:`gd_learner`; ``plus_plus = False``

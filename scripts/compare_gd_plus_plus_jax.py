@@ -1,8 +1,9 @@
 """GD++ step sizes side by side: ours (before / after the converged tuning) and paper A's
-official JAX training, scored on one common set of held-out prompts.
+official JAX training, scored on one common set of test prompts.
 
 For each L: the step sizes a probe gets (:class:`~icl_lightning.theory.StepSizes` with its
-defaults: 10,000 tuning prompts keyed ``(seed, 1)``, 100,000 held-out ones keyed ``(seed, 2)``),
+defaults: the tuning set keyed ``(seed, 1)``, the selection set keyed ``(seed, 2)``; population
+samples on this task, :mod:`~icl_lightning.theory.population`),
 per layer and shared; the previous method on the same tuning prompts (per layer: 300 Adam
 iterations from the shared grid optimum, the best iterate kept; shared: the grid search alone);
 and the official code's ``pre_train_gd_hps`` at the notebook's settings
@@ -139,10 +140,10 @@ def tune_ours(task, L, seed) -> dict:
     tuning = per_layer.prompts(task, N, D, "cpu", 1)
     fit, shared_fit = per_layer.plus_plus_fit, shared.plus_plus_fit
     print(
-        f"L={L}: per-layer won from {fit.start!r}, tuning {fit.tuning_loss:.5f}, held-out "
-        f"{fit.held_out_loss:.5f}, |grad|/loss {fit.gradient_norm:.1e}, "
-        f"{per_layer_seconds:.1f} s; shared: tuning {shared_fit.tuning_loss:.5f}, held-out "
-        f"{shared_fit.held_out_loss:.5f}, |grad|/loss {shared_fit.gradient_norm:.1e}, "
+        f"L={L}: per-layer won from {fit.start!r}, tuning {fit.tuning_loss:.5f}, selection "
+        f"{fit.selection_loss:.5f}, |grad|/loss {fit.gradient_norm:.1e}, "
+        f"{per_layer_seconds:.1f} s; shared: tuning {shared_fit.tuning_loss:.5f}, selection "
+        f"{shared_fit.selection_loss:.5f}, |grad|/loss {shared_fit.gradient_norm:.1e}, "
         f"{shared_seconds:.1f} s; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
