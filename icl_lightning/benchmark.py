@@ -74,7 +74,7 @@ from icl_lightning.models import batch_last
 from icl_lightning.profiling import HookTimer, peak_memory_mb, reset_peak_memory
 from icl_lightning.theory.loss import prediction_loss
 
-TABLES = ("side-by-side", "deep", "probes", "flops", "scaling", "contextual")
+TABLES = ("side-by-side", "deep", "probes", "flops", "scaling", "contextual", "garg")
 PASSED_ON = ("--model", "--data", "--trainer", "--optimizer", "--lr_scheduler")
 #: paper A's deep settings for L > 3 (its notebook; bench_ref.py uses the same)
 DEEP_L4 = ["--model.model.num_layers=4", "--optimizer.init_args.lr=5e-4"]
@@ -623,6 +623,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jax-python", help="a Python with jax, optax, dm-haiku, ml_collections")
     p.add_argument("--jax-ref", help="folder of the official code, with bench_ref.py")
     p.add_argument("--jax-steps", type=int, default=1000)
+    p.add_argument("--garg-python", help="garg table: Python of Garg et al.'s env (bench.md)")
+    p.add_argument("--garg-ref", help="garg table: Garg et al.'s src/ folder (models.py)")
     p.add_argument("--reference-steps-per-s", type=float, help="a figure measured elsewhere")
     p.add_argument("--threads", type=int, help="torch threads (1: XLA on one thread too)")
     p.add_argument("--scaling-steps", type=int, default=30, help="fit steps per scaling point")
@@ -742,6 +744,13 @@ def main(argv: list[str] | None = None) -> None:
 
             lines, results[table] = contextual_table(args, extra, log)
             title = "Paper B's block with every kind of contextual layer"
+        elif table == "garg":  # Garg et al.'s baselines and GPT-2 step (docs/bench.md)
+            from icl_lightning.bench_garg import garg_tables
+
+            if not (args.garg_python and args.garg_ref):
+                raise SystemExit("--tables garg needs --garg-python and --garg-ref")
+            lines, results[table] = garg_tables(args.garg_python, args.garg_ref, args.repeats)
+            title = "Garg et al.'s bench beside their code"
         else:
             lines, results[table] = scaling(args, extra, log)
             title = "Scaling"
