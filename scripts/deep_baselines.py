@@ -224,13 +224,26 @@ def figure(numbers: dict, path: Path) -> None:
                 statistics.mean(v["summary"][stat] for v in trained[f"L{L}"].values())
                 for L in depths
             ]
-    title = "Paper A: deep LSA baselines on the test set (solid: median, dashed: mean)"
+    title = "Paper A, deep: test median (solid), mean (dashed)"
     drawn = line_figure(depths, curves, "layers / steps L", "loss", title, logy=True)
-    for line in drawn.axes[0].get_lines():
-        if line.get_label().endswith(", mean"):
-            line.set_linestyle("--")
-    drawn.axes[0].set_xticks(depths)
-    drawn.axes[0].legend(fontsize=7, loc="lower left")
+    axes = drawn.axes[0]
+    colours = {}
+    for line in axes.get_lines():  # one colour per learner, dashed for its mean
+        learner, stat = line.get_label().rsplit(", ", 1)
+        line.set_color(colours.setdefault(learner, f"C{len(colours)}"))
+        line.set_linestyle("--" if stat == "mean" else "-")
+    off = [
+        f"{c} at L = {L}: {v:.2g}"
+        for c, vs in curves.items()
+        for L, v in zip(depths, vs, strict=True)
+        if v > 10
+    ]
+    if off:  # a mean that blew up: keep the others readable and say where it went
+        axes.set_ylim(top=10)
+        axes.text(0.02, 0.98, "off the chart: " + "; ".join(off), transform=axes.transAxes,
+                  fontsize=7, va="top")  # fmt: skip
+    axes.set_xticks(depths)
+    axes.legend(fontsize=7, loc="lower left")
     drawn.savefig(path, dpi=100)
 
 
