@@ -130,7 +130,8 @@ def test_side_by_side_is_quiet_and_prints_its_table_last(tmp_path):
     assert all(len(runs[name]) == 2 for name in ("bare", "loop", "fit", "shipped"))
     for fitted, shipped in zip(runs["fit"], runs["shipped"], strict=True):
         steps, seconds = shipped["max_steps"], shipped["shipped_s"]
-        assert seconds > 0 and steps == 5000
+        shipped_steps = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["trainer"]["max_steps"]
+        assert seconds > 0 and steps == shipped_steps
         expected = steps / (steps / fitted["steps_per_s"] + seconds)
         assert shipped["steps_per_s"] == pytest.approx(expected, rel=1e-12)
     assert report["meta"]["threads"] == 1
