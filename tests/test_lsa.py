@@ -301,3 +301,13 @@ def test_where_the_kernels_do_not_apply_the_per_layer_path_runs(case, monkeypatc
     with batch_last.disabled():
         expected = model(cx, cy, qx)
     assert torch.equal(model(cx, cy, qx), expected)
+
+
+def test_mismatched_prompts_are_named_not_read_out_of_bounds():
+    model = LSA(input_dim=3, num_layers=2).double()
+    cx, cy, qx = _prompts()
+    with pytest.raises(ValueError, match=r"query_x of shape \(5, 2\)"):
+        model(cx, cy, qx[:, :2])
+    with pytest.raises(ValueError, match="context_y .* dtype torch.float32"):
+        model(cx, cy.float(), qx)
+    assert not batch_last.applies(list(model.layers), cx[..., :2])  # the per-layer path's error

@@ -123,6 +123,8 @@ def applies(layers, tensor: torch.Tensor) -> bool:
     if any(layer.softmax or not isinstance(layer.norm, torch.nn.Identity) for layer in layers):
         return False
     H, _, D = weight.shape
+    if tensor.dim() != 3 or tensor.shape[-1] + 1 != D:
+        return False  # the per-layer path names the mismatch
     return library(tensor.dtype, D, H) is not None
 
 
@@ -153,6 +155,12 @@ class LinearAttentionStack(torch.autograd.Function):
     def forward(ctx, context_x, context_y, query_x, clip: float, depths, *weights):
         B, N, d = context_x.shape
         T, D = N + 1, d + 1
+        for name, x, shape in (("context_y", context_y, (B, N)), ("query_x", query_x, (B, d))):
+            if x.shape != shape or x.dtype != context_x.dtype:
+                raise ValueError(
+                    f"LSA: {name} of shape {tuple(x.shape)} and dtype {x.dtype}, expected "
+                    f"{shape} and {context_x.dtype} for context_x of shape {(B, N, d)}"
+                )
         W_Q, W_K, W_V, P = (torch.stack(weights[i::4]) for i in range(4))  # (M, H, k, D)
         H = W_Q.shape[1]
         lib = library(context_x.dtype, D, H)
