@@ -3,12 +3,14 @@
 For the deep LSA of paper A each prompt's work is a few 11 x 11 products per layer
 (``h' = h + (h K S) V``, ``S = sum_{i<N} h_i h_i^T``; :mod:`~icl_lightning.models.linear_attention`
 has the maths): as batched matrix products they run at a few percent of what the core does on a
-large matrix product. Laid out batch-last, ``(T, D, B)``, every entry of those products is one
-vector operation over a tile of prompts (:mod:`~icl_lightning.models.batch_last_kernels`, C
-compiled once per dtype, token size D and head count H with the system's C compiler and loaded
-with :mod:`ctypes`). :class:`LinearAttentionStack` runs every layer and the readout in one
-forward call, keeps each layer's input tokens, and in its backward call runs the layers in
-reverse; the activation clip (``clamp(h_l, -c, c)``) is applied inside the kernels.
+large matrix product. Laid out batch-last in tiles of W prompts, ``(B / W, T, D, W)``, every
+entry of those products is one vector operation over a tile
+(:mod:`~icl_lightning.models.batch_last_kernels`, C compiled once per dtype, token size D and
+head count H with the system's C compiler and loaded with :mod:`ctypes`).
+:class:`LinearAttentionStack` takes each tile through every layer and the readout in one
+forward call, keeps each layer's output tokens, and in its backward call takes each tile
+through the layers in reverse; the activation clip (``clamp(h_l, -c, c)``) is applied inside
+the kernels.
 
 Where the kernels do not apply (:func:`applies`: CUDA, a dtype other than float32/float64,
 autocast, ``torch.func`` transforms, softmax or LayerNorm layers, or no working C compiler) the

@@ -1,20 +1,20 @@
 """C source of the batch-last linear-attention kernels (:mod:`~icl_lightning.models.batch_last`).
 
-Tokens are laid out batch-last, ``(T, D, B)``: one vector of W prompts (W = 16 in float32, 8 in
-float64: 64 bytes) holds entry ``(t, e)`` of W prompts, so each small per-prompt product (11 x 11
-at d = 10) becomes W-wide fused multiply-adds, one prompt per vector lane, with a row of D
-accumulators in registers (D and H are compile-time constants). Every function works through
-its prompts W at a time, copying each tile of W prompts into a local buffer (zero-padded past B).
+Tokens are laid out in tiles of W prompts, ``(B / W, T, D, W)`` (W = 16 in float32, 8 in
+float64: 64 bytes, zero prompts past B): one vector holds entry ``(t, e)`` of a tile's W
+prompts, so each small per-prompt product (11 x 11 at d = 10) becomes W-wide fused
+multiply-adds, one prompt per vector lane, with a row of D accumulators in registers (D and H
+are compile-time constants). Each tile goes through every layer before the next tile.
 
-- ``update_forward``: ``h' = clamp(h + (h K S) V)`` with ``S = sum_{i<N} h_i h_i^T`` (no clamp
-  for ``clip = 0``);
-- ``update_backward``: recomputes the tile's ``S``, ``a = h K``, ``b_h = a_h S`` (cheaper than
-  storing them), zeroes the output gradient where the clamp was active (``torch.clamp``'s
-  rule), then ``db = g V^T``, ``dV += b^T g``, ``da_h = db_h S``, ``dK += h^T da``,
-  ``dS = sum_h a_h^T db_h``, ``dh = g + da K^T + [C (dS + dS^T); 0]``;
-- ``pack_tokens``: the prompts' tokens ``[x_i, y_i]``, ``[x_q, 0]``, batch-last;
-- ``readout_forward``/``readout_backward``: ``h_{T-1,D-1} + sum_{t<N} sum_h (h_t . q_h)
-  (h_t . u_h)`` with ``q = h_{T-1} K`` and their gradients.
+- ``pack_tokens``: the prompts' tokens ``[x_i, y_i]``, ``[x_q, 0]``, tiled;
+- ``stack_forward``: per layer ``h' = clamp(h + (h K S) V)`` with ``S = sum_{i<N} h_i h_i^T``
+  (no clamp for ``clip = 0``), each layer's output kept, then the readout
+  ``h_{T-1,D-1} + sum_{t<N} sum_h (h_t . q_h) (h_t . u_h)`` with ``q = h_{T-1} K``;
+- ``stack_backward``: the readout's gradients, then per layer in reverse: recompute the tile's
+  ``S``, ``a = h K``, ``b_h = a_h S`` (cheaper than storing them), zero the output gradient
+  where the clamp was active (``torch.clamp``'s rule), then ``db = g V^T``, ``dV += b^T g``,
+  ``da_h = db_h S``, ``dK += h^T da``, ``dS = sum_h a_h^T db_h``,
+  ``dh = g + da K^T + [C (dS + dS^T); 0]``.
 
 Weight gradients are summed per lane across tiles and over the lanes at the end.
 """
