@@ -418,3 +418,57 @@ EXPERIMENTS = (
     CURRICULUM,
     CONTEXT_LENGTH,
 )
+
+
+# Beyond the papers: Garg et al. (2022)'s toy set-up with their "tiny" GPT-2 (docs/bench.md).
+_GARG_TOY_COMMON = {
+    "data.init_args.curriculum": None,
+    "data.init_args.batches_per_epoch": 500,
+    "data.init_args.num_val_tasks": 1024,
+    "optimizer.init_args.lr": 1e-3,
+    "callbacks.BaselineCurves.every_n_steps": 0,
+}
+GARG_TOY = Experiment(
+    "garg_toy",
+    "Beyond the papers: Garg et al.'s GPT-2 (tiny) on linear regression (d = 5, 11 points) and "
+    "sparse linear regression (d = 8, 2 non-zero, 16 points) beside the classic learners",
+    "configs/garg_tiny.yaml",
+    full_steps=5001,
+    quick_steps=300,
+    seconds=540,
+    quick_seconds=200,
+    changes=_GARG_TOY_COMMON,
+    variants={
+        "linear": {
+            "data.init_args.task.init_args.input_dim": 5,
+            "data.init_args.num_context": 10,
+            "model.init_args.model.init_args.num_positions": 11,
+        },
+        "sparse": {
+            "data.init_args.task": {
+                "class_path": "icl_lightning.data.SparseLinear",
+                "init_args": {
+                    "input_dim": 8,
+                    "num_nonzero": 2,
+                    "input_distribution": "normal",
+                    "input_range": 1.0,
+                    "weight_scale": 1.0,
+                    "noise_std": 0.0,
+                },
+            },
+            "data.init_args.num_context": 15,
+            "model.init_args.model.init_args.num_positions": 16,
+        },
+    },
+    checks=(
+        Check(
+            "model / 3-NN loss at k = N",
+            "baselines/loss_model",
+            "Garg et al. 2022: far below 3-NN, tracking least squares (0 from k = d on)",
+            "<= 0.5",
+            over="baselines/loss_nn_3",
+        ),
+    ),
+)
+
+EXPERIMENTS = (*EXPERIMENTS, GARG_TOY)
