@@ -51,11 +51,12 @@ class BaselineCurves(Probe):
     model: they are computed once per evaluation chunk and kept.
 
     Logs ``baselines/loss_<learner>`` (and ``loss_model``) at k = N as scalars over training,
-    and at every measurement the whole curve against k as the scalar tag
-    ``baselines/loss_vs_k/step_<step>`` (x axis: k) written by one TensorBoard run per
-    learner inside the version folder (``<version>/curves/baselines/<learner>``), so
-    TensorBoard overlays them in distinct colours with the learners' names as the legend; at
-    the end the same curves as the figure ``baselines/loss_vs_k``.
+    and at every measurement the whole curve against k (k on the x axis) under the one tag
+    ``baselines/loss_vs_k``, written by one TensorBoard run per learner and measurement inside
+    the version folder (``<version>/curves/baselines/step_<step>/<learner>``): TensorBoard's
+    Scalars tab overlays them in distinct colours with the run names as the legend (filter the
+    runs by ``step_<step>`` to see one measurement); at the end the same curves as the figure
+    ``baselines/loss_vs_k``.
 
     Args:
         neighbours: n of the nearest-neighbour learner.
@@ -194,17 +195,18 @@ class BaselineCurves(Probe):
             self.write_curves(trainer, self._results, trainer.global_step)
 
     def write_curves(self, trainer: "L.Trainer", results: dict, step: int) -> None:
-        """Each learner's curve against k into its own TensorBoard run inside the version
-        folder, under one tag per measurement (TensorBoard overlays the runs)."""
+        """Each learner's curve against k (k on the x axis) into its own TensorBoard run
+        ``<version>/curves/<namespace>/step_<step>/<learner>``, one fixed tag
+        ``<namespace>/loss_vs_k``: TensorBoard overlays the runs in one chart."""
         for board in tensorboard_loggers(trainer):
             for name, curve in results.items():
-                folder = Path(board.log_dir) / "curves" / self.prefix / name
+                folder = Path(board.log_dir) / "curves" / self.prefix / f"step_{step:07d}" / name
                 writer = self._writers.get(str(folder))
                 if writer is None:
                     writer = self._writers[str(folder)] = SummaryWriter(str(folder))
                 for k, value in enumerate(curve.tolist()):
                     if math.isfinite(value):
-                        writer.add_scalar(f"{self.prefix}loss_vs_k/step_{step:07d}", value, k)
+                        writer.add_scalar(f"{self.prefix}loss_vs_k", value, k)
                 writer.flush()
 
     @override

@@ -74,12 +74,11 @@ def run(setup: str, seed: int, steps: int, lr: float, root: Path) -> None:
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
     """The last measurement's curve of every learner (its own TensorBoard run)."""
+    last = max((run_dir / "curves" / "baselines").iterdir())  # step_<last step>
     out = {}
-    root = run_dir / "curves" / "baselines"
-    for folder in sorted(root.iterdir()):
-        scalars = read_scalars(folder)
-        tag = max(scalars)  # loss_vs_k/step_<last step>
-        out[folder.name] = [scalars[tag][k] for k in sorted(scalars[tag])]
+    for folder in sorted(last.iterdir()):
+        points = read_scalars(folder)["baselines/loss_vs_k"]
+        out[folder.name] = [points[k] for k in sorted(points)]
     return out
 
 

@@ -95,21 +95,19 @@ def test_probes_log_every_learner_as_its_own_tensorboard_run(tmp_path, monkeypat
     )
     version = tmp_path / "garg_tiny" / "version_0"
     learners = {"model", "least_squares", "nn_3", "averaging", "gd_L2", "gd++_L2", "lasso_0.1"}
+    main = {t: v for t, v in read_scalars(version).items() if "loss_vs_k" not in t}
     for folder in ("baselines", "shifted/skewed"):
-        curves = version / "curves" / folder
+        steps = version / "curves" / folder
+        assert {p.name for p in steps.iterdir()} == {"step_0000000", "step_0000002"}
+        curves = steps / "step_0000002"
         assert {p.name for p in curves.iterdir()} == learners
-        last = {}
         for name in learners:
-            scalars = read_scalars(curves / name)
-            tag = max(scalars)
-            assert tag.startswith(f"{folder}/loss_vs_k/step_")
-            assert sorted(scalars[tag]) == list(range(7))  # k = 0..N
-            last[name] = scalars[tag][6]
-        least_squares = read_scalars(curves / "least_squares")[tag]
+            curve = read_scalars(curves / name)[f"{folder}/loss_vs_k"]
+            assert sorted(curve) == list(range(7))  # k = 0..N
+            expected = main[f"{folder}/loss_{name}"][2]  # the scalar at k = N
+            assert curve[6] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+        least_squares = read_scalars(curves / "least_squares")[f"{folder}/loss_vs_k"]
         assert max(least_squares[k] for k in (4, 5, 6)) < 1e-8  # exact from k = d on
-        main = {t: v for t, v in read_scalars(version).items() if "loss_vs_k" not in t}
-        for name, value in last.items():
-            assert main[f"{folder}/loss_{name}"][2] == pytest.approx(value, rel=1e-5, abs=1e-9)
 
 
 def test_baseline_options_are_checked():
