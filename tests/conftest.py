@@ -20,13 +20,29 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernels_in_a_session_folder(tmp_path_factory):
+    """The LSA's compiled CPU kernels (``models/batch_last.py``) go to a temporary folder of
+    this test session, compiled once for all its tests and subprocesses, not to the user's."""
+    previous = os.environ.get("ICL_LIGHTNING_KERNELS")
+    os.environ["ICL_LIGHTNING_KERNELS"] = str(tmp_path_factory.mktemp("kernels"))
+    yield
+    if previous is None:
+        os.environ.pop("ICL_LIGHTNING_KERNELS")
+    else:
+        os.environ["ICL_LIGHTNING_KERNELS"] = previous
+
+
 @pytest.fixture(autouse=True)
-def _work_in_tmp_path(tmp_path, monkeypatch):
+def _work_in_tmp_path(tmp_path, tmp_path_factory, monkeypatch):
     """Every test runs in its own temporary folder: whatever a run writes relative to the
     working directory (``logs/``, ``reports/``, Lightning's ``default_root_dir``) lands there,
     never in the checkout, where a ``make demo`` may be training meanwhile. Tests name the
-    shipped files by absolute paths (``ROOT``, ``CONFIGS``)."""
+    shipped files by absolute paths (``ROOT``, ``CONFIGS``). The tuned step sizes' disk cache
+    is a temporary folder of the test's own too (not the user's ``~/.cache``, and not in the
+    working directory, which some tests watch)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ICL_LIGHTNING_CACHE", str(tmp_path_factory.mktemp("step_size_cache")))
 
 
 def tiny_args(save_dir: Path, steps: int = 6) -> list[str]:

@@ -68,7 +68,7 @@ def test_demo_layout_overlays_logged_tags(tmp_path, monkeypatch):
     # the loss comparison: model, GD and GD++ each a sibling run (own colour, named)
     (loss,) = [p for t, (p,) in charts["gd"].items() if t.startswith("Fig. 2: loss of T vs")]
     assert {"gd/loss_model", "gd/loss_gd", "gd/loss_gd_pp"} <= set(_curves(loss, scalars))
-    assert all("every 250 steps: set smoothing to 0" in t for t in charts["gd"])
+    assert all("every 500 steps: set smoothing to 0" in t for t in charts["gd"])
 
 
 def test_paper_b_layout_overlays_sgd_and_delta_w(tmp_path, monkeypatch):

@@ -34,10 +34,12 @@ def test_off_and_the_default_folder(tmp_path, monkeypatch):
     tuning_cache.store({"a": 1}, {"b": 2})
     assert tuning_cache.cache_dir() is None and tuning_cache.load({"a": 1}) is None
     monkeypatch.delenv(tuning_cache.VARIABLE)
-    assert tuning_cache.cache_dir() == tuning_cache.DEFAULT  # relative to the working directory
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
+    default = tmp_path / "user_cache" / "icl_lightning" / "step_sizes"
+    assert tuning_cache.cache_dir() == default  # the user's cache, not the working directory
     tuning_cache.store({"a": 1}, {"b": 2})
     assert tuning_cache.load({"a": 1}) == {"b": 2}
-    assert list((tmp_path / tuning_cache.DEFAULT).glob("*.json"))
+    assert list(default.glob("*.json")) and not (tmp_path / "logs").exists()
 
 
 def test_step_sizes_are_tuned_once_and_reused_until_the_key_changes(cache, monkeypatch):

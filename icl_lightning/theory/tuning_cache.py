@@ -1,12 +1,13 @@
 """Tuned step sizes on disk: tuned once per (task, N, L, tuner version, seed, ...), then reused.
 
 One JSON file per key, named by the SHA-256 of the key, in :func:`cache_dir`: the folder named
-by the environment variable ``ICL_LIGHTNING_CACHE``, by default ``logs/.cache/step_sizes``
-below the working directory (every run and seed of a reproduction started in one folder
-shares it); ``ICL_LIGHTNING_CACHE=off`` turns the cache off. A file holds its key beside the
-value, and an entry is used only when the whole key matches (so a new tuner version, another
-seed, task, N, L or tuning size is tuned again); files are written atomically, so runs in
-parallel may share the folder. A file that cannot be read counts as absent.
+by the environment variable ``ICL_LIGHTNING_CACHE``, by default the user's cache folder,
+``$XDG_CACHE_HOME/icl_lightning/step_sizes`` (``~/.cache/...``), which every run, seed and
+checkout of this user shares and which no run folder holds; ``ICL_LIGHTNING_CACHE=off`` turns
+the cache off. A file holds its key beside the value, and an entry is used only when the whole
+key matches (so a new tuner version, another seed, task, N, L or tuning size is tuned again);
+files are written atomically, so runs in parallel may share the folder. A file that cannot be
+read counts as absent.
 """
 
 import hashlib
@@ -16,7 +17,6 @@ from pathlib import Path
 
 #: the environment variable naming the cache folder (``off``: no cache)
 VARIABLE = "ICL_LIGHTNING_CACHE"
-DEFAULT = Path("logs/.cache/step_sizes")
 
 
 def cache_dir() -> Path | None:
@@ -24,7 +24,10 @@ def cache_dir() -> Path | None:
     value = os.environ.get(VARIABLE, "")
     if value.lower() == "off":
         return None
-    return Path(value) if value else DEFAULT
+    if value:
+        return Path(value)
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return user_cache / "icl_lightning" / "step_sizes"
 
 
 def _path(key: dict) -> Path | None:
