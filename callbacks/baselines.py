@@ -52,8 +52,8 @@ class BaselineCurves(Probe):
 
     Logs ``baselines/loss_<learner>`` (and ``loss_model``) at k = N as scalars over training,
     and at every measurement the whole curve against k (k on the x axis) under the one tag
-    ``baselines/loss_vs_k``, written by one TensorBoard run per learner and measurement inside
-    the version folder (``<version>/curves/baselines/step_<step>/<learner>``): TensorBoard's
+    ``baselines/loss_vs_k``, written by one TensorBoard run per learner and measurement beside
+    the version folder (``<version>_curves/baselines/step_<step>/<learner>``): TensorBoard's
     Scalars tab overlays them in distinct colours with the run names as the legend (filter the
     runs by ``step_<step>`` to see one measurement); at the end the same curves as the figure
     ``baselines/loss_vs_k``.
@@ -196,11 +196,14 @@ class BaselineCurves(Probe):
 
     def write_curves(self, trainer: "L.Trainer", results: dict, step: int) -> None:
         """Each learner's curve against k (k on the x axis) into its own TensorBoard run
-        ``<version>/curves/<namespace>/step_<step>/<learner>``, one fixed tag
-        ``<namespace>/loss_vs_k``: TensorBoard overlays the runs in one chart."""
+        ``<version>_curves/<namespace>/step_<step>/<learner>``, one fixed tag
+        ``<namespace>/loss_vs_k``: TensorBoard overlays the runs in one chart. Beside the
+        version folder, not in it: whatever reads the run's scalars (the reproduction report,
+        the tests) reads one value per tag and step, and these runs share their tag."""
         for board in tensorboard_loggers(trainer):
             for name, curve in results.items():
-                folder = Path(board.log_dir) / "curves" / self.prefix / f"step_{step:07d}" / name
+                run = Path(board.log_dir)
+                folder = run.parent / f"{run.name}_curves" / self.prefix / f"step_{step:07d}" / name
                 writer = self._writers.get(str(folder))
                 if writer is None:
                     writer = self._writers[str(folder)] = SummaryWriter(str(folder))

@@ -74,7 +74,7 @@ def run(setup: str, seed: int, steps: int, lr: float, root: Path) -> None:
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
     """The last measurement's curve of every learner (its own TensorBoard run)."""
-    last = max((run_dir / "curves" / "baselines").iterdir())  # step_<last step>
+    last = max((run_dir.parent / f"{run_dir.name}_curves" / "baselines").iterdir())
     out = {}
     for folder in sorted(last.iterdir()):
         points = read_scalars(folder)["baselines/loss_vs_k"]
@@ -86,7 +86,7 @@ def summarize(root: Path, seeds: list[int]) -> dict:
     report = {}
     for setup, (d, n, _) in SETUPS.items():
         runs = [root / f"garg_toy_{setup}" / f"seed{s}" for s in seeds]
-        runs = [r for r in runs if (r / "curves" / "baselines").is_dir()]
+        runs = [r for r in runs if (r.parent / f"{r.name}_curves" / "baselines").is_dir()]
         if not runs:
             continue
         per_seed = [curves(r) for r in runs]

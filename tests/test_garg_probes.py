@@ -79,7 +79,7 @@ def test_input_shifts_need_sample_inputs():
 
 def test_probes_log_every_learner_as_its_own_tensorboard_run(tmp_path, monkeypatch):
     """A GPT2 run on sparse linear regression with BaselineCurves and a shifted probe: each
-    learner's curve is a TensorBoard run in the version folder with one value per k; least
+    learner's curve is a TensorBoard run beside the version folder with one value per k; least
     squares' curve is 0 from d points on; the scalars at k = N are the curves' last values."""
     monkeypatch.chdir(tmp_path)
     run_cli(
@@ -97,7 +97,7 @@ def test_probes_log_every_learner_as_its_own_tensorboard_run(tmp_path, monkeypat
     learners = {"model", "least_squares", "nn_3", "averaging", "gd_L2", "gd++_L2", "lasso_0.1"}
     main = {t: v for t, v in read_scalars(version).items() if "loss_vs_k" not in t}
     for folder in ("baselines", "shifted/skewed"):
-        steps = version / "curves" / folder
+        steps = version.parent / "version_0_curves" / folder
         assert {p.name for p in steps.iterdir()} == {"step_0000000", "step_0000002"}
         curves = steps / "step_0000002"
         assert {p.name for p in curves.iterdir()} == learners
