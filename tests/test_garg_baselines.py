@@ -112,3 +112,17 @@ def test_two_layer_net_fits_its_points():
     assert (trained[:, 0] == 0).all()
     assert (trained[:, 1:] - ys[:, :1]).abs().max() < 0.05
     assert (untrained[:, 1:] - ys[:, :1]).abs().max() > 0.1
+
+
+def test_tree_learners_fit_each_prefix_where_the_extra_is_installed():
+    """A depth-4 tree fitted on k points of a sign task predicts a training point's label."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("xgboost")
+    from icl_lightning.theory.tree_baselines import fitted_predictions, tree_learners
+
+    xs, _, _ = prompts(B=3, K=8, d=2)
+    ys = xs[..., 0].sign()
+    first = xs[:, :1].expand_as(xs)  # q_k = x_0, seen by every prefix k >= 1
+    pred = fitted_predictions(tree_learners()["tree_depth4"], xs, ys, first)
+    torch.testing.assert_close(pred[:, 1:], ys[:, :1].expand(-1, 8))
+    assert (pred[:, 0] == 0).all()
