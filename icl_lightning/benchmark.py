@@ -356,6 +356,14 @@ def _spread(values: list[float], fmt: str = ".2f") -> str:
     return f"{min(values):{fmt}} - {max(values):{fmt}}" if len(values) > 1 else "-"
 
 
+def jax_round(row: Row, args, log, got: dict) -> str:
+    """Time the official step of ``row`` once, append it to ``got["jax"]`` and return the
+    round's line suffix ``, JAX <steps/s> steps/s``."""
+    result = time_jax(args.jax_python, args.jax_ref, args.jax_steps, row.jax, args.threads, log)
+    got.setdefault("jax", []).append(result)
+    return f", JAX {result['steps_per_s']:.1f} steps/s"
+
+
 def measure_rows(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
     """``fit``, probe costs and (with ``jax``) the official step of every row, interleaved
     over ``args.repeats`` rounds, a line per row and round."""
@@ -374,11 +382,7 @@ def measure_rows(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
             line += f", shipped {got['shipped'][-1]['steps_per_s']:.1f} steps/s"
             line += f" (probes {got['shipped'][-1]['share']:.1%})"
             if jax and row.jax is not None:
-                result = time_jax(
-                    args.jax_python, args.jax_ref, args.jax_steps, row.jax, args.threads, log
-                )
-                got.setdefault("jax", []).append(result)
-                line += f", JAX {result['steps_per_s']:.1f} steps/s"
+                line += jax_round(row, args, log, got)
             print(f"{line}   [{time.perf_counter() - start:.0f} s]", flush=True)
     return runs
 
@@ -403,11 +407,7 @@ def measure_flops(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
             line += f"{gflops:.1f} GFLOP/s = {gflops / got['peak'][-1]:.1%} of one thread's "
             line += f"{got['peak'][-1]:.0f}, bare {got['bare'][-1]['steps_per_s']:.1f} steps/s"
             if jax and row.jax is not None:
-                result = time_jax(
-                    args.jax_python, args.jax_ref, args.jax_steps, row.jax, args.threads, log
-                )
-                got.setdefault("jax", []).append(result)
-                line += f", JAX {result['steps_per_s']:.1f} steps/s"
+                line += jax_round(row, args, log, got)
             print(f"{line}   [{time.perf_counter() - start:.0f} s]", flush=True)
     return runs
 
