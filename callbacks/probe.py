@@ -227,21 +227,27 @@ class Probe(Callback):
         """The start of every tag: ``<namespace>/``, or ``<namespace>/<tag>/`` with ``tag``."""
         return f"{self.namespace}/" if self.tag is None else f"{self.namespace}/{self.tag}/"
 
+    def task_and_context(self, trainer: "L.Trainer") -> tuple[TaskSampler, int]:
+        """The probe's ``task`` and ``num_context``, each defaulting to the datamodule's; a
+        ValueError naming them when neither gives one."""
+        datamodule = trainer.datamodule
+        task = self.task or getattr(datamodule, "task", None)
+        num_context = self.num_context or getattr(datamodule, "num_context", None)
+        require(
+            task is not None and num_context is not None,
+            f"{type(self).__name__}.task/num_context",
+            (task, num_context),
+            "a task and a context length, given to the probe or by the datamodule",
+        )
+        return task, num_context
+
     def evaluation_set(self, trainer: "L.Trainer", device: torch.device) -> ICLBatch:
         """The whole fixed evaluation set on ``device``, at the size :meth:`current_size` gives
         (drawn once per size and device, then cached)."""
         size = self.current_size(trainer)
         key = (str(device), *(size or (None, None)))
         if key not in self._evaluation_sets:
-            datamodule = trainer.datamodule
-            task = self.task or getattr(datamodule, "task", None)
-            num_context = self.num_context or getattr(datamodule, "num_context", None)
-            require(
-                task is not None and num_context is not None,
-                f"{type(self).__name__}.task/num_context",
-                (task, num_context),
-                "a task and a context length, given to the probe or by the datamodule",
-            )
+            task, num_context = self.task_and_context(trainer)
             generator = seeded_generator(device, self.seed)
             if size is None:
                 tasks = task.sample(self.num_tasks, num_context, generator)

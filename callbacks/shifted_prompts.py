@@ -47,15 +47,7 @@ class ShiftedPromptCurves(BaselineCurves):
     def prompts(self, trainer: "L.Trainer", device: torch.device) -> CurvePrompts:
         """The probe's prompts under its shift, drawn once per device from its seed."""
         if str(device) not in self._shifted:
-            datamodule = trainer.datamodule
-            task = self.task or getattr(datamodule, "task", None)
-            num_context = self.num_context or getattr(datamodule, "num_context", None)
-            require(
-                task is not None and num_context is not None,
-                f"{type(self).__name__}.task/num_context",
-                (task, num_context),
-                "a task and a context length, given to the probe or by the datamodule",
-            )
+            task, num_context = self.task_and_context(trainer)
             generator = seeded_generator(device, self.seed)
             prompts = shifted_prompts(
                 task, self.shift, self.num_tasks, num_context, generator, self.scale
