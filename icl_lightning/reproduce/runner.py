@@ -136,17 +136,26 @@ class Child:
         return Outcome(run, "failed", f"failed ({ending(code)}{oom}); see {run.log}", seconds)
 
 
-def start(run: Run, threads: int) -> Child | Outcome:
-    """Claim ``run``'s folder and start its child; or the :class:`Outcome` of a run finished
-    earlier, owned by another process, or that cannot be started (its folder unwritable)."""
+def claim_run(run: Run, refused: str) -> RunLock | None | Outcome:
+    """Claim ``run``'s folder: its lock (None where the filesystem has no locks), or the
+    :class:`Outcome` of a run finished earlier ("skipped"), owned by another process ("busy",
+    ``<refused>: <owner>``) or whose folder cannot be claimed ("failed")."""
     if run.finished():
         return Outcome(run, "skipped", "done earlier, skipped")
     try:
-        lock = claim_folder(run.directory)
+        return claim_folder(run.directory)
     except RunLocked as busy:
-        return Outcome(run, "busy", f"not started: {busy}")
+        return Outcome(run, "busy", f"{refused}: {busy}")
     except OSError as error:
         return Outcome(run, "failed", f"cannot claim its folder ({error})")
+
+
+def start(run: Run, threads: int) -> Child | Outcome:
+    """Claim ``run``'s folder and start its child; or the :class:`Outcome` of a run finished
+    earlier, owned by another process, or that cannot be started (its folder unwritable)."""
+    lock = claim_run(run, "not started")
+    if isinstance(lock, Outcome):
+        return lock
     try:
         if run.finished():  # by the process that held it a moment ago
             release(lock)

@@ -17,7 +17,14 @@ import submitit
 
 from icl_lightning.reproduce.lock import claim_folder
 from icl_lightning.reproduce.progress import Outcome, Progress
-from icl_lightning.reproduce.runner import Interrupted, ending, release, set_aside, spawn
+from icl_lightning.reproduce.runner import (
+    Interrupted,
+    claim_run,
+    ending,
+    release,
+    set_aside,
+    spawn,
+)
 from icl_lightning.reproduce.runs import Run, fit_command, interrupted_at, write_done
 from icl_lightning.run_lock import RunLocked
 
@@ -158,14 +165,9 @@ def prepare(run: Run) -> Outcome | None:
     """Ready ``run``'s folder for its job (its earlier unresumable attempt moved aside, its
     config written) while holding its lock, which the job claims again when it starts; None,
     or the :class:`Outcome` of a run finished earlier, owned by another process or unwritable."""
-    if run.finished():
-        return Outcome(run, "skipped", "done earlier, skipped")
-    try:
-        lock = claim_folder(run.directory)
-    except RunLocked as busy:
-        return Outcome(run, "busy", f"not submitted: {busy}")
-    except OSError as error:
-        return Outcome(run, "failed", f"cannot claim its folder ({error})")
+    lock = claim_run(run, "not submitted")
+    if isinstance(lock, Outcome):
+        return lock
     try:
         set_aside(run)
         run.prepare()
