@@ -5,7 +5,15 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, image_tags, read_scalars, run_cli, run_cli_subprocess, tiny_args
+from conftest import (
+    CONFIGS,
+    cpu_validate_args,
+    image_tags,
+    read_scalars,
+    run_cli,
+    run_cli_subprocess,
+    tiny_args,
+)
 
 from icl_lightning.callbacks import DeltaWConvergence, DeltaWEquivalence, FinetuneComparison
 from icl_lightning.data import LinearRegression, seeded_generator
@@ -99,21 +107,18 @@ def test_probes_reject_other_models():
         DeltaWEquivalence().compute(LSA(3), batch)
 
 
-def test_ddp_two_processes_match_one(tmp_path):
-    """Sharding + all-reduce (sums) + all_gather (maxima): 2 gloo processes == 1 process."""
-    config = probes_yaml(tmp_path, dtype="float64", num_tasks=37, batch_size=8)
+def one_and_two_processes_agree(tmp_path, config: str) -> dict[str, float]:
+    """``validate`` with ``config`` and the three probes (float64, 37 tasks in chunks of 8:
+    uneven shares) on 1 CPU process and on 2 (gloo): their ``dw/`` and ``ft/`` scalars (not
+    the ``/compare/`` copies) agree tag for tag; the 1-process scalars."""
+    probes = probes_yaml(tmp_path, dtype="float64", num_tasks=37, batch_size=8)
     scalars = {}
     for devices in (1, 2):
         save_dir = tmp_path / f"devices{devices}"
         args = [
-            "validate",
-            f"--config={CONFIGS / 'contextual_block.yaml'}",
-            f"--config={config}",
-            "--trainer.accelerator=cpu",
-            f"--trainer.devices={devices}",
-            f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={save_dir}",
+            *cpu_validate_args(devices, save_dir),
+            f"--config={CONFIGS / config}",
+            f"--config={probes}",
             "--data.init_args.num_val_tasks=16",
         ]
         if devices == 1:
@@ -125,13 +130,19 @@ def test_ddp_two_processes_match_one(tmp_path):
             for tag, values in read_scalars(save_dir).items()
             if tag.split("/")[0] in ("dw", "ft") and "/compare/" not in tag  # not the copies
         }
-    assert len(scalars[1]) == 5 + 4 + 1 + 2 * N  # equivalence, convergence, finetuning
     assert scalars[1].keys() == scalars[2].keys()
     for tag, value in scalars[1].items():  # TensorBoard keeps float32
         # the max_*_diff are float64 rounding errors (~1e-16): the shares' matrix products
         # have other row counts, so they agree to rounding, not bit for bit
         rounding = 1e-13 if "max_" in tag else 1e-30
         assert math.isclose(scalars[2][tag], value, rel_tol=1e-6, abs_tol=rounding), tag
+    return scalars[1]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    """Sharding + all-reduce (sums) + all_gather (maxima): 2 gloo processes == 1 process."""
+    scalars = one_and_two_processes_agree(tmp_path, "contextual_block.yaml")
+    assert len(scalars) == 5 + 4 + 1 + 2 * N  # equivalence, convergence, finetuning
 
 
 def one_probe_yaml(tmp_path, name: str, **init_args) -> str:
