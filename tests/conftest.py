@@ -86,6 +86,16 @@ def cpu_validate_args(devices: int, save_dir: Path) -> list[str]:
     ]
 
 
+def linear_prompts(B: int, N: int, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``B`` float64 linear-regression prompts (seed 1): ``x ~ N(0, I_d)``, ``y = <w, x>`` with
+    ``w ~ N(0, I_d)`` per prompt; ``(context_x (B, N, d), context_y (B, N), query_x (B, d))``."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, N + 1, d, generator=g, dtype=torch.float64)
+    w = torch.randn(B, d, generator=g, dtype=torch.float64)
+    y = torch.einsum("bnd,bd->bn", x, w)
+    return x[:, :N], y[:, :N], x[:, N]
+
+
 def run_cli(args: list[str]) -> ICLLightningCLI:
     """Run ``icl-lightning <args>`` in this process."""
     return ICLLightningCLI(args=args)

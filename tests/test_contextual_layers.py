@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, read_scalars, run_cli, tiny_args
+from conftest import CONFIGS, linear_prompts, read_scalars, run_cli, tiny_args
 from references import delta_W_sequence, gradient_steps, output_with, token_loss
 from test_delta_w_probes import one_and_two_processes_agree, probes_yaml
 from torch import nn
@@ -58,11 +58,7 @@ def random_model(kind, mlp_skip=False, layer_norm=False, num_blocks=1, residual=
 
 @pytest.fixture
 def prompt():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, N + 1, d, generator=g, dtype=torch.float64)
-    w = torch.randn(B, d, generator=g, dtype=torch.float64)
-    y = torch.einsum("bnd,bd->bn", x, w)
-    return x[:, :N], y[:, :N], x[:, N]
+    return linear_prompts(B, N, d)
 
 
 def reference(layer: ContextualLayer, context, query) -> torch.Tensor:

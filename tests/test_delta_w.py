@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import linear_prompts
 from references import delta_W_sequence, forward_with, gradient_steps, output_with, token_loss
 from torch.func import grad, vmap
 
@@ -38,11 +39,7 @@ def block(request) -> ContextualBlock:
 
 @pytest.fixture
 def prompt():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, N + 1, d, generator=g, dtype=torch.float64)
-    w = torch.randn(B, d, generator=g, dtype=torch.float64)
-    y = torch.einsum("bnd,bd->bn", x, w)
-    return x[:, :N], y[:, :N], x[:, N]
+    return linear_prompts(B, N, d)
 
 
 def A(block, cx, cy, qx, keep=None) -> torch.Tensor:
