@@ -96,7 +96,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = describe_owner(_read_record(fd))
+                owner = describe_owner(_wait_for_record(fd))
                 os.close(fd)
                 raise RunLocked(f"{self.what} is in use by {owner}") from None
             if _same_file(fd, self.path):
@@ -138,6 +138,15 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _wait_for_record(fd: int, seconds: float = 2.0) -> dict | None:
+    """The owner's record in the locked file ``fd``: an owner writes it just after it takes the
+    lock, so an empty file is read again for up to ``seconds`` (None if it stays empty)."""
+    deadline = time.monotonic() + seconds
+    while (record := _read_record(fd)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return record
 
 
 def _read_record(fd: int) -> dict | None:
