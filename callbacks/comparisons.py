@@ -12,18 +12,18 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-#: a tag of a per-index series: ``context/loss_n7``, ``ft/sgd_loss_i3``
-_INDEXED = re.compile(r".*_[ni](\d+)")
+#: a tag of a per-index series: ``context/loss_n7``, ``ft/sgd_loss_i3`` (the index: group 1)
+INDEXED = re.compile(r".*_[ni](\d+)")
 
 
 def thinned(tags: list[str]) -> list[str]:
     """``tags``, except that a series over an index (``loss_n1`` .. ``loss_n20``: the loss after
     n context points) keeps its first, middle and last index: twenty curves against the
     training step are unreadable, and the whole curve over the index is the probe's figure."""
-    indices = [_INDEXED.fullmatch(tag) for tag in tags]
-    if len(tags) <= 3 or not all(indices):
+    matches = [INDEXED.fullmatch(tag) for tag in tags]
+    if len(tags) <= 3 or not all(matches):
         return tags
-    ordered = sorted(tags, key=lambda tag: int(_INDEXED.fullmatch(tag)[1]))
+    ordered = [m[0] for m in sorted(matches, key=lambda m: int(m[1]))]
     return [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
 
 

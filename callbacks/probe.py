@@ -379,8 +379,8 @@ class Probe(Callback):
             return
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-        charts = self.chart_tags()
         for board in tensorboard_loggers(trainer):
+            charts = self.chart_tags()
             self._comparison_runs(board.log_dir).write(self.prefix, charts, scalars, step)
         if self.log_figures and figures:
             self._log_figures(trainer, results, step)

@@ -1,7 +1,5 @@
 """FinalMetrics: the run's key options and final measurements in TensorBoard's hparams tab."""
 
-import re
-
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -9,10 +7,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams
 from typing_extensions import override
 
+from icl_lightning.callbacks.comparisons import INDEXED
 from icl_lightning.loggers import tensorboard_loggers
-
-#: a per-index series (``context/loss_n7``, ``ft/sgd_loss_i3``): a curve, not a final number
-_SERIES = re.compile(r".*_[ni]\d+")
 
 
 def _init_args(options: dict | None) -> dict:
@@ -83,7 +79,7 @@ class FinalMetrics(Callback):
         metrics = {
             name: float(value)
             for name, value in trainer.callback_metrics.items()
-            if value.numel() == 1 and not name.startswith("train/") and not _SERIES.fullmatch(name)
+            if value.numel() == 1 and not name.startswith("train/") and not INDEXED.fullmatch(name)
         }
         if not metrics:
             return
