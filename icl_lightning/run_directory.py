@@ -20,15 +20,13 @@
 - Every output folder must be writable (:func:`~icl_lightning.preflight.check_writable`).
 """
 
-import errno
 import re
-import warnings
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from icl_lightning.preflight import LIGHTNING_CKPT_NAMES, check_writable
-from icl_lightning.run_lock import RunLock, RunLocked
+from icl_lightning.run_lock import RunLock, RunLocked, acquire_where_supported
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 #: loggers whose run directory is ``<save_dir>/<name>/version_<k>``
@@ -37,8 +35,6 @@ VERSIONED_LOGGERS = (TENSORBOARD, "lightning.pytorch.loggers.CSVLogger")
 RUN_FILES = ("events.out.tfevents.*", "metrics.csv", "checkpoints/*.ckpt")
 #: the lock file by which a fit owns its run directory
 LOCK_FILE = ".fit.lock"
-#: what ``flock`` says on a filesystem without locks (Lustre without ``flock``, some NFS)
-NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
 
 
 def resumed_run(ckpt_path: str | None) -> Path | None:
@@ -121,21 +117,18 @@ def claim(run: Path) -> RunLock | None:
     """Own ``run`` for this process's life (:data:`LOCK_FILE`), or raise RunLocked naming
     the process that owns it; a ValueError when ``run`` cannot be written. On a filesystem
     without file locks: None, with a warning (the run goes on unclaimed)."""
+    lock = RunLock(run / LOCK_FILE, what=f"the run directory {run}")
+    unlocked = (
+        "the run is not claimed, so a second fit into it at the same time would not be refused."
+    )
     try:
-        return RunLock(run / LOCK_FILE, what=f"the run directory {run}").acquire()
+        return acquire_where_supported(lock, unlocked)
     except RunLocked as error:
         raise RunLocked(
             f"{error}. One run directory takes one fit at a time: expected that fit to end "
             "first, or another version."
         ) from None
     except OSError as error:
-        if error.errno in NO_LOCKS:
-            warnings.warn(
-                f"{run}: this filesystem has no file locks ({error.strerror}); the run is not "
-                "claimed, so a second fit into it at the same time would not be refused.",
-                stacklevel=2,
-            )
-            return None
         raise ValueError(
             f"the run directory {run} cannot be written ({error.strerror}): expected a folder "
             "this user can write to, on a disk with free space."

@@ -22,12 +22,14 @@ Example::
         lock.release()
 """
 
+import errno
 import fcntl
 import json
 import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -163,3 +165,27 @@ def _same_file(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+#: what ``flock`` says on a filesystem without locks (Lustre mounted without ``flock``, some NFS)
+NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
+
+
+def acquire_where_supported(lock: RunLock, unlocked: str) -> RunLock | None:
+    """``lock.acquire()``, or None with a warning where the filesystem has no file locks (the
+    caller then goes on unlocked); ``unlocked`` says, for the warning, what that leaves open.
+
+    Raises:
+        RunLocked: another live process holds the lock; the message names it.
+        OSError: any other failure to make the lock file (read-only, full disk, ...).
+    """
+    try:
+        return lock.acquire()
+    except OSError as error:
+        if error.errno not in NO_LOCKS:
+            raise
+        warnings.warn(
+            f"{lock.path.parent}: this filesystem has no file locks ({error.strerror}); {unlocked}",
+            stacklevel=3,
+        )
+        return None

@@ -6,15 +6,11 @@ until the child ends: a rerun cannot start a second child in a folder whose chil
 or saves, even after the runner itself was killed.
 """
 
-import errno
-import warnings
 from pathlib import Path
 
-from icl_lightning.run_lock import RunLock
+from icl_lightning.run_lock import RunLock, acquire_where_supported
 
 LOCK_NAME = "runner.lock"
-#: what ``flock`` says on a filesystem without locks (Lustre mounted without ``flock``, some NFS)
-UNSUPPORTED = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
 
 
 def claim_folder(directory: Path) -> RunLock | None:
@@ -27,14 +23,6 @@ def claim_folder(directory: Path) -> RunLock | None:
             the way).
     """
     lock = RunLock(directory / LOCK_NAME, what=f"the run folder {directory}")
-    try:
-        return lock.acquire()
-    except OSError as error:
-        if error.errno not in UNSUPPORTED:
-            raise
-        warnings.warn(
-            f"{lock.path}: this filesystem has no file locks ({error.strerror}); the run "
-            "folder is used unlocked, so two runners on it at once could mix one run.",
-            stacklevel=2,
-        )
-        return None
+    return acquire_where_supported(
+        lock, "the run folder is used unlocked, so two runners on it at once could mix one run."
+    )
