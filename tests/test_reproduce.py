@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
@@ -312,6 +313,21 @@ def test_time_estimate_counts_each_variant_at_its_own_cost():
         assert run.estimated_seconds() == 10 + per_1000 * thousands
     assert Run(token, "shortened", 0, True, Path("logs")).estimated_seconds() == token.quick_seconds
     assert token.variant_seconds["paper"] != token.seconds
+
+
+def test_time_estimate_of_a_resumed_run_counts_only_its_steps_left(tmp_path):
+    """A run whose last.ckpt holds step k costs its seconds per 1,000 steps for the steps left;
+    an unreadable last.ckpt counts as step 0 (the run starts again)."""
+    deep = BY_NAME["lsa_deep"]
+    run = Run(deep, "L2", 0, False, tmp_path)
+    per_1000 = deep.variant_seconds["L2"]
+    assert run.estimated_seconds() == 10 + per_1000 * deep.full_steps / 1000
+    run.checkpoint.parent.mkdir(parents=True)
+    torch.save({"global_step": 40_000}, run.checkpoint)
+    assert run.steps_done() == 40_000
+    assert run.estimated_seconds() == 10 + per_1000 * (deep.full_steps - 40_000) / 1000
+    run.checkpoint.write_bytes(b"cut off by a full disk")
+    assert run.steps_done() == 0
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import pickle
 import shlex
 import sys
 import time
@@ -21,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from icl_lightning.cli import ICLLightningCLI
@@ -97,13 +99,25 @@ class Run:
     def checkpoint(self) -> Path:
         return self.directory / "checkpoints" / "last.ckpt"
 
+    def steps_done(self) -> int:
+        """The step its ``last.ckpt`` was saved at (``global_step``); 0 without one or when it
+        cannot be read (the run then starts again, see :meth:`set_aside`)."""
+        if self.quick or not self.checkpoint.is_file():
+            return 0
+        try:
+            checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            return int(checkpoint.get("global_step", 0))
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            return 0
+
     def estimated_seconds(self) -> float:
-        """Its cost on a 2-core CPU from the experiment's measured seconds (per 1,000 steps, or
-        per quick run)."""
+        """Its cost on a 2-core CPU from the experiment's measured seconds (per 1,000 steps of
+        the ones left after :meth:`steps_done`, or per quick run)."""
         e = self.experiment
         if self.quick:
             return e.quick_seconds
-        return 10 + e.variant_seconds.get(self.variant, e.seconds) * self.steps / 1000
+        left = max(0, self.steps - self.steps_done())
+        return 10 + e.variant_seconds.get(self.variant, e.seconds) * left / 1000
 
     def config(self) -> dict:
         """The experiment's config as the CLI reads it (:func:`resolved_config`: an overlay's
