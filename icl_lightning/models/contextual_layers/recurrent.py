@@ -75,6 +75,10 @@ class ElmanRNN(RecurrentLayer):
     def outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.linear(self.cell(tokens)[0], self.W_out, self.b_out)
 
+    def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``W_out h_T + b_out``: the read-out of the last state alone."""
+        return F.linear(self.cell(tokens)[0][:, -1], self.W_out, self.b_out)
+
 
 class GRU(ElmanRNN):
     """The gated recurrent unit (``nn.GRU``); the options of :class:`ElmanRNN`."""
@@ -89,14 +93,15 @@ class LSTM(ElmanRNN):
 
     def states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h_0..h_N, c_0..c_N)``: h from one fused pass; c from the gates
-        ``[i, f, g, o] = W_ih e^_t + b_ih + W_hh h_{t-1} + b_hh`` by the parallel scan of
-        ``c_t = sigmoid(f_t) c_{t-1} + sigmoid(i_t) tanh(g_t)``."""
+        ``[i, f, g] = W_ih e^_t + b_ih + W_hh h_{t-1} + b_hh`` (the output gate o is not
+        needed) by the scan of ``c_t = sigmoid(f_t) c_{t-1} + sigmoid(i_t) tanh(g_t)``."""
         h = self._scan(tokens)
-        cell = self.cell
-        gates = F.linear(tokens, cell.weight_ih_l0, cell.bias_ih_l0) + F.linear(
-            h[:, :-1], cell.weight_hh_l0, cell.bias_hh_l0
+        cell, ifg = self.cell, slice(0, 3 * self.cell.hidden_size)
+        bias = cell.bias_ih_l0[ifg] + cell.bias_hh_l0[ifg]
+        gates = F.linear(h, cell.weight_hh_l0[ifg])[:, :-1] + F.linear(
+            tokens, cell.weight_ih_l0[ifg], bias
         )
-        i, f, g, _ = gates.chunk(4, dim=-1)
+        i, f, g = gates.chunk(3, dim=-1)
         c = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g))
         return h, torch.cat([self._zeros(tokens), c], 1)
 

@@ -78,11 +78,15 @@ class DiagonalSSM(RecurrentLayer):
         return self._out(linear_scan(*self._inputs(tokens)), tokens)
 
     def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``y_T`` from ``h_T = sum_t Lambda^(T - t) gamma B e^_t`` (one weighted sum, no scan)."""
-        Lambda, b = self._inputs(tokens)
+        """``y_T`` from ``h_T = gamma * sum_t Lambda^(T - t) B e^_t`` with no scan and no
+        ``(B, T, S)`` tensor: ``h_T[s] = gamma_s sum_D B[s, D] M[s, D]``, where
+        ``M[s, D] = sum_t Lambda_s^(T - t) e^_t[D]`` is one product ``(S, T) @ (T, D)`` per
+        prompt."""
         T = tokens.shape[1]
-        powers = torch.arange(T - 1, -1, -1, dtype=b.dtype, device=b.device)
-        h = torch.einsum("bts,ts->bs", b, torch.exp(powers[:, None] * -torch.exp(self.nu)))
+        powers = torch.arange(T - 1, -1, -1, dtype=tokens.dtype, device=tokens.device)
+        Lambda, log_Lambda = torch.exp(-torch.exp(self.nu)), -torch.exp(self.nu)
+        M = torch.exp(log_Lambda[:, None] * powers) @ tokens  # (B, S, D)
+        h = (M * self.B).sum(-1) * torch.sqrt(1 - Lambda**2)  # gamma * (B M)
         return self._out(h, tokens[:, -1])
 
 
@@ -140,11 +144,13 @@ class SelectiveSSM(RecurrentLayer):
         return self._out(linear_scan(a, b), C, tokens)
 
     def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``y_T`` from ``h_T = sum_t exp(sum_{r > t} Delta_r A) * b_t`` (the exponents are
-        <= 0: no overflow; one reverse cumulative sum, no scan)."""
-        Delta = F.softplus(F.linear(tokens, self.W_Delta, self.b_Delta))
-        log_a = -Delta.unsqueeze(-1) * torch.exp(self.A_log)  # (B, T, D, S)
-        later = log_a.flip(1).cumsum(1).flip(1) - log_a  # sum over r > t
+        """``y_T`` from ``h_T[j] = sum_t exp(L_t[j] A[j]) Delta_t[j] e^_t[j] B_t`` with
+        ``L_t = sum_{r > t} Delta_r`` (the exponents are <= 0: no overflow): the suffix sums run
+        over ``(B, T, D)``, then one exponential of ``(B, T, D, S)`` and a weighted sum, no
+        scan."""
+        Delta = F.softplus(F.linear(tokens, self.W_Delta, self.b_Delta))  # (B, T, D)
+        later = F.pad(Delta[:, 1:].flip(1).cumsum(1).flip(1), (0, 0, 0, 1))  # L_t, L_T = 0
+        decay = torch.exp(later.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, D, S)
         b = (Delta * tokens).unsqueeze(-1) * F.linear(tokens, self.W_B).unsqueeze(-2)
-        h = (torch.exp(later) * b).sum(1)  # (B, D, S)
+        h = (decay * b).sum(1)  # (B, D, S)
         return self._out(h, F.linear(tokens[:, -1], self.W_C), tokens[:, -1])
