@@ -10,6 +10,7 @@ from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.models import LSA
 from icl_lightning.theory import (
     best_eta,
+    gd_loss_polynomial,
     gd_lsa_layer,
     gd_lsa_layers,
     gd_plus_plus_lsa_layer,
@@ -149,6 +150,18 @@ def test_searched_eta_minimises_the_L_step_loss(L):
     grid = torch.linspace(0.9 * eta, 1.1 * eta, 401, dtype=F64)
     preds = spectral_predict(*spectral_form(cx, cy, qx), grid, torch.zeros_like(grid), L, 10)
     assert best <= float((0.5 * (qy - preds) ** 2).mean(-1).min()) + 1e-12
+
+
+@pytest.mark.parametrize("L", [2, 3, 5])
+def test_gd_loss_polynomial_is_the_mean_loss_of_L_gd_steps(L):
+    """The polynomial's value at a = eta/N equals the mean query loss of L GD steps written
+    out (naive_gd_predict) to 1e-10, on untrained float64 prompts."""
+    cx, cy, qx, qy = tasks(num=200, seed=20 + L)
+    polynomial = gd_loss_polynomial(*spectral_form(cx, cy, qx), qy, L)
+    assert polynomial.degree() == 2 * L
+    for eta in (0.0, 0.7, 3.1, 9.0):
+        direct = mean_loss(naive_gd_predict(cx, cy, qx, eta, L), qy)
+        assert polynomial(eta / 10) == pytest.approx(direct, rel=1e-10, abs=1e-14)
 
 
 def test_gd_plus_plus_search_beats_gd_and_a_finer_grid():

@@ -22,6 +22,7 @@ from icl_lightning.theory.delta_w import (
 )
 from icl_lightning.theory.gd import (
     best_eta,
+    gd_loss_polynomial,
     gd_lsa_layer,
     gd_lsa_layers,
     gd_plus_plus_lsa_layer,
@@ -48,6 +49,7 @@ __all__ = [
     "best_eta",
     "cosine",
     "gd_lsa_layer",
+    "gd_loss_polynomial",
     "gd_lsa_layers",
     "gd_plus_plus_lsa_layer",
     "gd_plus_plus_predict",

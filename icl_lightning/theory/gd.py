@@ -11,8 +11,10 @@ and key size ``D = d + 1``, laid out as :class:`~icl_lightning.models.LSALayer` 
 ``h_j <- h_j + P sum_i (W_Q h_j . W_K h_i) W_V h_i``.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from icl_lightning.checks import require
@@ -270,14 +272,49 @@ def optimal_eta(context_x, context_y, query_x, query_y, num_steps: int = 1) -> f
     """The GD step size minimising the mean query loss of ``num_steps`` GD steps on these tasks.
 
     One step: :func:`best_eta` (closed form). More steps: the loss is a polynomial of
-    degree 2L in eta; :func:`grid_search` over ``eta in [0, 6N / mean_b lam_max]``.
+    degree 2L in eta (:func:`gd_loss_polynomial`), minimised exactly over
+    ``eta in [0, 6N / mean_b lam_max]``: the least loss among the ends and the real roots of
+    its derivative there.
     """
     if num_steps == 1:
         p = one_step_gd(linear_kernel(context_x, query_x), context_y)
         eta, _ = best_eta(one_step_sums(p, query_y), len(query_y))
         return float(eta)
-    (eta,), _ = _search(context_x, context_y, query_x, query_y, num_steps, plus_plus=False)
-    return eta
+    N = context_x.shape[-2]
+    lam, q, s = spectral_form(*(t.double() for t in (context_x, context_y, query_x)))
+    loss = gd_loss_polynomial(lam, q, s, query_y.double(), num_steps)
+    a_max = 6 / float(lam[:, -1].mean())
+    slope = loss.deriv()
+    candidates = [0.0, a_max] + [
+        float(r.real)
+        for r in slope.roots()
+        if abs(r.imag) <= 1e-9 * max(1.0, abs(r)) and 0 <= r.real <= a_max
+    ]
+    eta = torch.tensor(candidates, dtype=torch.float64) * N
+    pred = spectral_predict(lam, q, s, eta, torch.zeros_like(eta), num_steps, N)
+    return float(eta[prediction_loss(pred, query_y.double()).mean(-1).argmin()])
+
+
+def gd_loss_polynomial(lam, q, s, target, num_steps: int) -> np.polynomial.Polynomial:
+    """The mean query loss of ``num_steps`` GD steps from 0 as a polynomial in ``a = eta/N``,
+    from :func:`spectral_form`.
+
+    GD leaves ``(1 - a lam_k)^L`` of each direction, so
+    ``pred = sum_k q_k s_k (1 - (1 - a lam_k)^L) / lam_k = sum_{m=1..L} c_m a^m`` with
+    ``c_m = (-1)^(m+1) C(L, m) u_{m-1}``, ``u_j = sum_k q_k s_k lam_k^j``. With ``c_0 = -y``
+    and ``G = mean_b c c^T`` the loss ``0.5 mean (pred - y)^2`` has the coefficients
+    ``p_n = 0.5 sum_{i+j=n} G_ij`` (degree 2L).
+    """
+    L = num_steps
+    powers = torch.stack([lam**j for j in range(L)], -1)  # (B, d, L)
+    u = torch.einsum("bk,bkj->bj", q * s, powers)
+    signs = torch.tensor([(-1) ** m * math.comb(L, m + 1) for m in range(L)], dtype=u.dtype)
+    c = torch.cat([-target.reshape(-1, 1), u * signs], -1)
+    G = (c.T @ c / len(c)).numpy()
+    p = np.zeros(2 * L + 1)
+    for i in range(L + 1):
+        p[i : i + L + 1] += 0.5 * G[i]
+    return np.polynomial.Polynomial(p)
 
 
 def optimal_eta_gamma(

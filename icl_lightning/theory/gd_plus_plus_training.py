@@ -56,7 +56,7 @@ Prompts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: the tuner's version: cached step sizes (:mod:`~icl_lightning.theory.tuning_cache`) tuned by
 #: another version are tuned again; raise it with any change that changes the sizes
-TUNER_VERSION = 2
+TUNER_VERSION = 3
 
 #: prompts the shared pair's grid search scores (the polish then uses all tuning prompts)
 GRID_PROMPTS = 2000
@@ -473,10 +473,16 @@ def _fit(
     starts: dict[str, tuple[list[float], list[float]]],
     max_iterations: int,
     early_stopping: bool = False,
+    screen: bool = False,
 ) -> GDPlusPlusFit:
     """Polish starts on ``tuning``; the lowest ``selection`` loss wins.
 
-    Without ``early_stopping``, every start is polished to convergence. With it, the selection
+    Without ``early_stopping`` or ``screen``, every start is polished to convergence. With
+    ``screen`` (population losses, whose tuning loss is itself an unbiased estimate of the
+    population loss) and more than ``FINALISTS`` starts, every start gets
+    ``SHORT_ITERATIONS`` L-BFGS iterations and only the ``FINALISTS`` with the lowest tuning
+    loss then are polished to convergence. With
+    ``early_stopping``, the selection
     prompts (stratified by ``lam_max`` to ``TUNING_PROMPTS``, their tail kept whole) watch
     every iterate: each start gets ``SHORT_ITERATIONS`` L-BFGS iterations first, and only the
     ``FINALISTS`` starts with the lowest watched loss are then polished to convergence; for
@@ -525,20 +531,22 @@ def _fit(
     def rank(fit: GDPlusPlusFit) -> float:  # an early-stopped point must win by a margin
         return fit.selection_loss * (1 + EARLY_MARGIN if fit.early_stopped else 1)
 
-    runs = []  # (name, theta, scale, monitor)
+    runs = []  # (name, theta, scale, monitor, screened loss)
     for name, (etas, gammas) in starts.items():
         theta, scale = coords.theta(etas, gammas), scale_of(gammas)
-        monitor = None
-        if early_stopping:
-            monitor = Monitor()
+        monitor, loss = None, 0.0
+        if early_stopping or (screen and len(starts) > FINALISTS):
+            monitor = Monitor() if early_stopping else None
             theta, loss, _ = _polish(tuning, coords, theta, SHORT_ITERATIONS, scale, monitor, 1, 0)
-            if loss == float("inf") and monitor.best[1] is None:
+            if loss == float("inf") and (monitor is None or monitor.best[1] is None):
                 continue
-        runs.append((name, theta, scale, monitor))
+        runs.append((name, theta, scale, monitor, loss))
     if early_stopping:
         runs = sorted(runs, key=lambda run: run[3].best[0])[:FINALISTS]
+    elif screen and len(starts) > FINALISTS:
+        runs = sorted(runs, key=lambda run: run[4])[:FINALISTS]
     best = None
-    for name, theta, scale, monitor in runs:
+    for name, theta, scale, monitor, _ in runs:
         theta, tuning_loss, _ = _polish(tuning, coords, theta, max_iterations, scale, monitor)
         fits = [] if tuning_loss == float("inf") else [result(theta, name, False)]
         if monitor is not None and monitor.best[1] is not None:
@@ -758,7 +766,10 @@ def _per_layer_fit(
         starts[f"wide {k}"] = pair
     if given is not None:
         starts["given"] = (list(given[0]), list(given[1]))
-    fit = _fit(coords, tuning_loss, selection_loss, starts, max_iterations, early_stopping)
+    fit = _fit(
+        coords, tuning_loss, selection_loss, starts, max_iterations, early_stopping,
+        screen=problem.population,
+    )  # fmt: skip
     return shared if shared.selection_loss < fit.selection_loss else fit
 
 
