@@ -50,36 +50,6 @@ def test_nearest_neighbours_and_averaging_one_prompt_at_a_time():
     assert (nn3[:, 0] == 0).all() and (avg[:, 0] == 0).all()
 
 
-@pytest.mark.parametrize("alpha", [0.3, 0.05])
-def test_lasso_satisfies_the_optimality_conditions_at_every_k(alpha):
-    """KKT of ``1/(2k)|y - Xw|^2 + alpha |w|_1``: ``g = X^T (y - X w) / k`` has ``g_i = alpha
-    sign(w_i)`` where ``w_i != 0`` and ``|g_i| <= alpha`` where ``w_i = 0``. The prediction is
-    ``<w, q>`` for every query, so a solution recovered from d independent queries must satisfy
-    them."""
-    xs, ys, _ = prompts(B=8, K=7, d=3)
-    d = xs.shape[-1]
-    eye = torch.eye(d, dtype=F64)
-    # the lasso's weights at every k: its predictions with the unit vectors as queries
-    w_all = torch.stack([bl.lasso(xs, ys, eye[i].expand_as(xs), alpha) for i in range(d)], -1)
-    for k in range(1, xs.shape[1]):
-        w, X, y = w_all[:, k], xs[:, :k], ys[:, :k]
-        g = (X.mT @ (y - (X @ w[..., None])[..., 0])[..., None])[..., 0] / k
-        active = w != 0
-        assert ((g - alpha * w.sign()).abs() * active).max() < 1e-7
-        assert (g[~active].abs() <= alpha + 1e-7).all()
-
-
-def test_lasso_equals_scikit_learn_where_installed():
-    linear_model = pytest.importorskip("sklearn.linear_model")
-    xs, ys, qs = prompts(B=4, K=8, d=5, seed=3)
-    pred = bl.lasso(xs, ys, qs, 0.05)
-    for b in range(4):
-        for k in range(1, 9):
-            fit = linear_model.Lasso(alpha=0.05, fit_intercept=False, tol=1e-12, max_iter=10**6)
-            fit.fit(xs[b, :k].numpy(), ys[b, :k].numpy())
-            assert abs(float(pred[b, k]) - float(fit.coef_ @ qs[b, k].numpy())) < 1e-7
-
-
 def test_gd_curves_are_gd_and_gd_plus_plus_on_each_prefix():
     xs, ys, qs = prompts()
     etas, gammas = [0.0] + [0.3 + 0.01 * k for k in range(1, 10)], [0.0] + [0.02] * 9

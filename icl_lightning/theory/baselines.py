@@ -13,7 +13,7 @@ loops over k only where each prefix is its own solve: GD, GD++), in float64 insi
 - :func:`nearest_neighbours`: the mean of ``y_j`` over the n points nearest ``q_k``;
 - :func:`averaging`: ``<mean_j y_j x_j, q_k>``;
 - :func:`lasso`: ``argmin_w 1/(2k) |y_k - X_k w|^2 + alpha |w|_1`` (scikit-learn's objective,
-  no intercept), by coordinate descent on all prefixes at once;
+  no intercept), exact by the lasso homotopy on all prefixes at once;
 - :func:`gd_curve`: L steps of paper A's GD / GD++ from 0 with step sizes per k.
 """
 
@@ -148,32 +148,92 @@ def averaging(xs, ys, qs) -> torch.Tensor:
     return (mean * qs.double()).sum(-1).to(xs.dtype)
 
 
-def lasso(xs, ys, qs, alpha: float, max_sweeps: int = 5_000, tol: float = 1e-10) -> torch.Tensor:
-    """``(B, K+1)`` predictions of the lasso fitted on every prefix: scikit-learn's ``Lasso(
-    alpha, fit_intercept=False)`` objective ``1/(2k) |y_k - X_k w|^2 + alpha |w|_1``.
-
-    Cyclic coordinate descent on ``G = X^T X / k`` and ``c = X^T y / k`` (prefix sums), all
-    prefixes at once: ``w_i <- S(c_i - sum_{l != i} G_il w_l, alpha) / G_ii`` with
-    ``S(z, a) = sign(z) max(|z| - a, 0)``, until no coordinate moves more than ``tol`` in a
-    sweep (checked every 10 sweeps).
-    """
-    dtype, (B, K1, d) = xs.dtype, xs.shape
-    xs, ys, qs = xs.double(), ys.double(), qs.double()
-    k = torch.arange(1, K1, device=xs.device, dtype=torch.float64)[:, None]
-    gram = _exclusive_cumsum(xs[:, :, :, None] * xs[:, :, None, :])[:, 1:] / k[..., None]
-    c = _exclusive_cumsum(xs * ys[..., None])[:, 1:] / k
-    diag = gram.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(torch.float64).tiny)
-    w = torch.zeros_like(c)
-    for sweep in range(max_sweeps):
-        before = w.clone() if sweep % 10 == 9 else None
-        for i in range(d):
-            z = c[..., i] - (gram[..., i, :] * w).sum(-1) + diag[..., i] * w[..., i]
-            w[..., i] = z.sign() * (z.abs() - alpha).clamp_min(0) / diag[..., i]
-        if before is not None and float((w - before).abs().max()) <= tol:
-            break
-    pred = torch.zeros(B, K1, dtype=torch.float64, device=xs.device)
-    pred[:, 1:] = (w * qs[:, 1:]).sum(-1)
+def lasso(xs, ys, qs, alpha: float, max_steps: int | None = None) -> torch.Tensor:
+    """``(B, K+1)`` predictions ``<w_k, q_k>`` of the lasso fitted on every prefix
+    (:func:`lasso_weights`; column 0, no points: 0)."""
+    dtype = xs.dtype
+    w = lasso_weights(xs[:, :-1], ys[:, :-1], alpha, max_steps)
+    pred = torch.zeros(xs.shape[:2], dtype=torch.float64, device=xs.device)
+    pred[:, 1:] = (w * qs[:, 1:].double()).sum(-1)
     return pred.to(dtype)
+
+
+def lasso_weights(xs, ys, alpha: float, max_steps: int | None = None) -> torch.Tensor:
+    """``(B, K, d)``: ``w_k = argmin_w 1/(2k) |y_k - X_k w|^2 + alpha |w|_1`` on the first
+    k = 1..K points (scikit-learn's ``Lasso(alpha, fit_intercept=False)`` objective), exact:
+    :func:`_lasso_path` on ``G = X_k^T X_k / k``, ``c = X_k^T y_k / k`` (prefix sums), in at
+    most ``max_steps`` (default 10 d) steps."""
+    B, K, d = xs.shape
+    xs, ys = xs.double(), ys.double()
+    k = torch.arange(1, K + 1, device=xs.device, dtype=torch.float64)[:, None]
+    gram = (xs[:, :, :, None] * xs[:, :, None, :]).cumsum(1) / k[..., None]
+    c = (xs * ys[..., None]).cumsum(1) / k
+    w = _lasso_path(
+        gram.reshape(-1, d, d), c.reshape(-1, d), alpha, 10 * d if max_steps is None else max_steps
+    )
+    return w.reshape(B, K, d)
+
+
+_TIE = 1e-9  # |1 -+ b_j| below this: g_j moves along +-lambda, never joins
+
+
+def _lasso_path(G: torch.Tensor, c: torch.Tensor, alpha: float, max_steps: int) -> torch.Tensor:
+    """``(n, d)`` minimisers of ``w^T G w / 2 - c^T w + alpha |w|_1`` for n problems at once,
+    by the lasso homotopy (LARS with the lasso modification), exact up to rounding.
+
+    Optimality (KKT): ``g = c - G w`` has ``g_A = lambda s_A`` on the active set A (signs
+    ``s``) and ``|g_j| <= lambda`` off it. From ``lambda = max |c|`` (w = 0, A = the argmax) the
+    solution is linear in lambda while A holds: ``w_A = G_AA^-1 (c_A - lambda s_A) = u - lambda
+    v`` and ``g = a + lambda b``. Going down, the next event is the largest lambda where an
+    inactive ``g_j`` reaches ``+-lambda`` from inside (``a_j / (1 - b_j)`` if ``b_j < 1``,
+    ``-a_j / (1 + b_j)`` if ``b_j > -1``: j joins with the sign of ``g_j``) or an active
+    ``w_i`` reaches 0 (``u_i / v_i`` if ``s_i v_i < 0``: i leaves); no event above ``alpha``:
+    ``w = u - alpha v``. Each step solves every unfinished problem's ``G_AA`` (masked:
+    identity off A, one batched solve); finished problems leave the batch. Below d points
+    ``|A| <= k`` (continuous data: the solution is unique).
+    """
+    n, d = c.shape
+    eye = torch.eye(d, dtype=c.dtype, device=c.device)
+    w = torch.zeros_like(c)
+    lam, first = c.abs().max(-1)
+    todo = (lam > alpha).nonzero()[:, 0]
+    G, c, lam, first = G[todo], c[todo], lam[todo], first[todo]
+    active = torch.nn.functional.one_hot(first, d).bool()
+    sign = active * c.sign()
+    for _ in range(max_steps):
+        if not len(todo):
+            break
+        uv = torch.linalg.solve(
+            torch.where(active[:, :, None] & active[:, None, :], G, eye),
+            torch.stack([c * active, sign], -1),
+        )
+        u, v = uv.unbind(-1)
+        Guv = G @ uv
+        a, b = c - Guv[..., 0], Guv[..., 1]
+        # each event's lambda, at most the current one (an inactive g_j already past
+        # +-lambda by rounding joins now); -inf where it cannot happen or where g_j moves
+        # along +-lambda (|b_j| = 1: a column tied with the active ones, degenerate inputs)
+        none = torch.tensor(-torch.inf, dtype=c.dtype, device=c.device)
+        reach_up = torch.where(~active & (b < 1 - _TIE), a / (1 - b), none)
+        reach_down = torch.where(~active & (b > _TIE - 1), -a / (1 + b), none)
+        join = torch.minimum(torch.maximum(reach_up, reach_down), lam[:, None])
+        leave = torch.minimum(torch.where(active & (sign * v < 0), u / v, none), lam[:, None])
+        (join_at, j), (leave_at, i) = join.max(-1), leave.max(-1)
+        lam = torch.maximum(torch.maximum(join_at, leave_at), torch.full_like(lam, alpha))
+        done = lam <= alpha
+        w[todo[done]] = (u - alpha * v)[done]
+        rows = torch.arange(len(todo), device=c.device)
+        joins, leaves = rows[~done & (join_at >= leave_at)], rows[~done & (join_at < leave_at)]
+        active[joins, j[joins]], active[leaves, i[leaves]] = True, False
+        g = a[joins, j[joins]] + lam[joins] * b[joins, j[joins]]
+        sign[joins, j[joins]], sign[leaves, i[leaves]] = g.sign(), 0.0
+        todo, G, c, lam, active, sign = (t[~done] for t in (todo, G, c, lam, active, sign))
+    if len(todo):
+        raise RuntimeError(
+            f"lasso: {len(todo)} problems not solved in max_steps={max_steps} homotopy steps "
+            "(inputs in degenerate position?)"
+        )
+    return w
 
 
 def gd_curve(xs, ys, qs, etas, num_steps: int = 1, gammas=None) -> torch.Tensor:
