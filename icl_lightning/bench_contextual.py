@@ -8,8 +8,9 @@ B's set-up (d = 2, N = 100, batch 64, MLP width 128), over ``--repeats`` interle
   block as ``icl-lightning fit`` builds it without its probes (logging, progress bar,
   checkpoints), side by side; their ratio ``fit / bare`` per round (median printed);
 - the seconds of one measurement of each Delta-W probe (its ``compute`` over 2,048 evaluation
-  tasks in the probe's own chunks) at N = 100, 400 and 1,024: their growth shows the cost is
-  linear in N.
+  tasks in the probe's own chunks) at N = 100, 400 and 1,024, and each kind's ratio to
+  attention's at the same N (measured in the same process, one after the other): their growth
+  shows the cost is linear in N.
 
     icl-benchmark --tables contextual --steps 150 --warmup 20 --repeats 3
 """
@@ -95,12 +96,15 @@ def contextual_table(args, extra: list[str], log) -> tuple[list[str], dict]:
             f"({min(ratios):.3f} - {max(ratios):.3f}) |"
         )
     names = [p.__name__ for p in PROBES]
-    lines += ["", f"Seconds per probe measurement ({TASKS} tasks):", ""]
-    lines += ["| kind | N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += ["", f"Seconds per probe measurement ({TASKS} tasks; in parentheses: / attention's):"]
+    lines += ["", "| kind | N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     seconds = {}
-    for kind in KINDS:
-        for N in PROBE_N:
+    for N in PROBE_N:
+        for kind in KINDS:  # attention first: every kind's ratio to it, side by side
             s = seconds[f"{kind} N={N}"] = probe_seconds(kind, N)
-            lines.append(f"| {kind} | {N} | " + " | ".join(f"{s[n]:.2f}" for n in names) + " |")
+            ratios = {n: s[n] / seconds[f"attention N={N}"][n] for n in names}
+            s |= {f"{n} / attention": ratios[n] for n in names}
+            cells = [f"{s[n]:.2f} ({ratios[n]:.2f}x)" for n in names]
+            lines.append(f"| {kind} | {N} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines, {"runs": runs, "probe_seconds": seconds}

@@ -342,5 +342,6 @@ def test_benchmark_table_of_every_kind(tmp_path, monkeypatch):
     assert set(results["runs"]) == set(bench_contextual.KINDS)
     for kind in bench_contextual.KINDS:
         assert results["runs"][kind]["fit / bare"][0] > 0
-        assert len(results["probe_seconds"][f"{kind} N=10"]) == 3
+        seconds = results["probe_seconds"][f"{kind} N=10"]
+        assert len(seconds) == 6 and seconds["DeltaWEquivalence / attention"] > 0
     assert "| gru | 10 |" in (out / "benchmark.md").read_text()

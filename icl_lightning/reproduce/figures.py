@@ -76,6 +76,11 @@ class ReportFigure:
         """The markdown table that goes with the figure and its values (None: no table)."""
         return None
 
+    def table_variants(self, runs: Mapping[str, Sequence[Scalars]]) -> tuple[str, dict] | None:
+        """For a figure drawn across variants, the markdown table over them that goes with it
+        and its values (None: no table)."""
+        return None
+
     def draw(self, runs: Sequence[Scalars], title: str) -> Figure | None:
         """The figure of ``runs`` (None when no run logged its tags)."""
         curves, xlabel = self.curves(runs)

@@ -95,6 +95,10 @@ def write_report(
         for variant, runs in variants.items():
             sections += variant_section(e, variant, runs, scale, out, results)
         for figure in (f for f in e.figures if f.across_variants):
+            table = figure.table_variants(variants)
+            if table is not None:
+                results[e.name][figure.file] = table[1]
+                sections.append(table[0])
             drawn = figure.draw_variants(variants, figure.title)
             if drawn is None:
                 sections.append(f"(no `{figure.tag}` logged)\n")

@@ -135,7 +135,11 @@ class Run:
             "trainer.enable_progress_bar": False,  # the runner shows progress over runs
         }
         probes = {path: value for path, value in changes.items() if path.startswith("callbacks.")}
-        options = [f"--{path}={json.dumps(v)}" for path, v in changes.items() if path not in probes]
+        options = [  # a string as it is: the CLI keeps the quotes of a JSON string
+            f"--{path}={v if isinstance(v, str) else json.dumps(v)}"
+            for path, v in changes.items()
+            if path not in probes
+        ]
         try:
             config = resolved_config(ROOT / e.config, options)
             for path, value in probes.items():
