@@ -15,8 +15,9 @@ settings); each GD++ also through its LSA construction with the experiment's act
 (paper A's notebook: 10 when L > 3), side by side with the unclipped one. With ``--runs``, the
 final checkpoint of every run ``<runs>/<variant>/seed<k>/`` is scored on the same test set, in
 float64, with its own clip (``model.clip``); the table's ± is over the trained model's seeds
-only: the baselines are one set of sizes on one test set. ``--from-json`` rebuilds the table
-and the figure (median and mean against L) from earlier ``--out`` files::
+only: the baselines are one set of sizes on one test set. Runs whose last checkpoint is short
+of their ``max_steps`` (still training) are named and skipped. ``--from-json`` rebuilds the
+table and the figure (median and mean against L) from earlier ``--out`` files::
 
     python scripts/deep_baselines.py --layers 2 3 4 5 --out docs/data/deep_baselines.json \
         --figure docs/figures/paper_a_deep_vs_L.png
@@ -136,6 +137,16 @@ def baselines(
         tuning_seconds=seconds[L],
     )
     return rows
+
+
+def finished(run: Path) -> bool:
+    """Whether ``run``'s last checkpoint is at its config's ``trainer.max_steps``; an unfinished
+    run (still training, or stopped) is named on stderr and not scored."""
+    steps = torch.load(run / LAST, map_location="cpu", weights_only=False)["global_step"]
+    planned = yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"]
+    if steps < planned:
+        print(f"not scored: {run} is at step {steps} of {planned}", file=sys.stderr)
+    return steps >= planned
 
 
 def trained_losses(run: Path, prompts) -> tuple[int, float, torch.Tensor]:
@@ -271,6 +282,9 @@ def main() -> None:
         runs = sorted(d for d in args.runs.glob("*/seed*") if (d / LAST).is_file())
         if not runs:
             p.error(f"--runs {args.runs}: no <variant>/seed<k>/checkpoints/last.ckpt below it")
+        runs = [run for run in runs if finished(run)]
+        if not runs:
+            p.error(f"--runs {args.runs}: no run below it has trained to its max_steps")
     numbers: dict = {"baselines": {}, "trained": {}}
     for path in args.from_json or []:
         earlier = json.loads(path.read_text())

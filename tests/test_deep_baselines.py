@@ -62,6 +62,26 @@ def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
     assert again.returncode == 0 and again.stdout == proc.stdout
 
 
+def test_a_run_short_of_its_max_steps_is_named_and_not_scored(tmp_path):
+    """A run still training (its last.ckpt before max_steps) is not scored: the script says so,
+    and with no finished run it is a usage error naming --runs."""
+    run_cli(
+        [
+            "fit",
+            f"--config={CONFIGS / 'lsa_deep.yaml'}",
+            *tiny_args(tmp_path / "runs", steps=3),
+            "--trainer.logger.init_args.name=L2",
+            "--trainer.logger.init_args.version=seed0",
+            "--trainer.callbacks=[]",
+        ]
+    )
+    config = tmp_path / "runs" / "L2" / "seed0" / "config.yaml"
+    config.write_text(config.read_text().replace("max_steps: 3", "max_steps: 50000"))
+    proc = deep_baselines("--runs", "runs", "--test-tasks", 100, cwd=tmp_path)
+    assert proc.returncode == 2 and "--runs" in proc.stderr
+    assert "seed0 is at step 3 of 50000" in proc.stderr
+
+
 def test_gd_plus_plus_with_a_clip_is_its_lsa_construction_clamped():
     spec = importlib.util.spec_from_file_location("deep_baselines", SCRIPT)
     script = importlib.util.module_from_spec(spec)
