@@ -188,8 +188,9 @@ def _lasso_path(G: torch.Tensor, c: torch.Tensor, alpha: float, max_steps: int) 
     inactive ``g_j`` reaches ``+-lambda`` from inside (``a_j / (1 - b_j)`` if ``b_j < 1``,
     ``-a_j / (1 + b_j)`` if ``b_j > -1``: j joins with the sign of ``g_j``) or an active
     ``w_i`` reaches 0 (``u_i / v_i`` if ``s_i v_i < 0``: i leaves); no event above ``alpha``:
-    ``w = u - alpha v``. Each step solves every unfinished problem's ``G_AA`` (masked:
-    identity off A, one batched solve); finished problems leave the batch. Below d points
+    ``w = u - alpha v``. Each step solves every unfinished problem's ``G_AA`` (identity off
+    A; one row and column change a step; one batched solve); finished problems leave the
+    batch once they are a quarter of it. Below d points
     ``|A| <= k`` (continuous data: the solution is unique).
     """
     n, d = c.shape
@@ -200,13 +201,11 @@ def _lasso_path(G: torch.Tensor, c: torch.Tensor, alpha: float, max_steps: int) 
     G, c, lam, first = G[todo], c[todo], lam[todo], first[todo]
     active = torch.nn.functional.one_hot(first, d).bool()
     sign = active * c.sign()
+    M = torch.where(active[:, :, None] & active[:, None, :], G, eye)  # G_AA, identity off A
     for _ in range(max_steps):
         if not len(todo):
             break
-        uv = torch.linalg.solve(
-            torch.where(active[:, :, None] & active[:, None, :], G, eye),
-            torch.stack([c * active, sign], -1),
-        )
+        uv = torch.linalg.solve(M, torch.stack([c * active, sign], -1))
         u, v = uv.unbind(-1)
         Guv = G @ uv
         a, b = c - Guv[..., 0], Guv[..., 1]
@@ -225,13 +224,19 @@ def _lasso_path(G: torch.Tensor, c: torch.Tensor, alpha: float, max_steps: int) 
         rows = torch.arange(len(todo), device=c.device)
         joins, leaves = rows[~done & (join_at >= leave_at)], rows[~done & (join_at < leave_at)]
         active[joins, j[joins]], active[leaves, i[leaves]] = True, False
+        row = G[joins, j[joins]] * active[joins]
+        M[joins, j[joins]], M[joins, :, j[joins]] = row, row
+        M[leaves, i[leaves]], M[leaves, :, i[leaves]] = eye[i[leaves]], eye[i[leaves]]
         g = a[joins, j[joins]] + lam[joins] * b[joins, j[joins]]
         sign[joins, j[joins]], sign[leaves, i[leaves]] = g.sign(), 0.0
-        todo, G, c, lam, active, sign = (t[~done] for t in (todo, G, c, lam, active, sign))
+        if 4 * int(done.sum()) >= len(done):  # finished problems stay as they are till then
+            todo, G, M, c, lam, active, sign = (
+                t[~done] for t in (todo, G, M, c, lam, active, sign)
+            )
     if len(todo):
         raise RuntimeError(
-            f"lasso: {len(todo)} problems not solved in max_steps={max_steps} homotopy steps "
-            "(inputs in degenerate position?)"
+            f"lasso: not every prompt and prefix solved in max_steps={max_steps} homotopy "
+            "steps (inputs in degenerate position?)"
         )
     return w
 
