@@ -379,8 +379,8 @@ CONTEXTUAL_KINDS = Experiment(
     },
     checks=(
         Check(
-            "max |T_W(C,x) - T_{W+dW}(x)| (float32)",
-            "dw/max_abs_diff",
+            "max |T_W(C,x) - T_{W+dW}(x)| / rms (float32)",
+            "dw/max_rel_diff",
             f"{PAPER_B}, Theorem 2.2: equal (exact) for any contextual layer",
             EXACT,
         ),

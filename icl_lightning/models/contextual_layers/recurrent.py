@@ -97,10 +97,9 @@ class LSTM(ElmanRNN):
         needed) by the scan of ``c_t = sigmoid(f_t) c_{t-1} + sigmoid(i_t) tanh(g_t)``."""
         h = self._scan(tokens)
         cell, ifg = self.cell, slice(0, 3 * self.cell.hidden_size)
+        weight = torch.cat([cell.weight_ih_l0[ifg], cell.weight_hh_l0[ifg]], 1)  # one product
         bias = cell.bias_ih_l0[ifg] + cell.bias_hh_l0[ifg]
-        gates = F.linear(h, cell.weight_hh_l0[ifg])[:, :-1] + F.linear(
-            tokens, cell.weight_ih_l0[ifg], bias
-        )
+        gates = F.linear(torch.cat([tokens, h[:, :-1]], -1), weight, bias)
         i, f, g = gates.chunk(3, dim=-1)
         c = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g))
         return h, torch.cat([self._zeros(tokens), c], 1)

@@ -144,13 +144,15 @@ class SelectiveSSM(RecurrentLayer):
         return self._out(linear_scan(a, b), C, tokens)
 
     def last_output(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``y_T`` from ``h_T[j] = sum_t exp(L_t[j] A[j]) Delta_t[j] e^_t[j] B_t`` with
+        """``y_T`` from ``h_T[j] = sum_t exp(L_t[j] A[j]) B_t Delta_t[j] e^_t[j]`` with
         ``L_t = sum_{r > t} Delta_r`` (the exponents are <= 0: no overflow): the suffix sums run
-        over ``(B, T, D)``, then one exponential of ``(B, T, D, S)`` and a weighted sum, no
-        scan."""
+        over ``(B, T, D)``, then per prompt and channel j one exponential of ``(S, T)``, times
+        ``B_t``, applied to the vector ``Delta_t[j] e^_t[j]`` over t (no scan)."""
         Delta = F.softplus(F.linear(tokens, self.W_Delta, self.b_Delta))  # (B, T, D)
         later = F.pad(Delta[:, 1:].flip(1).cumsum(1).flip(1), (0, 0, 0, 1))  # L_t, L_T = 0
-        decay = torch.exp(later.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, D, S)
-        b = (Delta * tokens).unsqueeze(-1) * F.linear(tokens, self.W_B).unsqueeze(-2)
-        h = (decay * b).sum(1)  # (B, D, S)
+        A = -torch.exp(self.A_log).unsqueeze(-1)  # (D, S, 1)
+        decay = torch.mul(later.transpose(1, 2).unsqueeze(2), A).exp_()  # (B, D, S, T)
+        B_t = F.linear(tokens, self.W_B).transpose(1, 2).unsqueeze(1)  # (B, 1, S, T)
+        u = (Delta * tokens).transpose(1, 2).unsqueeze(-1)  # (B, D, T, 1)
+        h = ((decay * B_t) @ u).squeeze(-1)  # (B, D, S)
         return self._out(h, F.linear(tokens[:, -1], self.W_C), tokens[:, -1])
