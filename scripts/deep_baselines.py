@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import yaml
@@ -158,7 +159,8 @@ def trained_losses(run: Path, prompts) -> tuple[int, float, torch.Tensor]:
     for option in ("ckpt_path", "weights_only"):
         config.pop(option, None)
     args = [f"--config={json.dumps(config)}", "--trainer.logger=false", "--trainer.callbacks=[]"]
-    with contextlib.redirect_stdout(sys.stderr):
+    # sys.argv is this script's: LightningCLI would warn that it sees both
+    with contextlib.redirect_stdout(sys.stderr), mock.patch.object(sys, "argv", sys.argv[:1]):
         cli = ICLLightningCLI(args=args, run=False)
     state = torch.load(run / LAST, map_location="cpu", weights_only=False)["state_dict"]
     cli.model.load_state_dict(state)

@@ -41,6 +41,7 @@ def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
         "--figure", "deep.png", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "args parameter" not in proc.stderr  # no LightningCLI warning about sys.argv
     numbers = json.loads((tmp_path / "deep.json").read_text())
     assert numbers["test_set"] == {"count": 3000, "key": [0, 3]}
     assert numbers["tuning_set"]["key"] != numbers["selection_set"]["key"] != [0, 3]
