@@ -190,10 +190,10 @@ def _lasso_path(G: torch.Tensor, c: torch.Tensor, alpha: float, max_steps: int) 
     ``w_i`` reaches 0 (``u_i / v_i`` if ``s_i v_i < 0``: i leaves); no event above ``alpha``:
     ``w = u - alpha v``. Each step solves every unfinished problem's ``G_AA`` (identity off
     A; one row and column change a step; one batched solve); finished problems leave the
-    batch once they are a quarter of it. Below d points
-    ``|A| <= k`` (continuous data: the solution is unique).
+    batch once they are a quarter of it. Below d points ``|A| <= k`` (continuous data: the
+    solution is unique).
     """
-    n, d = c.shape
+    d = c.shape[-1]
     eye = torch.eye(d, dtype=c.dtype, device=c.device)
     w = torch.zeros_like(c)
     lam, first = c.abs().max(-1)
