@@ -389,7 +389,7 @@ CONTEXTUAL_KINDS = Experiment(
     figures=(
         KindsTable(
             "kinds_updates",
-            "Paper B, Fig. 2 for every kind: ||dW_{i+1} - dW_i|| over its first, at the largest N",
+            "Paper B, Fig. 2 for every kind: ||dW_{i+1} - dW_i|| / the first",
             ylabel="over the first update",
         ),
     ),

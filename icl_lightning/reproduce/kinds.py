@@ -176,9 +176,10 @@ class KindsTable(ReportFigure):
         return "\n".join(lines) + note, rows
 
     def draw_variants(self, runs: Mapping[str, Sequence[Scalars]], title: str) -> Figure | None:
+        """``tag`` over i, divided by its first value, for the variants at the largest N."""
         curves: dict[str, Curve] = {}
         for variant, seeds in runs.items():
-            curve = final_values(seeds, f"{self.tag}", int) if seeds else None
+            curve = final_values(seeds, self.tag, int)
             if curve is not None and curve.mean[0] > 0:
                 first = curve.mean[0]
                 mean, std = ([x / first for x in v] for v in (curve.mean, curve.std))
@@ -187,5 +188,4 @@ class KindsTable(ReportFigure):
             return None
         longest = max(len(c.steps) for c in curves.values())
         curves = {v: c for v, c in curves.items() if len(c.steps) == longest}
-        xlabel = "context index i"
-        return band_figure(curves, xlabel, "over the first update", title, logy=True)
+        return band_figure(curves, "context index i", self.ylabel, title, self.logy)

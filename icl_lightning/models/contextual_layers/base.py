@@ -94,7 +94,7 @@ class RecurrentLayer(ContextualLayer):
         A(c_1..c_i, x) = LN_2(e_q + out(step(h_i, e^_q), e^_q))
 
     A subclass defines :meth:`states` (``h_0..h_N`` from one scan over C: a fused torch module
-    or a parallel scan), :meth:`read` (one step from a batch of states on a token, then
+    or a chunked scan), :meth:`read` (one step from a batch of states on a token, then
     ``out``) and :meth:`outputs` (``out`` after every token of a sequence, one fused pass).
     Context token i of a stack reads ``A(c_1..c_{i-1}, c_i)``, the recurrence's own output.
     """

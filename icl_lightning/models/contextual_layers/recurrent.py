@@ -10,7 +10,7 @@ With normalised tokens ``e^ = LN_1(e)`` and the state ``h_t`` of size S from ``h
 so ``A(C, x)`` is one fused pass over ``[c_1, ..., c_N, x]`` read at its last token, and the
 prefix outputs come from one fused pass over C (every ``h_i``) and one fused step of all N + 1
 states on x. nn.LSTM returns only ``h_t`` at every t; ``c_t`` follows exactly from the gates at
-the known ``h_{t-1}`` by a parallel scan of ``c_t = f_t c_{t-1} + i_t g_t``.
+the known ``h_{t-1}`` by a chunked scan of ``c_t = f_t c_{t-1} + i_t g_t``.
 """
 
 import torch
