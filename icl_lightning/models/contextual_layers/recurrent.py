@@ -8,9 +8,10 @@ With normalised tokens ``e^ = LN_1(e)`` and the state ``h_t`` of size S from ``h
     a(c_1..c_i, x) = W_out h' + b_out,   h' = step(h_i, e^_q)                 (read at the query)
 
 so ``A(C, x)`` is one fused pass over ``[c_1, ..., c_N, x]`` read at its last token, and the
-prefix outputs come from one fused pass over C (every ``h_i``) and one fused step of all N + 1
-states on x. nn.LSTM returns only ``h_t`` at every t; ``c_t`` follows exactly from the gates at
-the known ``h_{t-1}`` by a chunked scan of ``c_t = f_t c_{t-1} + i_t g_t``.
+prefix outputs come from one fused pass over C (every ``h_i``) and one step of all N + 1 states
+on x (the LSTM's fused; the RNN's and GRU's written out, with the input's part once per
+prompt). nn.LSTM returns only ``h_t`` at every t; ``c_t`` follows exactly from the gates at the
+known ``h_{t-1}`` by a chunked scan of ``c_t = f_t c_{t-1} + i_t g_t``.
 """
 
 import torch
@@ -63,11 +64,18 @@ class ElmanRNN(RecurrentLayer):
     def states(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._scan(tokens)
 
+    def _gates(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``(W_hh h + b_hh, W_ih e^ + b_ih)`` of the cell for states ``(B, T, S)`` and tokens
+        ``(B, 1, D)``: the input's part once per prompt, not once per state."""
+        cell = self.cell
+        hidden = F.linear(states, cell.weight_hh_l0, cell.bias_hh_l0)
+        return hidden, F.linear(tokens, cell.weight_ih_l0, cell.bias_ih_l0)
+
     def _step(self, states, tokens: torch.Tensor) -> torch.Tensor:
-        """``h' = step(h, e^)`` ``(B, T, S)`` for every state: one fused step of B T states."""
-        B, T, S = states.shape
-        u = tokens.expand(B, T, -1).reshape(B * T, 1, -1)
-        return self.cell(u, states.reshape(1, B * T, S))[0].reshape(B, T, S)
+        """``h' = tanh(W_ih e^ + b_ih + W_hh h + b_hh)`` ``(B, T, S)`` for every state h (nn.RNN's
+        step, written out: the input's part is shared by a prompt's T states)."""
+        hidden, inputs = self._gates(states, tokens)
+        return torch.tanh(hidden + inputs)
 
     def read(self, states, tokens: torch.Tensor) -> torch.Tensor:
         return F.linear(self._step(states, tokens), self.W_out, self.b_out)
@@ -84,6 +92,17 @@ class GRU(ElmanRNN):
     """The gated recurrent unit (``nn.GRU``); the options of :class:`ElmanRNN`."""
 
     module = nn.GRU
+
+    def _step(self, states, tokens: torch.Tensor) -> torch.Tensor:
+        """nn.GRU's step, written out for every state h (the input's part shared as in
+        :meth:`ElmanRNN._step`): with gates ``[r, z, n]`` of ``W_ih e^ + b_ih`` (x) and of
+        ``W_hh h + b_hh`` (y), ``r, z = sigmoid(x_rz + y_rz)``, ``n = tanh(x_n + r y_n)``,
+        ``h' = (1 - z) n + z h``."""
+        y, x = self._gates(states, tokens)
+        S = states.shape[-1]
+        r, z = torch.sigmoid(x[..., : 2 * S] + y[..., : 2 * S]).chunk(2, dim=-1)
+        n = torch.tanh(torch.addcmul(x[..., 2 * S :], r, y[..., 2 * S :]))
+        return torch.lerp(n, states, z)  # n + z (h - n)
 
 
 class LSTM(ElmanRNN):
@@ -105,6 +124,9 @@ class LSTM(ElmanRNN):
         return h, torch.cat([self._zeros(tokens), c], 1)
 
     def _step(self, states, tokens: torch.Tensor) -> torch.Tensor:
+        """``h' = step((h, c), e^)`` ``(B, T, S)``: one fused step of the B T states (torch's
+        LSTM kernel is faster than the step written out, although it repeats the input's
+        part for every state)."""
         h, c = states
         B, T, S = h.shape
         u = tokens.expand(B, T, -1).reshape(B * T, 1, -1)
