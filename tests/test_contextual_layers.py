@@ -128,16 +128,17 @@ def test_the_three_readings_equal_the_token_loop(kind, layer_norm, residual, pro
 
 
 def test_linear_scan_and_the_lstm_cell_states():
+    """The chunked scan equals the loop for lengths with and without a tail after the chunks,
+    with a per-token and a time-invariant (broadcast) ``a``; the LSTM's c from it."""
     g = torch.Generator().manual_seed(0)
-    a, b = (
-        torch.rand(3, 37, 4, generator=g, dtype=torch.float64),
-        torch.randn(3, 37, 4, generator=g, dtype=torch.float64),
-    )
-    h, loop = torch.zeros(3, 4, dtype=torch.float64), []
-    for t in range(37):
-        h = a[:, t] * h + b[:, t]
-        loop.append(h)
-    assert (linear_scan(a, b) - torch.stack(loop, 1)).abs().max() < 1e-13
+    for T, a_shape in [(1, (3, 1, 4)), (2, (4,)), (16, (3, 16, 4)), (37, (3, 37, 4)), (37, (4,))]:
+        a = torch.rand(*a_shape, generator=g, dtype=torch.float64)
+        b = torch.randn(3, T, 4, generator=g, dtype=torch.float64)
+        h, loop = torch.zeros(3, 4, dtype=torch.float64), []
+        for t in range(T):
+            h = a.expand_as(b)[:, t] * h + b[:, t]
+            loop.append(h)
+        assert (linear_scan(a, b) - torch.stack(loop, 1)).abs().max() < 1e-13
     layer = random_model("lstm").layers(1)[0]
     tokens = torch.randn(3, 9, d + 1, generator=g, dtype=torch.float64)
     (h_T, c_T) = layer.cell(tokens)[1]
