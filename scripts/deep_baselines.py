@@ -47,6 +47,7 @@ from icl_lightning.theory.robust_stats import compare, summarize
 D = N = 10
 LAST = Path("checkpoints/last.ckpt")
 CHUNK = 50_000
+SETS = ("test_set", "tuning_set", "selection_set")
 OFFICIAL = Path(__file__).parents[1] / "docs/data/gd_plus_plus_official.json"
 
 
@@ -293,13 +294,21 @@ def main() -> None:
         for part in ("baselines", "trained"):
             for key, value in earlier.get(part, {}).items():
                 numbers[part].setdefault(key, {}).update(value)
+        for key in SETS:  # the prompt sets: every file must have scored on the same ones
+            if key in earlier and numbers.setdefault(key, earlier[key]) != earlier[key]:
+                p.error(f"--from-json {path}: its {key} {earlier[key]} differs from the others'")
     if args.layers or runs:
+        sets = {
+            "test_set": {"count": args.test_tasks, "key": [args.test_seed, 3]},
+            "tuning_set": {"count": args.tuning_tasks, "key": [0, 1]},
+            "selection_set": {"key": [0, 2]},
+        }
+        for key, value in sets.items():
+            if numbers.setdefault(key, value) != value:
+                p.error(f"--from-json: its {key} {numbers[key]} is not this scoring's {value}")
         prompts = test_set(args.test_tasks, args.test_seed)
         spectral = spectral_forms(prompts)
         official = json.loads(args.official.read_text())
-        numbers["test_set"] = {"count": args.test_tasks, "key": [args.test_seed, 3]}
-        numbers["tuning_set"] = {"count": args.tuning_tasks, "key": [0, 1]}
-        numbers["selection_set"] = {"key": [0, 2]}
         seconds: dict[int, float] = {}
         depths = set(args.layers or [])
         trained = {run: trained_losses(run, prompts) for run in runs}

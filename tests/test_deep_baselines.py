@@ -59,8 +59,14 @@ def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
     assert trained["versus"]["GD"] == "higher"  # 3 steps of training: not yet GD
     assert "| 2 | GD | " in proc.stdout and "| L2 | 1 |" in proc.stdout
     assert (tmp_path / "deep.png").stat().st_size > 0
-    again = deep_baselines("--from-json", "deep.json", cwd=tmp_path)
+    again = deep_baselines("--from-json", "deep.json", "--out", "merged.json", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout == proc.stdout
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged == numbers  # the prompt sets' record comes along
+    other = dict(numbers, test_set={"count": 10, "key": [1, 3]})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    mixed = deep_baselines("--from-json", "deep.json", "other.json", cwd=tmp_path)
+    assert mixed.returncode == 2 and "other.json" in mixed.stderr and "test_set" in mixed.stderr
 
 
 def test_a_run_short_of_its_max_steps_is_named_and_not_scored(tmp_path):
