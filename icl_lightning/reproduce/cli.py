@@ -53,7 +53,8 @@ def parser_for(experiments: Sequence[Experiment], prog: str | None) -> argparse.
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--quick", action="store_true", help="reduced size, <= 15 min on 2 cores")
+    quick = "reduced size: every experiment runs, in minutes (the estimate is printed first)"
+    add("--quick", action="store_true", help=quick)
     add("--seeds", type=int, default=3, help="seeds per run (default 3)")
     add("--only", nargs="+", choices=names, metavar="NAME", help=str(names))
     add("--max-steps", type=int, metavar="K", help="stop each full-scale run at K steps")
