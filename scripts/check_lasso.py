@@ -13,7 +13,8 @@ point k + 1), one thread:
   against scikit-learn at ``tol=1e-12`` on the first 8 prompts;
 - ``--timing``: 1,024 float32 prompts (d = 20, 3 non-zero weights, N = 40): CPU seconds of
   ours and of the coordinate descent it replaced (``--old-commit``'s ``baselines.lasso``,
-  read with ``git show``), side by side in this process, and how far the old curve was.
+  read with ``git show``), side by side in this process, and how far the old curve (loss / d
+  at each k) and predictions were.
 
     python scripts/check_lasso.py --sklearn --timing \\
         --garg-python .venv-garg/bin/python --garg-ref GARGREF/src
@@ -124,16 +125,16 @@ def timing(old_commit: str) -> None:
         return (pred.double() - p.ys.double()).square().mean(0) / p.xs.shape[-1]
 
     for alpha in [0.1, 0.01, 0.001]:
-        seconds, curves = {}, {}
+        seconds, preds = {}, {}
         for name, lasso in [("ours", bl.lasso), ("old", old.lasso)]:
             start = time.process_time()
-            pred = lasso(p.xs, p.ys, p.qs, alpha)
+            preds[name] = lasso(p.xs, p.ys, p.qs, alpha)
             seconds[name] = time.process_time() - start
-            curves[name] = curve(pred)
-        gap = float((curves["old"] - curves["ours"]).abs().max())
+        gap = float((curve(preds["old"]) - curve(preds["ours"])).abs().max())
         print(
             f"timing, alpha {alpha}: ours {seconds['ours']:.2f} s CPU, old {seconds['old']:.1f} s "
-            f"CPU ({seconds['old'] / seconds['ours']:.0f}x); old curve off by {gap:.2g}"
+            f"CPU ({seconds['old'] / seconds['ours']:.0f}x); old curve off by {gap:.2g}, old "
+            f"predictions by {float((preds['old'] - preds['ours']).abs().max()):.2g}"
         )
 
 
