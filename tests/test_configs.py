@@ -111,6 +111,35 @@ def test_default_optimizer_is_the_modules_own_and_one_option_changes_one_value(t
     assert ours == {**modules, "lr": 5e-4}
 
 
+def test_adam_left_to_choose_runs_fused_on_the_cpu_and_updates_as_the_loop_does(tmp_path):
+    """The CLI's AdamW on CPU parameters runs torch's fused kernel unless the options choose
+    ``fused`` or ``foreach``; its update equals the per-parameter loop's (float32 rounding)."""
+
+    def optimizer(*extra: str) -> torch.optim.Optimizer:
+        args = ["--config", str(CONFIGS / "lsa_deep.yaml"), "--trainer.logger=false", *extra]
+        cli = ICLLightningCLI(args=[*args, f"--trainer.default_root_dir={tmp_path}"], run=False)
+        return cli.model.configure_optimizers()
+
+    fused = optimizer()
+    assert [group["fused"] for group in fused.param_groups] == [True]
+    for chosen in ("--optimizer.init_args.foreach=false", "--optimizer.init_args.fused=false"):
+        assert not optimizer(chosen).param_groups[0]["fused"]
+    sgd = optimizer("--optimizer=torch.optim.SGD", "--optimizer.init_args.lr=0.1")
+    assert "fused" not in sgd.param_groups[0] or not sgd.param_groups[0]["fused"]
+    looped = optimizer("--optimizer.init_args.foreach=false")
+    for opt in (fused, looped):
+        torch.manual_seed(0)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for p in params:
+            p.data.copy_(torch.randn_like(p))
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.sin(p.detach() * 3)
+            opt.step()
+    for a, b in zip(fused.param_groups[0]["params"], looped.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_console_script_names_the_run_without_lightnings_two_arguments_warning(tmp_path):
     """``python -m icl_lightning`` reads its options from ``sys.argv``: the run's name is added
     there, so LightningCLI is not handed a second argument list (it would warn about both)."""
