@@ -328,23 +328,20 @@ def optimal_eta_gamma(
     """
     if num_steps == 1:
         return optimal_eta(context_x, context_y, query_x, query_y), 0.0
-    (eta, gamma), _ = _search(context_x, context_y, query_x, query_y, num_steps, plus_plus=True)
+    (eta, gamma), _ = _search_plus_plus(context_x, context_y, query_x, query_y, num_steps)
     return eta, gamma
 
 
-def _search(context_x, context_y, query_x, query_y, num_steps, plus_plus):
+def _search_plus_plus(context_x, context_y, query_x, query_y, num_steps):
+    """:func:`grid_search` of GD++'s shared ``(eta, gamma)`` on the spectral form."""
     N = context_x.shape[-2]
     x64 = [t.double() for t in (context_x, context_y, query_x)]
     lam, q, s = spectral_form(*x64)
     target = query_y.double()
     scale = float(lam[:, -1].mean())
 
-    def loss(eta, gamma=None):
-        eta = eta.to(lam.device)
-        gamma = torch.zeros_like(eta) if gamma is None else gamma.to(lam.device)
-        pred = spectral_predict(lam, q, s, eta, gamma, num_steps, N)
+    def loss(eta, gamma):
+        pred = spectral_predict(lam, q, s, eta.to(lam.device), gamma.to(lam.device), num_steps, N)
         return prediction_loss(pred, target).mean(-1)
 
-    if plus_plus:
-        return grid_search(loss, [0.0, 0.0], [6 * N / scale, 1 / scale], num=10, rounds=6)
-    return grid_search(loss, [0.0], [6 * N / scale], num=32)
+    return grid_search(loss, [0.0, 0.0], [6 * N / scale, 1 / scale], num=10, rounds=6)

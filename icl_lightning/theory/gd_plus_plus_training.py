@@ -481,9 +481,8 @@ def _fit(
     ``screen`` (population losses, whose tuning loss is itself an unbiased estimate of the
     population loss) and more than ``FINALISTS`` starts, every start gets
     ``SHORT_ITERATIONS`` L-BFGS iterations and only the ``FINALISTS`` with the lowest tuning
-    loss then are polished to convergence. With
-    ``early_stopping``, the selection
-    prompts (stratified by ``lam_max`` to ``TUNING_PROMPTS``, their tail kept whole) watch
+    loss then are polished to convergence. With ``early_stopping``, the selection prompts
+    (stratified by ``lam_max`` to ``TUNING_PROMPTS``, their tail kept whole) watch
     every iterate: each start gets ``SHORT_ITERATIONS`` L-BFGS iterations first, and only the
     ``FINALISTS`` starts with the lowest watched loss are then polished to convergence; for
     each finalist both its converged end and its iterate with the lowest watched loss
