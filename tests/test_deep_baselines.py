@@ -25,7 +25,8 @@ def deep_baselines(*args, cwd):
     )
 
 
-def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
+def train_tiny_run(tmp_path) -> None:
+    """A 3-step lsa_deep run (L = 2, no probes) in ``runs/L2/seed0`` below ``tmp_path``."""
     run_cli(
         [
             "fit",
@@ -36,6 +37,10 @@ def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
             "--trainer.callbacks=[]",
         ]
     )
+
+
+def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
+    train_tiny_run(tmp_path)
     proc = deep_baselines(
         "--runs", "runs", "--test-tasks", 3000, "--tuning-tasks", 300, "--out", "deep.json",
         "--figure", "deep.png", cwd=tmp_path,
@@ -72,16 +77,7 @@ def test_a_finished_run_and_the_baselines_on_the_test_set(tmp_path):
 def test_a_run_short_of_its_max_steps_is_named_and_not_scored(tmp_path):
     """A run still training (its last.ckpt before max_steps) is not scored: the script says so,
     and with no finished run it is a usage error naming --runs."""
-    run_cli(
-        [
-            "fit",
-            f"--config={CONFIGS / 'lsa_deep.yaml'}",
-            *tiny_args(tmp_path / "runs", steps=3),
-            "--trainer.logger.init_args.name=L2",
-            "--trainer.logger.init_args.version=seed0",
-            "--trainer.callbacks=[]",
-        ]
-    )
+    train_tiny_run(tmp_path)
     config = tmp_path / "runs" / "L2" / "seed0" / "config.yaml"
     config.write_text(config.read_text().replace("max_steps: 3", "max_steps: 50000"))
     proc = deep_baselines("--runs", "runs", "--test-tasks", 100, cwd=tmp_path)
