@@ -101,8 +101,8 @@ class Run:
 
     def steps_done(self) -> int:
         """The step its ``last.ckpt`` was saved at (``global_step``); 0 without one or when it
-        cannot be read (the run then starts again, see :meth:`set_aside`)."""
-        if self.quick or not self.checkpoint.is_file():
+        cannot be read (for the time estimate only: resuming reads the checkpoint itself)."""
+        if not self.checkpoint.is_file():
             return 0
         try:
             checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
