@@ -42,12 +42,20 @@ class Block(nn.Module):
         self.c_fc = nn.Linear(embed_dim, 4 * embed_dim)
         self.mlp_c_proj = nn.Linear(4 * embed_dim, embed_dim)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, read: slice = slice(None)) -> torch.Tensor:
+        """``(B, T, D)`` tokens -> the block's output at the positions ``h[:, read]`` (every
+        position by default). Only those positions query, but each still attends to every
+        token up to it: the output at position t is the same whatever ``read`` holds."""
         B, T, D = h.shape
         qkv = self.c_attn(self.ln_1(h)).view(B, T, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(q k^T / sqrt(D/H))
-        h = h + self.attn_c_proj(a.transpose(1, 2).reshape(B, T, D))
+        if read == slice(None):  # softmax(q k^T / sqrt(D/H)) v, causal
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            t = torch.arange(T, device=h.device)
+            causal = t[read, None] >= t  # position t[read][i] reads the positions <= it
+            a = F.scaled_dot_product_attention(q[:, :, read], k, v, attn_mask=causal)
+        h = h[:, read] + self.attn_c_proj(a.transpose(1, 2).reshape(B, -1, D))
         return h + self.mlp_c_proj(F.gelu(self.c_fc(self.ln_2(h)), approximate="tanh"))
 
 
@@ -126,20 +134,22 @@ class GPT2(nn.Module):
         z = torch.cat([z, query_x[:, None]], dim=1)
         return self.read_in(z) + self.wpe.weight[: 2 * N + 1]
 
-    def hidden(self, context_x, context_y, query_x) -> torch.Tensor:
-        """``(B, 2N+1, D)``: the last block's output after the final LayerNorm."""
+    def hidden(self, context_x, context_y, query_x, read: slice = slice(None)) -> torch.Tensor:
+        """``(B, T', D)``: the last block's output at the positions ``read`` (every one of the
+        2N+1 by default) after the final LayerNorm. The last block computes only those: the
+        prefix predictions need half the positions (the x tokens), the query prediction one."""
         h = self.embed(context_x, context_y, query_x)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             h = block(h)
-        return self.ln_f(h)
+        return self.ln_f(self.blocks[-1](h, read))
 
     def prefix_predictions(self, context_x, context_y, query_x) -> torch.Tensor:
         """``(B, N+1)``: column k is the prediction for ``x_{k+1}`` (``x_q`` for k = N) after the
         first k points."""
-        h = self.hidden(context_x, context_y, query_x)[:, 0::2]  # the x tokens
+        h = self.hidden(context_x, context_y, query_x, slice(0, None, 2))  # the x tokens
         return self.read_out(h)[..., 0]
 
     def forward(self, context_x, context_y, query_x) -> torch.Tensor:
         """``(B,)`` query predictions (the last column of :meth:`prefix_predictions`)."""
-        h = self.hidden(context_x, context_y, query_x)[:, -1]
-        return self.read_out(h)[..., 0]
+        h = self.hidden(context_x, context_y, query_x, slice(-1, None))
+        return self.read_out(h)[:, 0, 0]
