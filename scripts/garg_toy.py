@@ -1,27 +1,27 @@
-"""Garg et al.'s toy runs at CPU scale: the GPT-2-style model beside the baselines.
+"""Garg et al.'s toy runs at CPU scale, summarised: the GPT-2-style model beside the baselines.
 
-Two set-ups, each over ``--seeds`` seeds, one run at a time (``icl-lightning fit`` with
-``configs/garg_tiny.yaml``, Garg et al.'s "tiny" model, trained on every prefix with their
-loss, Adam lr 1e-4... raised to ``--lr``):
+The runs are the reproduction experiment ``garg_toy`` (``icl_lightning/reproduce/experiments.py``:
+``configs/garg_tiny.yaml``, Garg et al.'s "tiny" model trained on every prefix with their loss,
+Adam lr 1e-3, batch 64, no curriculum, 3 seeds, 5,001 steps):
 
 - ``linear``: Garg et al.'s toy set-up (``conf/toy.yaml``): linear regression, d = 5, prompts of
-  11 points (N = 10 + query), batch 64, no curriculum;
+  11 points (N = 10 + query);
 - ``sparse``: sparse linear regression, d = 8 with 2 non-zero weights, 16 points.
 
-The BaselineCurves probe measures at the end (1,024 prompts): the loss / d after k examples for
-the model, least squares, 3-NN, averaging, GD / GD++ (L = 2) and, for sparse, the lasso. Then
-``--summarize`` (also run after the runs) averages the seeds' curves, draws
-``docs/figures/garg_toy_<setup>.png`` and writes ``docs/data/garg_toy.json`` with the
-verdicts: the model tracks least squares from k >= d (linear), and is lasso-like below d
-(sparse: below least squares there).
+Their BaselineCurves probe measures at the end (1,024 prompts): the loss / d after k examples
+for the model, least squares, 3-NN, averaging, GD / GD++ (L = 2) and, for sparse, the lasso at
+three penalties (every one reported: none is chosen on these prompts). This script averages the
+seeds' last curves, draws ``docs/figures/garg_toy_<setup>.png`` and writes
+``docs/data/garg_toy.json`` with the measurements behind the verdicts: how far the model is from
+least squares for k >= d (linear), and whether it is below least squares for 0 < k < d and how it
+compares with each lasso there (sparse).
 
-    OMP_NUM_THREADS=1 nohup python scripts/garg_toy.py --steps 1000 > garg_toy.log &
+    icl-reproduce --only garg_toy --jobs 2          # trains into logs/reproduce/full/garg_toy
+    python scripts/garg_toy.py                      # --runs logs/reproduce/full/garg_toy
 """
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -29,47 +29,8 @@ import torch
 from icl_lightning.plotting import line_figure
 from icl_lightning.reproduce.scalars import read_scalars
 
-SETUPS = {
-    "linear": (5, 10, ["--data.init_args.task.class_path=icl_lightning.data.LinearRegression"]),
-    "sparse": (
-        8,
-        15,
-        [
-            "--data.init_args.task.class_path=icl_lightning.data.SparseLinear",
-            "--data.init_args.task.init_args.num_nonzero=2",
-        ],
-    ),
-}
-
-
-def run(setup: str, seed: int, steps: int, lr: float, root: Path) -> None:
-    d, n, task = SETUPS[setup]
-    args = [
-        sys.executable,
-        "-m",
-        "icl_lightning",
-        "fit",
-        "--config=configs/garg_tiny.yaml",
-        *task,
-        f"--data.init_args.task.init_args.input_dim={d}",
-        "--data.init_args.task.init_args.input_distribution=normal",
-        f"--data.init_args.num_context={n}",
-        "--data.init_args.curriculum=null",
-        f"--model.init_args.model.init_args.num_positions={n + 1}",
-        f"--seed_everything={seed}",
-        f"--data.init_args.seed={seed}",
-        f"--trainer.max_steps={steps}",
-        "--trainer.val_check_interval=500",
-        "--data.init_args.batches_per_epoch=500",
-        "--data.init_args.num_val_tasks=1024",
-        f"--optimizer.init_args.lr={lr}",
-        "--trainer.callbacks.every_n_steps=0",
-        f"--trainer.logger.init_args.save_dir={root}",
-        f"--trainer.logger.init_args.name=garg_toy_{setup}",
-        f"--trainer.logger.init_args.version=seed{seed}",
-        "--progress_bar.refresh_rate=0",
-    ]
-    subprocess.run(args, check=True)
+#: set-up: (d, N)
+SETUPS = {"linear": (5, 10), "sparse": (8, 15)}
 
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
@@ -82,11 +43,13 @@ def curves(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def summarize(root: Path, seeds: list[int]) -> dict:
+def summarize(root: Path) -> dict:
+    """Per set-up: the seeds' mean curves, the model's curve per seed and the verdicts'
+    measurements (module docstring); set-ups with no finished run are left out."""
     report = {}
-    for setup, (d, n, _) in SETUPS.items():
-        runs = [root / f"garg_toy_{setup}" / f"seed{s}" for s in seeds]
-        runs = [r for r in runs if (r.parent / f"{r.name}_curves" / "baselines").is_dir()]
+    for setup, (d, n) in SETUPS.items():
+        runs = sorted((root / setup).glob("seed*[0-9]"))
+        runs = [r for r in runs if (r / "done.json").is_file()]  # finished: measured at the end
         if not runs:
             continue
         per_seed = [curves(r) for r in runs]
@@ -105,18 +68,18 @@ def summarize(root: Path, seeds: list[int]) -> dict:
                 model.mean(0)[beyond] / torch.tensor(mean["nn_3"])[beyond]
             ).tolist()
         else:
-            lasso = min((m for m in names if m.startswith("lasso")), key=lambda m: sum(mean[m]))
-            verdict["best_lasso"] = lasso
             verdict["model_below_least_squares_for_k_lt_d"] = [
                 bool(x) for x in (model.mean(0)[below] < ls[below]).tolist()
             ]
-            verdict["model_over_lasso_k_lt_d"] = (
-                model.mean(0)[below] / torch.tensor(mean[lasso])[below]
-            ).tolist()
+            for lasso in (m for m in names if m.startswith("lasso")):
+                verdict[f"model_over_{lasso}_k_lt_d"] = (
+                    model.mean(0)[below] / torch.tensor(mean[lasso])[below]
+                ).tolist()
         report[setup] = {
             "d": d,
             "N": n,
             "seeds": len(runs),
+            "steps": [json.loads((r / "done.json").read_text())["steps"] for r in runs],
             "mean": mean,
             "model_per_seed": model.tolist(),
             "verdict": verdict,
@@ -130,19 +93,20 @@ def summarize(root: Path, seeds: list[int]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    p.add_argument("--root", type=Path, default=Path("logs/garg_toy"))
-    p.add_argument("--summarize", action="store_true", help="only summarise finished runs")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("logs/reproduce/full/garg_toy"),
+        help="the experiment's runs: <runs>/<linear|sparse>/seed<k>",
+    )
     args = p.parse_args()
-    if not args.summarize:
-        for setup in args.setups:
-            for seed in args.seeds:
-                run(setup, seed, args.steps, args.lr, args.root)
-    for setup, result in summarize(args.root, args.seeds).items():
-        print(setup, json.dumps(result["verdict"]))
+    if not args.runs.is_dir():
+        raise SystemExit(f"--runs {args.runs}: no such folder (run icl-reproduce --only garg_toy)")
+    report = summarize(args.runs)
+    if not report:
+        raise SystemExit(f"--runs {args.runs}: no finished <setup>/seed<k> run")
+    for setup, result in report.items():
+        print(setup, result["seeds"], "seeds", json.dumps(result["verdict"]))
 
 
 if __name__ == "__main__":
