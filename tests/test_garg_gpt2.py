@@ -66,6 +66,23 @@ def test_gpt2_equals_the_written_out_equations_in_float64():
     torch.testing.assert_close(model(cx, cy, qx), expected[:, -1], rtol=0, atol=1e-10)
 
 
+def test_gradients_equal_the_written_out_equations_in_float64():
+    """The last block computes only the positions read (the x tokens): the gradients of every
+    weight are those of the full computation."""
+    torch.manual_seed(2)
+    model = GPT2(input_dim=3, num_positions=6, embed_dim=8, num_layers=2, num_heads=2).double()
+    cx, cy, qx = prompts(N=5, d=3)
+    weights = torch.randn(6, dtype=torch.float64)
+    ours = torch.autograd.grad(
+        (model.prefix_predictions(cx, cy, qx) @ weights).sum(), list(model.parameters())
+    )
+    naive = torch.autograd.grad(
+        (naive_forward(model, cx, cy, qx) @ weights).sum(), list(model.parameters())
+    )
+    for a, b in zip(ours, naive, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_every_prefix_is_the_prompt_cut_there():
     """Column k of the prefix predictions is the model's query prediction for the prompt of the
     first k points and query x_{k+1}: one pass trains on every prefix."""
