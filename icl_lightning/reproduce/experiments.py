@@ -352,14 +352,13 @@ CONTEXTUAL_KINDS = Experiment(
     "configs/contextual_block.yaml",
     full_steps=5000,
     quick_steps=300,
-    # per 1,000 steps, probes included: 200 steps of each alone (and the probes timed in one
-    # process) on the 2-core CPU while 2 other trainings ran (load 3-5)
-    seconds=45,
+    # per 1,000 steps, probes and start-up included: the 5,000-step runs of 2026-12-07, two at
+    # a time (one thread each) on the 2-core CPU, median of the 3 seeds (51.8 min in all)
+    seconds=4,
     variant_seconds={
-        **{"softmax_N100": 42, "linear_N100": 41, "rnn_N100": 78, "gru_N100": 103},
-        **{"lstm_N100": 65, "diagonal_N100": 39, "selective_N100": 44, "softmax_N400": 51},
-        **{"linear_N400": 56, "rnn_N400": 128, "gru_N400": 282, "lstm_N400": 197},
-        **{"diagonal_N400": 66, "selective_N400": 120},
+        **{"rnn_N100": 13, "gru_N100": 36, "lstm_N100": 15, "diagonal_N100": 6},
+        **{"selective_N100": 10, "softmax_N400": 7, "linear_N400": 6, "rnn_N400": 40},
+        **{"gru_N400": 129, "lstm_N400": 89, "diagonal_N400": 10, "selective_N400": 40},
     },
     quick_seconds=30,
     variants=kind_variants((100, 400)),
@@ -487,7 +486,9 @@ GARG_TOY = Experiment(
     "configs/garg_tiny.yaml",
     full_steps=5001,
     quick_steps=300,
-    seconds=540,
+    # per 1,000 steps: the 5,001-step runs of 2026-12-07 (one at a time, beside two other runs)
+    seconds=50,
+    variant_seconds={"sparse": 75},
     quick_seconds=200,
     changes=_GARG_TOY_COMMON,
     variants={
