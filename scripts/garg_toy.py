@@ -12,9 +12,9 @@ Their BaselineCurves probe measures at the end (1,024 prompts): the loss / d aft
 for the model, least squares, 3-NN, averaging, GD / GD++ (L = 2) and, for sparse, the lasso at
 three penalties (every one reported: none is chosen on these prompts). This script averages the
 seeds' last curves, draws ``docs/figures/garg_toy_<setup>.png`` and writes
-``docs/data/garg_toy.json`` with the measurements behind the verdicts: how far the model is from
-least squares for k >= d (linear), and whether it is below least squares for 0 < k < d and how it
-compares with each lasso there (sparse).
+``docs/data/garg_toy.json`` (``--docs``: another folder) with the measurements behind the
+verdicts: how far the model is from least squares for k >= d (linear), and whether it is below
+least squares for 0 < k < d and how it compares with each lasso there (sparse).
 
     icl-reproduce --only garg_toy --jobs 2          # trains into logs/reproduce/full/garg_toy
     python scripts/garg_toy.py                      # --runs logs/reproduce/full/garg_toy
@@ -84,11 +84,20 @@ def summarize(root: Path) -> dict:
             "model_per_seed": model.tolist(),
             "verdict": verdict,
         }
-        title = f"Garg toy ({setup}, d = {d}): loss vs k, {len(runs)} seeds"
-        figure = line_figure(k, mean, "in-context examples k", "squared error / d", title)
-        figure.savefig(f"docs/figures/garg_toy_{setup}.png", dpi=120)
-    Path("docs/data/garg_toy.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def write(report: dict, docs: Path) -> None:
+    """``<docs>/data/garg_toy.json`` and a figure of the mean curves per set-up,
+    ``<docs>/figures/garg_toy_<setup>.png``."""
+    (docs / "data").mkdir(parents=True, exist_ok=True)
+    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    for setup, result in report.items():
+        title = f"Garg toy ({setup}, d = {result['d']}): loss vs k, {result['seeds']} seeds"
+        k = list(range(result["N"] + 1))
+        figure = line_figure(k, result["mean"], "in-context examples k", "squared error / d", title)
+        figure.savefig(docs / "figures" / f"garg_toy_{setup}.png", dpi=120)
+    (docs / "data" / "garg_toy.json").write_text(json.dumps(report, indent=1))
 
 
 def main() -> None:
@@ -99,12 +108,20 @@ def main() -> None:
         default=Path("logs/reproduce/full/garg_toy"),
         help="the experiment's runs: <runs>/<linear|sparse>/seed<k>",
     )
+    p.add_argument(
+        "--docs",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs",
+        help="where data/garg_toy.json and figures/garg_toy_<setup>.png go (default: the "
+        "repository's docs/)",
+    )
     args = p.parse_args()
     if not args.runs.is_dir():
         raise SystemExit(f"--runs {args.runs}: no such folder (run icl-reproduce --only garg_toy)")
     report = summarize(args.runs)
     if not report:
         raise SystemExit(f"--runs {args.runs}: no finished <setup>/seed<k> run")
+    write(report, args.docs)
     for setup, result in report.items():
         print(setup, result["seeds"], "seeds", json.dumps(result["verdict"]))
 
