@@ -121,6 +121,18 @@ def run_cli_subprocess(args: list[str], cwd: Path, timeout: float = 300) -> str:
     return output
 
 
+def run_script(name: str, *args, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python scripts/<name> <args>`` from ``cwd`` as a user would; its result (return
+    code, stdout, stderr as text) for the test to check, usage errors included."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def image_tags(log_dir: Path) -> set[str]:
     """Tags of the images (figures) in the TensorBoard event files under ``log_dir``."""
     tags: set[str] = set()

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, run_script
 
 from icl_lightning import benchmark
 from icl_lightning.profiling import HookTimer
@@ -104,8 +104,7 @@ def test_scaling_times_fit_and_each_probe_per_point(tmp_path, monkeypatch, capsy
 
 
 def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args]
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    proc = run_script("benchmark.py", *args, cwd=cwd, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

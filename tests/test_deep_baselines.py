@@ -4,11 +4,9 @@ with robust statistics; the table rebuilt from JSON; the clipped GD++; usage err
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import torch
-from conftest import CONFIGS, ROOT, run_cli, tiny_args
+from conftest import CONFIGS, ROOT, run_cli, run_script, tiny_args
 from test_theory_gd import tasks
 
 SCRIPT = ROOT / "scripts" / "deep_baselines.py"
@@ -16,13 +14,7 @@ STATS = {"count", "mean", "mean_low", "mean_high", "median", "q999", "above_1"}
 
 
 def deep_baselines(*args, cwd):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_script("deep_baselines.py", *args, cwd=cwd)
 
 
 def train_tiny_run(tmp_path) -> None:

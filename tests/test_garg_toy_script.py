@@ -2,13 +2,10 @@
 from each learner's TensorBoard run, unfinished runs left out, usage errors that write nothing."""
 
 import json
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
-SCRIPT = ROOT / "scripts" / "garg_toy.py"
 D, N = 5, 10  # the linear set-up
 
 
@@ -28,13 +25,7 @@ def fake_run(runs, seed: int, curves: dict[str, list[float]], finished: bool = T
 
 
 def garg_toy(*args, cwd):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("garg_toy.py", *args, cwd=cwd, timeout=300)
 
 
 def test_summary_of_finished_runs(tmp_path):

@@ -3,14 +3,13 @@ the command line's options (training stubbed where the training itself is not th
 
 import json
 import math
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
 from icl_lightning.cli import ICLLightningCLI
@@ -347,13 +346,7 @@ def test_quick_reproduction_end_to_end_and_resumable(tmp_path):
 
 def test_scripts_reproduce_is_a_door_to_the_package(tmp_path):
     """``python scripts/reproduce.py`` runs the package's command line (here its usage error)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--report-only", "--logs", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = run_script("reproduce.py", "--report-only", "--logs", tmp_path, cwd=tmp_path)
     assert proc.returncode == 2 and f"--logs={tmp_path}" in proc.stderr
 
 
