@@ -37,10 +37,11 @@ once at the start and once at the end, where they also draw their figures), far 
 a benchmark can run. So the probes' cost is measured, not their share: one more fit of
 ``--probe-steps`` steps, in which every probe measures every ``probe_steps // 3`` steps, times
 each probe's hook calls (the first measurement, with its one-off work such as drawing the
-evaluation set; a periodic measurement; the figures; the rest per step), and these costs are
-extrapolated to the shipped cadence and length:
-``P = first + n * measurement + figures + rest`` with ``n`` the measurements after the first
-in ``max_steps`` steps, and ``shipped = max_steps / (max_steps / fit + P)`` steps/s.
+evaluation set; a periodic measurement; the figures; the hooks of every step; the hooks that
+run once, such as setup and teardown), and these costs are extrapolated to the shipped cadence
+and length: ``P = first + n * measurement + figures + once + max_steps * per_step`` with ``n``
+the measurements after the first in ``max_steps`` steps, and
+``shipped = max_steps / (max_steps / fit + P)`` steps/s.
 
 Peak memory: max RSS on CPU (reset before each run), ``torch.cuda.max_memory_allocated`` on
 GPU. The runs' own output (progress bars, Lightning's messages) goes to a log file in ``--out``
@@ -258,12 +259,24 @@ def matmul_peak(n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / min(seconds) / 1e9
 
 
+#: the callback hooks Lightning calls once in every optimizer step (``on_train_batch_end``,
+#: where a probe measures, is timed with the measurements)
+STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
+
+
 def probe_costs(timer: HookTimer, probe: Probe, steps: int) -> dict[str, float]:
     """Seconds of one probe in a fit of ``steps`` steps: ``first`` (its measurement at the
     start, with one-off work), ``measurement`` (one periodic measurement: its
     ``on_train_batch_end`` time over the measurements made there), ``figures`` (its
-    ``on_train_end`` less the last measurement when it made one there) and ``rest_per_step``
-    (every other hook, per step)."""
+    ``on_train_end`` less the last measurement when it made one there), ``per_step`` (the
+    :data:`STEP_HOOKS`, per step) and ``once`` (every other hook: setup, teardown, the
+    validation and checkpoint hooks, which run once or at their own cadence, not per step)."""
     key, every = probe.state_key, probe.every_n_steps
     periodic = [s for s in probe.history if s > 0 and every and s % every == 0]
     first = timer.seconds(key, "on_train_start")
@@ -271,23 +284,27 @@ def probe_costs(timer: HookTimer, probe: Probe, steps: int) -> dict[str, float]:
     end = timer.seconds(key, "on_train_end")
     measurement = batch_end / len(periodic) if periodic else end
     final_measured = steps not in periodic
-    rest = timer.seconds(key) - first - batch_end - end
+    per_step = sum(timer.seconds(key, hook) for hook in STEP_HOOKS)
+    timed = {"on_train_start", "on_train_batch_end", "on_train_end", *STEP_HOOKS}
+    hooks = {hook for span_key, hook, *_ in timer.spans if span_key == key} - timed
     return {
         "first": first,
         "measurement": measurement,
         "figures": max(0.0, end - measurement * final_measured),
-        "rest_per_step": rest / steps,
+        "per_step": per_step / steps,
+        "once": sum(timer.seconds(key, hook) for hook in hooks),
     }
 
 
 def shipped_seconds(costs: dict[str, float], every: int, max_steps: int) -> float:
     """A probe's seconds in a run of ``max_steps`` steps measuring every ``every`` steps
-    (0: at the start and end only): ``first + n * measurement + figures + rest``, with ``n``
-    the measurements after the first (one at every multiple of ``every``, and the last step)."""
+    (0: at the start and end only): ``first + n * measurement + figures + once +
+    max_steps * per_step``, with ``n`` the measurements after the first (one at every multiple
+    of ``every``, and the last step)."""
     periodic = max_steps // every if every else 0
     final = 0 if every and max_steps % every == 0 else 1
-    rest = costs["rest_per_step"] * max_steps
-    return costs["first"] + (periodic + final) * costs["measurement"] + costs["figures"] + rest
+    fixed = costs["first"] + costs["figures"] + costs["once"]
+    return fixed + (periodic + final) * costs["measurement"] + costs["per_step"] * max_steps
 
 
 def time_probes(row: Row, steps: int) -> dict:

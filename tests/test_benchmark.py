@@ -65,7 +65,7 @@ def test_the_extrapolation_counts_the_measurements_a_probe_makes(tmp_path, every
     timer = benchmark.fit(cli, probes[:1])
     assert len(timer.step_starts) == steps
     assert {key for key, *_ in timer.spans} == {probes[0].state_key}
-    unit = {"first": 0.0, "measurement": 1.0, "figures": 0.0, "rest_per_step": 0.0}
+    unit = {"first": 0.0, "measurement": 1.0, "figures": 0.0, "once": 0.0, "per_step": 0.0}
     for probe in probes:
         assert len(probe.history) - 1 == benchmark.shipped_seconds(unit, every, steps)
     costs = benchmark.probe_costs(timer, probes[0], steps)
@@ -73,6 +73,10 @@ def test_the_extrapolation_counts_the_measurements_a_probe_makes(tmp_path, every
     assert {"on_train_start", "on_train_batch_end", "on_train_end"} <= hooks
     assert costs["first"] == pytest.approx(timer.seconds(probes[0].state_key, "on_train_start"))
     assert all(value >= 0 for value in costs.values())
+    key = probes[0].state_key
+    step_hooks = sum(timer.seconds(key, hook) for hook in benchmark.STEP_HOOKS)
+    assert costs["per_step"] * steps == pytest.approx(step_hooks)
+    assert costs["once"] >= timer.seconds(key, "setup") + timer.seconds(key, "teardown") > 0
     max_steps = benchmark.shipped_max_steps(cli, str(CONFIGS / "demo.yaml"), extra)
     shipped = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["trainer"]["max_steps"]
     assert max_steps == shipped != cli.trainer.max_steps == steps
