@@ -13,7 +13,10 @@ Tables (``--tables``, default ``side-by-side``), each over ``--repeats`` interle
   and the recurrent L = 4, ``fit`` and ``shipped``, beside the official code's step of the same
   model (``bench_ref.py STEPS train-only layers=L deq=0``, ``deq=1`` for the recurrent one).
 - ``probes``: every config of ``--configs``: ``fit`` without its probes
-  (``--trainer.callbacks=[]``), ``shipped``, and the probes' share ``1 - shipped / fit``.
+  (``--trainer.callbacks=[]``), ``shipped``, and the probes' share ``1 - shipped / fit``; and
+  for each config whose training takes at most ``--whole-run-limit`` seconds, its whole run as
+  shipped, in a process of its own: the wall time and the share of it spent in the probes' hook
+  calls (measured, not extrapolated; :func:`time_whole_run`).
 - ``flops``: every config of ``--configs`` and paper A's deep variants of ``--deep-config``
   (L = 3, 4, 5 and the recurrent L = 4): the training step's FLOPs as
   ``torch.utils.flop_counter`` counts them on the per-layer PyTorch formulation
@@ -70,7 +73,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from icl_lightning.callbacks.probe import Probe
-from icl_lightning.cli import ICLLightningCLI
+from icl_lightning.cli import ICLLightningCLI, imported_heap_frozen
 from icl_lightning.models import batch_last
 from icl_lightning.profiling import HookTimer, peak_memory_mb, reset_peak_memory
 from icl_lightning.theory.loss import prediction_loss
@@ -328,6 +331,24 @@ def time_probes(row: Row, steps: int) -> dict:
     return {"max_steps": max_steps, "probes": per_probe, "shipped_s": total}
 
 
+def time_whole_run(row: Row, log: Path | None, threads: int | None) -> dict:
+    """Wall seconds of the whole ``icl-lightning fit`` run of ``row`` as shipped, in a process of
+    its own (imports, set-up, training, validation, checkpoints and summary), and its probes'
+    seconds in it, timed by their hook calls (:mod:`icl_lightning.bench_whole_run`); ``share``
+    is their ratio."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        out = Path(log_dir) / "probe_seconds.json"
+        options = _args(row.config, log_dir, row.overrides)
+        cmd = [sys.executable, "-m", "icl_lightning.bench_whole_run", str(out), *options]
+        env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        start = time.perf_counter()
+        _run_child(cmd, log, env)
+        wall = time.perf_counter() - start
+        got = json.loads(out.read_text())
+    probes = sum(got["probe_seconds"].values())
+    return {"wall_s": wall, "probes_s": probes, "share": probes / wall, **got}
+
+
 def _run_child(cmd: list[str], log: Path | None, env: dict | None = None) -> tuple[str, float]:
     """Run a command; its stdout and peak RSS in MB (``os.wait4``); stderr to ``log``."""
     with open(log or os.devnull, "a") as err:
@@ -381,9 +402,13 @@ def jax_round(row: Row, args, log, got: dict) -> str:
     return f", JAX {result['steps_per_s']:.1f} steps/s"
 
 
-def measure_rows(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
+def measure_rows(
+    rows: list[Row], args, log, jax: bool, whole_run_limit: float = 0.0
+) -> dict[str, dict]:
     """``fit``, probe costs and (with ``jax``) the official step of every row, interleaved
-    over ``args.repeats`` rounds, a line per row and round."""
+    over ``args.repeats`` rounds, a line per row and round; and the whole run
+    (:func:`time_whole_run`) of every row whose training is estimated to take at most
+    ``whole_run_limit`` seconds (``max_steps / fit``)."""
     runs: dict[str, dict[str, list]] = {row.name: {} for row in rows}
     for r in range(1, args.repeats + 1):
         for row in rows:
@@ -398,6 +423,10 @@ def measure_rows(rows: list[Row], args, log, jax: bool) -> dict[str, dict]:
             line = f"round {r}/{args.repeats}  {row.name}: fit {fitted['steps_per_s']:.1f}"
             line += f", shipped {got['shipped'][-1]['steps_per_s']:.1f} steps/s"
             line += f" (probes {got['shipped'][-1]['share']:.1%})"
+            if probes["max_steps"] / fitted["steps_per_s"] <= whole_run_limit:
+                whole = time_whole_run(row, log, args.threads)
+                got.setdefault("whole", []).append(whole)
+                line += f", whole run {whole['wall_s']:.1f} s (probes {whole['share']:.1%})"
             if jax and row.jax is not None:
                 line += jax_round(row, args, log, got)
             print(f"{line}   [{time.perf_counter() - start:.0f} s]", flush=True)
@@ -484,8 +513,9 @@ def probes_table(runs: dict[str, dict]) -> list[str]:
     share, and each probe's seconds per measurement and cadence."""
     lines = [
         "| config | max_steps | fit without probes, steps/s | with probes (shipped) | share "
-        "(min - max) | per probe: s per measurement, every_n_steps, first |",
-        "|---|---|---|---|---|---|",
+        "(min - max) | whole run: s, probes' share (min - max) "
+        "| per probe: s per measurement, every_n_steps, first |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, got in runs.items():
         fit_sps = median(f["steps_per_s"] for f in got["fit"])
@@ -499,7 +529,15 @@ def probes_table(runs: dict[str, dict]) -> list[str]:
             for key in probes
         )
         cells = [name, str(got["probes"][-1]["max_steps"]), f"{fit_sps:.1f}", f"{ship:.1f}"]
-        cells += [f"{median(shares):.1%} ({_spread(shares, '.1%')})", detail or "no probes"]
+        cells += [f"{median(shares):.1%} ({_spread(shares, '.1%')})"]
+        whole = got.get("whole", [])
+        wall, whole_shares = [w["wall_s"] for w in whole], [w["share"] for w in whole]
+        cells += [
+            f"{median(wall):.1f} s, {median(whole_shares):.1%} ({_spread(whole_shares, '.1%')})"
+            if whole
+            else "-"
+        ]
+        cells += [detail or "no probes"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -644,6 +682,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--garg-ref", help="garg table: Garg et al.'s src/ folder (models.py)")
     p.add_argument("--reference-steps-per-s", type=float, help="a figure measured elsewhere")
     p.add_argument("--threads", type=int, help="torch threads (1: XLA on one thread too)")
+    p.add_argument(
+        "--whole-run-limit",
+        type=float,
+        default=60.0,
+        help="probes: also time the whole run of configs that train in at most this many s",
+    )
     p.add_argument("--scaling-steps", type=int, default=30, help="fit steps per scaling point")
     p.add_argument("--family", nargs="+", choices=list(SCALING), help="scaling: these only")
     return p
@@ -713,6 +757,42 @@ def write_report(report: Path, meta: dict, sections: list[str], results: dict) -
     return text
 
 
+def run_table(table: str, args, extra: list[str], log) -> tuple[list[str], str, object]:
+    """One table of ``args.tables``: its markdown lines, its title and its results."""
+    jax = bool(args.jax_python)
+    if table == "side-by-side":
+        lines, result = side_by_side(args, extra, log)
+        title = "Side by side"
+    elif table == "deep":
+        result = measure_rows(deep_rows(args.deep_config, extra), args, log, jax)
+        lines, title = deep_table(result), "Deep LSA beside the official JAX step"
+    elif table == "probes":
+        rows = [Row(Path(c).stem, c, extra) for c in args.configs]
+        result = measure_rows(rows, args, log, jax=False, whole_run_limit=args.whole_run_limit)
+        lines, title = probes_table(result), "The probes' share of each config"
+    elif table == "flops":
+        rows = [Row(Path(c).stem, c, extra, JAX_MODELS.get(Path(c).stem)) for c in args.configs]
+        rows += deep_variants(args.deep_config, extra)
+        result = measure_flops(rows, args, log, jax)
+        lines, title = flops_table(result), "FLOPs per step against the machine's peak"
+    elif table == "contextual":  # paper B's block with every contextual layer
+        from icl_lightning.bench_contextual import contextual_table
+
+        lines, result = contextual_table(args, extra, log)
+        title = "Paper B's block with every kind of contextual layer"
+    elif table == "garg":  # Garg et al.'s baselines and GPT-2 step (docs/bench.md)
+        from icl_lightning.bench_garg import garg_tables
+
+        if not (args.garg_python and args.garg_ref):
+            raise SystemExit("--tables garg needs --garg-python and --garg-ref")
+        lines, result = garg_tables(args.garg_python, args.garg_ref, args.repeats)
+        title = "Garg et al.'s bench beside their code"
+    else:
+        lines, result = scaling(args, extra, log)
+        title = "Scaling"
+    return lines, title, result
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``icl-benchmark`` (and ``scripts/benchmark.py``)."""
     p = parser()
@@ -738,41 +818,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     sections: list[str] = []
     results: dict = {}
-    jax = bool(args.jax_python)
-    for table in args.tables:
-        print(f"--- {table}", flush=True)
-        if table == "side-by-side":
-            lines, results[table] = side_by_side(args, extra, log)
-            title = "Side by side"
-        elif table == "deep":
-            results[table] = measure_rows(deep_rows(args.deep_config, extra), args, log, jax)
-            lines, title = deep_table(results[table]), "Deep LSA beside the official JAX step"
-        elif table == "probes":
-            rows = [Row(Path(c).stem, c, extra) for c in args.configs]
-            results[table] = measure_rows(rows, args, log, jax=False)
-            lines, title = probes_table(results[table]), "The probes' share of each config"
-        elif table == "flops":
-            rows = [Row(Path(c).stem, c, extra, JAX_MODELS.get(Path(c).stem)) for c in args.configs]
-            rows += deep_variants(args.deep_config, extra)
-            results[table] = measure_flops(rows, args, log, jax)
-            lines, title = flops_table(results[table]), "FLOPs per step against the machine's peak"
-        elif table == "contextual":  # paper B's block with every contextual layer
-            from icl_lightning.bench_contextual import contextual_table
-
-            lines, results[table] = contextual_table(args, extra, log)
-            title = "Paper B's block with every kind of contextual layer"
-        elif table == "garg":  # Garg et al.'s baselines and GPT-2 step (docs/bench.md)
-            from icl_lightning.bench_garg import garg_tables
-
-            if not (args.garg_python and args.garg_ref):
-                raise SystemExit("--tables garg needs --garg-python and --garg-ref")
-            lines, results[table] = garg_tables(args.garg_python, args.garg_ref, args.repeats)
-            title = "Garg et al.'s bench beside their code"
-        else:
-            lines, results[table] = scaling(args, extra, log)
-            title = "Scaling"
-        sections += [f"## {title}", "", *lines, ""]
-        text = write_report(out / f"{args.name}.md", meta, sections, results)
+    with imported_heap_frozen():  # as icl-lightning runs: no full collections of the imports
+        for table in args.tables:
+            print(f"--- {table}", flush=True)
+            lines, title, results[table] = run_table(table, args, extra, log)
+            sections += [f"## {title}", "", *lines, ""]
+            text = write_report(out / f"{args.name}.md", meta, sections, results)
     print("\n" + "=" * 30 + " results " + "=" * 30 + "\n" + "\n".join(text))
     report = out / f"{args.name}.md"
     print(f"wrote {report} and {report.with_suffix('.json')}")

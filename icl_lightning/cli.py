@@ -34,6 +34,8 @@ Runs and their directories:
   this data; a failure is a usage error (exit 2) naming the option or file.
 """
 
+import contextlib
+import gc
 import re
 import shlex
 import sys
@@ -407,12 +409,29 @@ class ICLLightningCLI(LightningCLI):
         self._summary("test")
 
 
+@contextlib.contextmanager
+def imported_heap_frozen():
+    """Run the body with every object alive at its start (after the imports, about 440,000
+    with torch and Lightning) hidden from the garbage collector (``gc.freeze``), and show them
+    to it again at the end (``gc.unfreeze``). Those objects are never garbage, yet each full
+    collection walked them all: about 0.2 s on a 2-core CPU, at a moment set by whatever
+    allocates next (a probe's figure, a training step). The run's own objects are collected
+    as before."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``icl-lightning`` console script (exit 1 when stopped by SIGTERM or
     Ctrl+C, after ``last.ckpt`` was written, or when a file could not be written: one message
-    naming the last good checkpoint)."""
+    naming the last good checkpoint). The run goes with the imported heap frozen
+    (:func:`imported_heap_frozen`)."""
     try:
-        ICLLightningCLI(args=args)
+        with imported_heap_frozen():
+            ICLLightningCLI(args=args)
     except SIGTERMException as stopped:
         raise SystemExit(1) from stopped
     except RunWriteError as failed:

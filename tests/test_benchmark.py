@@ -82,6 +82,17 @@ def test_the_extrapolation_counts_the_measurements_a_probe_makes(tmp_path, every
     assert max_steps == shipped != cli.trainer.max_steps == steps
 
 
+def test_the_whole_run_times_its_probes_in_a_process_of_its_own():
+    """The whole run as shipped (here 6 steps) in a fresh process: its wall time, and the
+    seconds of each probe's hook calls in it (the probes only)."""
+    row = benchmark.Row("demo", str(CONFIGS / "demo.yaml"), [*TINY, "--trainer.max_steps=6"])
+    whole = benchmark.time_whole_run(row, None, threads=1)
+    assert whole["steps"] == 6
+    assert set(whole["probe_seconds"]) == {"GDAlignment", "ContextLengthProbe"}
+    assert 0 < whole["probes_s"] == sum(whole["probe_seconds"].values()) < whole["wall_s"]
+    assert whole["share"] == pytest.approx(whole["probes_s"] / whole["wall_s"])
+
+
 def test_hook_timer_times_every_callback_without_a_list():
     timer = HookTimer()
     with timer.profile("[Callback]A{'tag': 'x.y'}.on_train_end"):

@@ -1,11 +1,13 @@
 """End-to-end behaviour of the ``icl-lightning`` command."""
 
+import gc
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import CONFIGS, image_tags, read_scalars, run_cli, tiny_args
 
+from icl_lightning import cli
 from icl_lightning.cli import summary_lines
 
 DEMO = str(CONFIGS / "demo.yaml")
@@ -96,3 +98,19 @@ def test_missing_config_file_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(["fit", f"--config={tmp_path / 'nope.yaml'}"])
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_main_runs_with_the_imported_heap_frozen_and_thaws_it(tmp_path, monkeypatch):
+    """icl-lightning's run goes with the objects alive before it (the imports) hidden from the
+    garbage collector, shown to it again afterwards, also when the run fails."""
+    before, seen = gc.get_freeze_count(), []
+
+    def fails_after_recording(args):
+        seen.append(gc.get_freeze_count())
+        raise ValueError("bad run")
+
+    monkeypatch.setattr(cli, "ICLLightningCLI", fails_after_recording)
+    with pytest.raises(ValueError, match="bad run"):
+        cli.main(["fit", f"--config={DEMO}"])
+    assert seen[0] > before + 100_000  # torch, Lightning and the rest of the imports
+    assert gc.get_freeze_count() == before
