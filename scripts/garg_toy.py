@@ -27,10 +27,20 @@ from pathlib import Path
 import torch
 
 from icl_lightning.plotting import line_figure
+from icl_lightning.reproduce.experiments import GARG_TOY
 from icl_lightning.reproduce.scalars import read_scalars
 
-#: set-up: (d, N)
-SETUPS = {"linear": (5, 10), "sparse": (8, 15)}
+TASK = "data.init_args.task"
+
+
+def setups() -> dict[str, tuple[int, int]]:
+    """``{variant: (d, N)}`` as the experiment's variants set them."""
+    sizes = {}
+    for name, options in GARG_TOY.variants.items():
+        task = options.get(TASK)
+        d = task["init_args"]["input_dim"] if task else options[f"{TASK}.init_args.input_dim"]
+        sizes[name] = (d, options["data.init_args.num_context"])
+    return sizes
 
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
@@ -47,7 +57,7 @@ def summarize(root: Path) -> dict:
     """Per set-up: the seeds' mean curves, the model's curve per seed and the verdicts'
     measurements (module docstring); set-ups with no finished run are left out."""
     report = {}
-    for setup, (d, n) in SETUPS.items():
+    for setup, (d, n) in setups().items():
         runs = sorted((root / setup).glob("seed*[0-9]"))
         runs = [r for r in runs if (r / "done.json").is_file()]  # finished: measured at the end
         if not runs:
