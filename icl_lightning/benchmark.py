@@ -718,6 +718,8 @@ def check(p: argparse.ArgumentParser, args, extra: list[str]) -> None:
         p.error(f"--jax-python {args.jax_python}: no such file (expected a Python executable)")
     if args.jax_ref and not (Path(args.jax_ref) / "bench_ref.py").is_file():
         p.error(f"--jax-ref {args.jax_ref}: expected a folder containing bench_ref.py")
+    if args.whole_run_limit < 0:
+        p.error(f"--whole-run-limit {args.whole_run_limit}: expected seconds >= 0 (0: none)")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads {args.threads}: expected an integer >= 1")
     needed = {

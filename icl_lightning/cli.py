@@ -414,9 +414,9 @@ def imported_heap_frozen():
     """Run the body with every object alive at its start (after the imports, about 440,000
     with torch and Lightning) hidden from the garbage collector (``gc.freeze``), and show them
     to it again at the end (``gc.unfreeze``). Nearly all of them live as long as the process,
-    yet each full collection walked them all: about 0.2 s on a 2-core CPU, at a moment set by whatever
-    allocates next (a probe's figure, a training step). The run's own objects are collected
-    as before."""
+    yet each full collection walked them all: about 0.2 s on a 2-core CPU, at a moment set by
+    whatever allocates next (a probe's figure, a training step). The run's own objects are
+    collected as before."""
     gc.freeze()
     try:
         yield

@@ -33,6 +33,7 @@ def _usage_error(capsys, argv: list[str]) -> str:
         (["--threads", "0"], "--threads 0"),
         (["--config", "nowhere.yaml"], "--config nowhere.yaml"),
         (["--tables", "probes", "--configs", "nowhere.yaml"], "--configs nowhere.yaml"),
+        (["--whole-run-limit", "-1"], "--whole-run-limit -1.0: expected seconds >= 0"),
         (["--model.model.num_layers", "4"], "unknown arguments ['4']"),
     ],
 )
