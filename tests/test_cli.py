@@ -100,7 +100,7 @@ def test_missing_config_file_is_named(tmp_path, capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def test_main_runs_with_the_imported_heap_frozen_and_thaws_it(tmp_path, monkeypatch):
+def test_main_runs_with_the_imported_heap_frozen_and_thaws_it(monkeypatch):
     """icl-lightning's run goes with the objects alive before it (the imports) hidden from the
     garbage collector, shown to it again afterwards, also when the run fails."""
     before, seen = gc.get_freeze_count(), []
