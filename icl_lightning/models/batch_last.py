@@ -17,18 +17,11 @@ autocast, ``torch.func`` transforms, softmax or LayerNorm layers, or no working 
 model takes the per-layer path of :mod:`~icl_lightning.models.linear_attention`.
 """
 
-import contextlib
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 
+from icl_lightning.models import c_kernels
 from icl_lightning.models.batch_last_kernels import SOURCE
 
 _SCALAR = {torch.float32: "float", torch.float64: "double"}
@@ -36,53 +29,8 @@ _FLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
 _POINTERS = {"stack_forward": 7, "stack_backward": 12, "pack_tokens": 4}
 _NAMES = ("W_Q", "W_K", "W_V", "P")
 _libraries: dict[tuple, ctypes.CDLL | None] = {}
-_enabled = [True]
-
-
-@contextlib.contextmanager
-def disabled():
-    """Inside, every model takes the per-layer path (the reference formulation, e.g. to count
-    its FLOPs with ``torch.utils.flop_counter``, which cannot see into the kernels)."""
-    _enabled.append(False)
-    try:
-        yield
-    finally:
-        _enabled.pop()
-
-
-def kernel_dir() -> Path:
-    """Where compiled kernels are kept (``$ICL_LIGHTNING_KERNELS``, default a folder of the
-    system's temporary directory, as torch.compile keeps its own)."""
-    default = Path(tempfile.gettempdir()) / f"icl_lightning_kernels_{os.getuid()}"
-    return Path(os.environ.get("ICL_LIGHTNING_KERNELS", default))
-
-
-def _compile(scalar: str, D: int, H: int) -> Path:
-    """The kernels' shared library for one (dtype, D, H), compiled unless already there (named
-    by a hash of the source and flags; written to a temporary name and renamed, so that
-    processes compiling at once never load a partial file)."""
-    compiler = os.environ.get("CC", "cc")
-    flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DD={D}", f"-DH={H}"]
-    key = hashlib.sha256("\n".join([compiler, *flags, SOURCE]).encode()).hexdigest()[:16]
-    folder = kernel_dir()
-    library = folder / f"lsa_{scalar}_D{D}_H{H}_{key}.so"
-    if library.is_file():
-        return library
-    if shutil.which(compiler) is None:
-        raise OSError(f"no C compiler {compiler!r} (set CC)")
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        source = Path(tmp) / "lsa.c"
-        source.write_text(SOURCE)
-        built = Path(tmp) / library.name
-        subprocess.run(
-            [compiler, *flags, str(source), "-o", str(built)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        os.replace(built, library)
-    return library
+#: inside, every model takes the per-layer path (the reference formulation)
+disabled = c_kernels.disabled
 
 
 def library(dtype: torch.dtype, D: int, H: int) -> ctypes.CDLL | None:
@@ -90,16 +38,9 @@ def library(dtype: torch.dtype, D: int, H: int) -> ctypes.CDLL | None:
     warning per process) when they cannot be compiled or loaded."""
     key = (dtype, D, H)
     if key not in _libraries:
-        try:
-            lib = ctypes.CDLL(str(_compile(_SCALAR[dtype], D, H)))
-        except (OSError, subprocess.CalledProcessError) as error:
-            detail = getattr(error, "stderr", "") or error
-            warnings.warn(
-                f"LSA: the batch-last CPU kernels could not be built ({detail}); the deep LSA "
-                "runs on the slower per-layer path",
-                stacklevel=2,
-            )
-            lib = None
+        scalar = _SCALAR[dtype]
+        flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DD={D}", f"-DH={H}"]
+        lib = c_kernels.load("LSA (batch-last)", f"lsa_{scalar}_D{D}_H{H}", SOURCE, flags)
         if lib is not None:
             for name, pointers in _POINTERS.items():
                 function = getattr(lib, name)
@@ -116,7 +57,7 @@ def applies(layers, tensor: torch.Tensor) -> bool:
     attention without LayerNorm on the CPU, float32 or float64 weights and inputs, no autocast,
     no ``torch.func`` transform, and kernels that compile."""
     weight = layers[0].W_Q
-    if not _enabled[-1] or tensor.device.type != "cpu" or weight.device.type != "cpu":
+    if not c_kernels.enabled() or tensor.device.type != "cpu" or weight.device.type != "cpu":
         return False
     if tensor.dtype not in _SCALAR or weight.dtype != tensor.dtype:
         return False

@@ -27,6 +27,7 @@ from jsonargparse.typing import PositiveInt
 from torch import nn
 
 from icl_lightning.checks import require
+from icl_lightning.models import gpt2_cpu
 
 
 class Block(nn.Module):
@@ -48,15 +49,9 @@ class Block(nn.Module):
         token up to it: the output at position t is the same whatever ``read`` holds."""
         B, T, D = h.shape
         qkv = self.c_attn(self.ln_1(h)).view(B, T, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
-        if read == slice(None):  # softmax(q k^T / sqrt(D/H)) v, causal
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            t = torch.arange(T, device=h.device)
-            causal = t[read, None] >= t  # position t[read][i] reads the positions <= it
-            a = F.scaled_dot_product_attention(q[:, :, read], k, v, attn_mask=causal)
-        h = h[:, read] + self.attn_c_proj(a.transpose(1, 2).reshape(B, -1, D))
-        return h + self.mlp_c_proj(F.gelu(self.c_fc(self.ln_2(h)), approximate="tanh"))
+        a = gpt2_cpu.attention(qkv, read)  # softmax(q k^T / sqrt(D/H)) v, causal
+        h = h[:, read] + self.attn_c_proj(a.reshape(B, -1, D))
+        return h + self.mlp_c_proj(gpt2_cpu.gelu(self.c_fc(self.ln_2(h))))
 
 
 class GPT2(nn.Module):

@@ -1,0 +1,177 @@
+"""GPT-2's CPU fast path: causal attention and the tanh GELU as C kernels in autograd functions.
+
+At Garg et al.'s sizes (head size 32, 41 - 101 points) torch's CPU attention runs its small
+per-head products at a fraction of the core's speed and its tanh GELU takes several passes;
+:mod:`~icl_lightning.models.gpt2_kernels` computes both in one pass each way (the maths is
+there). :class:`~icl_lightning.models.GPT2` calls :func:`attention` and :func:`gelu` here, which
+take the kernels where :func:`applies` (CPU tensors of float32 or float64, a head size that is a
+multiple of 16 floats or 8 doubles, no autocast, no ``torch.func`` transform, kernels that
+compile) and torch's ``scaled_dot_product_attention`` and ``gelu`` otherwise; both paths compute
+the same function (``tests/test_gpt2_kernels.py``). With several torch threads the prompts (or
+elements) are split across that many threads (``ctypes`` releases the GIL in the kernels).
+"""
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from icl_lightning.models import c_kernels
+from icl_lightning.models.gpt2_kernels import SOURCE
+
+_SCALAR = {torch.float32: "float", torch.float64: "double"}
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-std=c11", "-shared", "-fPIC"]
+_LONG, _DOUBLE, _POINTER = ctypes.c_long, ctypes.c_double, ctypes.c_void_p
+_SIGNATURES = {
+    "attention_forward": [_POINTER] * 4 + [_LONG] * 4 + [_DOUBLE],
+    "attention_backward": [_POINTER] * 6 + [_LONG] * 4 + [_DOUBLE],
+    "gelu_forward": [_POINTER] * 2 + [_LONG],
+    "gelu_backward": [_POINTER] * 3 + [_LONG],
+}
+_libraries: dict[tuple, ctypes.CDLL | None] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process, threads): pool
+
+
+def library(dtype: torch.dtype, head_size: int) -> ctypes.CDLL | None:
+    """The kernels for ``dtype`` and ``head_size``; ``None`` (one warning per process) when
+    they cannot be compiled or loaded."""
+    key = (dtype, head_size)
+    if key not in _libraries:
+        scalar = _SCALAR[dtype]
+        flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DDH={head_size}"]
+        lib = c_kernels.load("GPT2", f"gpt2_{scalar}_DH{head_size}", SOURCE, flags, ["-lm"])
+        if lib is not None:
+            for name, argtypes in _SIGNATURES.items():
+                getattr(lib, name).restype = None
+                getattr(lib, name).argtypes = argtypes
+        _libraries[key] = lib
+    return _libraries[key]
+
+
+def applies(x: torch.Tensor, head_size: int) -> bool:
+    """Whether the kernels run on ``x`` for heads of ``head_size`` (module docstring)."""
+    if not c_kernels.enabled() or x.device.type != "cpu" or x.dtype not in _SCALAR:
+        return False
+    if head_size % (64 // x.element_size()):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
+        return False
+    return library(x.dtype, head_size) is not None
+
+
+def _in_parallel(call, size: int) -> None:
+    """``call(start, stop)`` over ``range(size)`` in ``torch.get_num_threads()`` parts, on as
+    many threads."""
+    parts = min(torch.get_num_threads(), size)
+    if parts <= 1:
+        call(0, size)
+        return
+    key = (os.getpid(), parts)  # a forked child makes its own threads
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(parts)
+    bounds = [size * k // parts for k in range(parts + 1)]
+    futures = [_pools[key].submit(call, bounds[k], bounds[k + 1]) for k in range(parts)]
+    for future in futures:
+        future.result()
+
+
+def _at(tensor: torch.Tensor, start: int) -> int:
+    """Address of ``tensor[start]`` (a contiguous tensor)."""
+    return tensor.data_ptr() + start * tensor.stride(0) * tensor.element_size()
+
+
+class CausalAttention(torch.autograd.Function):
+    """``out`` ``(B, Tq, H, DH)``: softmax attention of the queries at positions ``rows``
+    (``(Tq,)``, int64) over the keys at or before them, from ``qkv`` ``(B, T, 3, H, DH)``
+    (``q, k, v`` stacked as GPT-2's ``c_attn`` writes them), scale ``1 / sqrt(DH)``."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        qkv, rows = qkv.contiguous(), rows.to(torch.int64).contiguous()
+        B, T, _, H, DH = qkv.shape
+        Tq = len(rows)
+        out = qkv.new_empty(B, Tq, H, DH)
+        lse = qkv.new_empty(B, H, Tq)
+        run = library(qkv.dtype, DH).attention_forward
+        _in_parallel(
+            lambda a, b: run(
+                _at(qkv, a), _at(out, a), _at(lse, a), rows.data_ptr(), b - a, T, Tq, H, DH**-0.5
+            ),
+            B,
+        )
+        ctx.save_for_backward(qkv, rows, out, lse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        qkv, rows, out, lse = ctx.saved_tensors
+        grad = grad.contiguous()
+        B, T, _, H, DH = qkv.shape
+        dqkv = torch.empty_like(qkv)
+        run = library(qkv.dtype, DH).attention_backward
+        _in_parallel(
+            lambda a, b: run(
+                *(_at(t, a) for t in (qkv, out, grad, lse)),
+                rows.data_ptr(),
+                _at(dqkv, a),
+                b - a,
+                T,
+                len(rows),
+                H,
+                DH**-0.5,
+            ),
+            B,
+        )
+        return dqkv, None
+
+
+class GeluTanh(torch.autograd.Function):
+    """``F.gelu(x, approximate="tanh")`` elementwise."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        run = library(x.dtype, 64 // x.element_size()).gelu_forward
+        flat_x, flat_y = x.view(-1), y.view(-1)
+        _in_parallel(lambda a, b: run(_at(flat_x, a), _at(flat_y, a), b - a), x.numel())
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        dx = torch.empty_like(x)
+        run = library(x.dtype, 64 // x.element_size()).gelu_backward
+        flat = [t.view(-1) for t in (x, grad, dx)]
+        _in_parallel(lambda a, b: run(*(_at(t, a) for t in flat), b - a), x.numel())
+        return dx
+
+
+def attention(qkv: torch.Tensor, read: slice) -> torch.Tensor:
+    """``(B, T', H, DH)``: causal softmax attention of the queries at the positions ``read`` of
+    ``qkv`` ``(B, T, 3, H, DH)`` over every key up to each (kernels where :func:`applies`,
+    ``F.scaled_dot_product_attention`` otherwise)."""
+    B, T, _, H, DH = qkv.shape
+    if applies(qkv, DH):
+        return CausalAttention.apply(qkv, torch.arange(T)[read])
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, DH)
+    if read == slice(None):
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        t = torch.arange(T, device=qkv.device)
+        causal = t[read, None] >= t  # position t[read][i] reads the positions <= it
+        a = F.scaled_dot_product_attention(q[:, :, read], k, v, attn_mask=causal)
+    return a.transpose(1, 2)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, ``F.gelu(x, approximate="tanh")`` (kernels where :func:`applies`)."""
+    if applies(x, 64 // x.element_size()):
+        return GeluTanh.apply(x)
+    return F.gelu(x, approximate="tanh")
