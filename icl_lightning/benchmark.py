@@ -72,6 +72,7 @@ from statistics import median
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from icl_lightning.allocator import keep_freed_memory
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.cli import ICLLightningCLI, imported_heap_frozen
 from icl_lightning.models import batch_last
@@ -820,6 +821,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     sections: list[str] = []
     results: dict = {}
+    keep_freed_memory()  # as icl-lightning runs
     with imported_heap_frozen():  # as icl-lightning runs: no full collections of the imports
         for table in args.tables:
             print(f"--- {table}", flush=True)

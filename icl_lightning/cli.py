@@ -50,6 +50,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from icl_lightning.allocator import keep_freed_memory
 from icl_lightning.callbacks.probe import Probe
 from icl_lightning.checkpointing import (
     AtomicCheckpointIO,
@@ -428,7 +429,9 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``icl-lightning`` console script (exit 1 when stopped by SIGTERM or
     Ctrl+C, after ``last.ckpt`` was written, or when a file could not be written: one message
     naming the last good checkpoint). The run goes with the imported heap frozen
-    (:func:`imported_heap_frozen`)."""
+    (:func:`imported_heap_frozen`) and freed memory kept for reuse
+    (:func:`~icl_lightning.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     try:
         with imported_heap_frozen():
             ICLLightningCLI(args=args)

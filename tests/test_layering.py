@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"icl_lightning": ROOT / "icl_lightning", "icl_lightning.callbacks": ROOT / "callbacks"}
 #: the layers, first to last; a package not named here is part of "runs"
 LAYERS = {
-    "core": ["checks", "plotting", "loggers", "profiling"],
+    "core": ["checks", "plotting", "loggers", "profiling", "allocator"],
     "data, models": ["data", "models"],
     "theory": ["theory"],
     "probes": ["callbacks", "modules"],

@@ -8,7 +8,7 @@ and writes ``out`` ``(B, Tq, H, DH)``, the layout the output projection reads: n
 
     s_ij = scale q_i . k_j,   l_i = logsumexp_j s_ij,   o_i = sum_j exp(s_ij - l_i) v_j.
 
-Per (prompt, head), ``K^T`` and ``V^T`` are gathered once, rows of ``s`` are computed R = 4
+Per (prompt, head), ``K^T`` and ``V^T`` are gathered once, rows of ``s`` are computed R = 8
 queries at a time as vectors over j (``rows_times``), and ``o`` with R x DH accumulators in
 registers (``weights_times``). The backward pass recomputes ``p_ij = exp(s_ij - l_i)`` from the
 saved ``l`` and, with ``D_i = do_i . o_i``,
@@ -35,7 +35,7 @@ typedef SCALAR vec __attribute__((vector_size(64)));
 typedef SCALAR uvec __attribute__((vector_size(64), aligned(sizeof(SCALAR))));
 #define VL ((long)(64 / sizeof(SCALAR)))
 #define NC (DH / VL)
-#define R 4
+#define R 8
 
 static inline vec load(const SCALAR *p) { return *(const uvec *)p; }
 static inline void store(SCALAR *p, vec v) { *(uvec *)p = v; }
