@@ -11,9 +11,8 @@ from icl_lightning import cli
 from icl_lightning.allocator import keep_freed_memory
 
 try:
-    ctypes.CDLL("libc.so.6").mallopt
-    GLIBC = True
-except (OSError, AttributeError):
+    GLIBC = hasattr(ctypes.CDLL("libc.so.6"), "mallopt")
+except OSError:
     GLIBC = False
 
 #: page faults per training step of Garg et al.'s tiny GPT-2 (argv[1]: "keep" or "default")
