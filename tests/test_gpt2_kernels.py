@@ -42,18 +42,27 @@ def test_attention_kernel_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda x: gpt2_cpu.CausalAttention.apply(x, rows), (qkv,))
 
 
-def test_gelu_kernel_equals_torch():
-    x = torch.randn(1000, dtype=torch.float64) * 4
-    x[:3] = torch.tensor([0.0, 40.0, -40.0])  # exp overflows: gelu = x, 0
-    x.requires_grad_()
-    y = gpt2_cpu.gelu(x)
-    (dx,) = torch.autograd.grad(y.sum(), x)
-    expected = F.gelu(x, approximate="tanh")
-    (expected_dx,) = torch.autograd.grad(expected.sum(), x)
-    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(dx, expected_dx, rtol=0, atol=1e-12)
-    x32 = x.detach().float()
-    torch.testing.assert_close(gpt2_cpu.gelu(x32), F.gelu(x32, approximate="tanh"))
+def _gelu_and_grads(u, b, weights):
+    y = gpt2_cpu.bias_gelu(u, b)
+    return y, *torch.autograd.grad((y * weights).sum(), (u, b))
+
+
+def test_bias_gelu_kernel_equals_torch():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(50, 3, 8, generator=g, dtype=torch.float64) * 4
+    u[0, 0, :3] = torch.tensor([0.0, 40.0, -40.0])  # exp overflows: gelu = z, 0
+    b = torch.randn(8, generator=g, dtype=torch.float64).requires_grad_()
+    u.requires_grad_()
+    weights = torch.randn(50, 3, 8, generator=g, dtype=torch.float64)
+    assert gpt2_cpu.applies(u, 8)
+    got = _gelu_and_grads(u, b, weights)
+    with c_kernels.disabled():
+        expected = _gelu_and_grads(u, b, weights)
+    for a, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+    u32, b32 = u.detach().float(), b.detach().float()
+    expected32 = F.gelu(u32 + b32, approximate="tanh")
+    torch.testing.assert_close(gpt2_cpu.bias_gelu(u32, b32), expected32)
 
 
 def _predictions_and_grads(model, cx, cy, qx):
@@ -94,7 +103,8 @@ def test_gpt2_in_float32_on_the_kernels_matches_torch():
 
 
 def test_the_kernels_split_over_threads_give_the_same_numbers():
-    """Each prompt (GELU: each element) is computed alone, so the split changes no bit."""
+    """Each prompt (GELU: each row) is computed alone, so the split changes no bit of the
+    outputs and gradients; the bias gradient is summed per part, then over the parts."""
     qkv = _qkv(B=7, T=9, DH=32, dtype=torch.float32)
     weights = torch.randn(7, 5, 2, 32)
     threads = torch.get_num_threads()
@@ -103,13 +113,15 @@ def test_the_kernels_split_over_threads_give_the_same_numbers():
         for n in (1, 3):  # 7 prompts in parts of 2, 2 and 3
             torch.set_num_threads(n)
             out, grad = _attention_and_grad(qkv, slice(0, None, 2), weights)
-            x = qkv.detach().flatten().requires_grad_()
-            y = gpt2_cpu.gelu(x)
-            (dx,) = torch.autograd.grad((y * x.detach()).sum(), x)
-            results.append((out, grad, y, dx))
+            u = qkv.detach().view(-1, 32).requires_grad_()
+            b = torch.linspace(-1, 1, 32).requires_grad_()
+            gelu = _gelu_and_grads(u, b, u.detach())  # 378 rows in parts of 126
+            results.append((out, grad, *gelu))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    (*one, db_one), (*split, db_split) = results
+    assert all(torch.equal(a, b) for a, b in zip(one, split, strict=True))
+    torch.testing.assert_close(db_one, db_split)
 
 
 def test_a_nan_reaches_every_output_that_reads_it():
@@ -118,8 +130,9 @@ def test_a_nan_reaches_every_output_that_reads_it():
     out = gpt2_cpu.attention(qkv, slice(None))
     assert out[0, 4:].isnan().all() and not out[0, :4].isnan().any()
     assert not out[1:].isnan().any()
-    x = torch.tensor([1.0, float("nan")], dtype=torch.float64)
-    assert gpt2_cpu.gelu(x).isnan().tolist() == [False, True]
+    u = torch.tensor([[1.0, float("nan")]] * 8, dtype=torch.float64)
+    assert gpt2_cpu.bias_gelu(u, torch.zeros(2, dtype=torch.float64)).isnan()[:, 1].all()
+    assert not gpt2_cpu.bias_gelu(u, torch.zeros(2, dtype=torch.float64)).isnan()[:, 0].any()
 
 
 @pytest.mark.parametrize("case", ["head size", "bfloat16", "autocast", "vmap", "no compiler"])

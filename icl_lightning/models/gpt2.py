@@ -51,7 +51,8 @@ class Block(nn.Module):
         qkv = self.c_attn(self.ln_1(h)).view(B, T, 3, self.num_heads, D // self.num_heads)
         a = gpt2_cpu.attention(qkv, read)  # softmax(q k^T / sqrt(D/H)) v, causal
         h = h[:, read] + self.attn_c_proj(a.reshape(B, -1, D))
-        return h + self.mlp_c_proj(gpt2_cpu.gelu(self.c_fc(self.ln_2(h))))
+        u = F.linear(self.ln_2(h), self.c_fc.weight)  # its bias goes in with the GELU
+        return h + self.mlp_c_proj(gpt2_cpu.bias_gelu(u, self.c_fc.bias))
 
 
 class GPT2(nn.Module):

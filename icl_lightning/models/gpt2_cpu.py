@@ -3,12 +3,13 @@
 At Garg et al.'s sizes (head size 32, 41 - 101 points) torch's CPU attention runs its small
 per-head products at a fraction of the core's speed and its tanh GELU takes several passes;
 :mod:`~icl_lightning.models.gpt2_kernels` computes both in one pass each way (the maths is
-there). :class:`~icl_lightning.models.GPT2` calls :func:`attention` and :func:`gelu` here, which
-take the kernels where :func:`applies` (CPU tensors of float32 or float64, a head size that is a
-multiple of 16 floats or 8 doubles, no autocast, no ``torch.func`` transform, kernels that
-compile) and torch's ``scaled_dot_product_attention`` and ``gelu`` otherwise; both paths compute
-the same function (``tests/test_gpt2_kernels.py``). With several torch threads the prompts (or
-elements) are split across that many threads (``ctypes`` releases the GIL in the kernels).
+there). :class:`~icl_lightning.models.GPT2` calls :func:`attention` and :func:`bias_gelu`
+here, which take the kernels where :func:`applies` (CPU tensors of float32 or float64, a head
+size that is a multiple of 16 floats or 8 doubles, no autocast, no ``torch.func`` transform,
+kernels that compile) and torch's ``scaled_dot_product_attention`` and ``gelu`` otherwise;
+both paths compute the same function (``tests/test_gpt2_kernels.py``). With several torch
+threads the prompts (or rows) are split across that many threads (``ctypes`` releases the GIL
+in the kernels).
 """
 
 import ctypes
@@ -27,8 +28,8 @@ _LONG, _DOUBLE, _POINTER = ctypes.c_long, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
     "attention_forward": [_POINTER] * 4 + [_LONG] * 4 + [_DOUBLE],
     "attention_backward": [_POINTER] * 6 + [_LONG] * 4 + [_DOUBLE],
-    "gelu_forward": [_POINTER] * 2 + [_LONG],
-    "gelu_backward": [_POINTER] * 3 + [_LONG],
+    "bias_gelu_forward": [_POINTER] * 3 + [_LONG] * 2,
+    "bias_gelu_backward": [_POINTER] * 5 + [_LONG] * 2,
 }
 _libraries: dict[tuple, ctypes.CDLL | None] = {}
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process, threads): pool
@@ -61,18 +62,24 @@ def applies(x: torch.Tensor, head_size: int) -> bool:
     return library(x.dtype, head_size) is not None
 
 
-def _in_parallel(call, size: int) -> None:
-    """``call(start, stop)`` over ``range(size)`` in ``torch.get_num_threads()`` parts, on as
-    many threads."""
-    parts = min(torch.get_num_threads(), size)
-    if parts <= 1:
-        call(0, size)
+def _parts(size: int) -> list[int]:
+    """Bounds of ``range(size)`` cut into ``torch.get_num_threads()`` parts (fewer when
+    ``size`` is smaller): part k is ``range(bounds[k], bounds[k + 1])``."""
+    parts = max(1, min(torch.get_num_threads(), size))
+    return [size * k // parts for k in range(parts + 1)]
+
+
+def _in_parallel(call, bounds: list[int]) -> None:
+    """``call(k, start, stop)`` for every part k of ``bounds`` (:func:`_parts`), each part on a
+    thread of its own."""
+    parts = len(bounds) - 1
+    if parts == 1:
+        call(0, bounds[0], bounds[1])
         return
     key = (os.getpid(), parts)  # a forked child makes its own threads
     if key not in _pools:
         _pools[key] = ThreadPoolExecutor(parts)
-    bounds = [size * k // parts for k in range(parts + 1)]
-    futures = [_pools[key].submit(call, bounds[k], bounds[k + 1]) for k in range(parts)]
+    futures = [_pools[key].submit(call, k, bounds[k], bounds[k + 1]) for k in range(parts)]
     for future in futures:
         future.result()
 
@@ -96,10 +103,10 @@ class CausalAttention(torch.autograd.Function):
         lse = qkv.new_empty(B, H, Tq)
         run = library(qkv.dtype, DH).attention_forward
         _in_parallel(
-            lambda a, b: run(
+            lambda _, a, b: run(
                 _at(qkv, a), _at(out, a), _at(lse, a), rows.data_ptr(), b - a, T, Tq, H, DH**-0.5
             ),
-            B,
+            _parts(B),
         )
         ctx.save_for_backward(qkv, rows, out, lse)
         return out
@@ -113,7 +120,7 @@ class CausalAttention(torch.autograd.Function):
         dqkv = torch.empty_like(qkv)
         run = library(qkv.dtype, DH).attention_backward
         _in_parallel(
-            lambda a, b: run(
+            lambda _, a, b: run(
                 *(_at(t, a) for t in (qkv, out, grad, lse)),
                 rows.data_ptr(),
                 _at(dqkv, a),
@@ -123,34 +130,45 @@ class CausalAttention(torch.autograd.Function):
                 H,
                 DH**-0.5,
             ),
-            B,
+            _parts(B),
         )
         return dqkv, None
 
 
-class GeluTanh(torch.autograd.Function):
-    """``F.gelu(x, approximate="tanh")`` elementwise."""
+class BiasGelu(torch.autograd.Function):
+    """``F.gelu(u + b, approximate="tanh")`` for ``u`` ``(..., C)`` and a bias ``b`` ``(C,)``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        run = library(x.dtype, 64 // x.element_size()).gelu_forward
-        flat_x, flat_y = x.view(-1), y.view(-1)
-        _in_parallel(lambda a, b: run(_at(flat_x, a), _at(flat_y, a), b - a), x.numel())
-        ctx.save_for_backward(x)
+    def forward(ctx, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        u, b = u.contiguous(), b.contiguous()
+        rows, cols = u.numel() // len(b), len(b)
+        y = torch.empty_like(u)
+        run = library(u.dtype, 64 // u.element_size()).bias_gelu_forward
+        flat_u, flat_y = u.view(rows, cols), y.view(rows, cols)
+        _in_parallel(
+            lambda _, i, j: run(_at(flat_u, i), b.data_ptr(), _at(flat_y, i), j - i, cols),
+            _parts(rows),
+        )
+        ctx.save_for_backward(u, b)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        dx = torch.empty_like(x)
-        run = library(x.dtype, 64 // x.element_size()).gelu_backward
-        flat = [t.view(-1) for t in (x, grad, dx)]
-        _in_parallel(lambda a, b: run(*(_at(t, a) for t in flat), b - a), x.numel())
-        return dx
+        u, b = ctx.saved_tensors
+        rows, cols = u.numel() // len(b), len(b)
+        flat_u, flat_g = u.view(rows, cols), grad.contiguous().view(rows, cols)
+        du = torch.empty_like(flat_u)
+        bounds = _parts(rows)
+        db = u.new_zeros(len(bounds) - 1, cols)  # a sum per part of the rows
+        run = library(u.dtype, 64 // u.element_size()).bias_gelu_backward
+        _in_parallel(
+            lambda k, i, j: run(
+                _at(flat_u, i), b.data_ptr(), _at(flat_g, i), _at(du, i), _at(db, k), j - i, cols
+            ),
+            bounds,
+        )
+        return du.view_as(u), db.sum(0)
 
 
 def attention(qkv: torch.Tensor, read: slice) -> torch.Tensor:
@@ -170,8 +188,9 @@ def attention(qkv: torch.Tensor, read: slice) -> torch.Tensor:
     return a.transpose(1, 2)
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU, ``F.gelu(x, approximate="tanh")`` (kernels where :func:`applies`)."""
-    if applies(x, 64 // x.element_size()):
-        return GeluTanh.apply(x)
-    return F.gelu(x, approximate="tanh")
+def bias_gelu(u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU of ``u + b`` (``u`` ``(..., C)``, ``b`` ``(C,)``),
+    ``F.gelu(u + b, approximate="tanh")`` (kernels where :func:`applies`)."""
+    if applies(u, 64 // u.element_size()) and b.dtype == u.dtype and b.device == u.device:
+        return BiasGelu.apply(u, b)
+    return F.gelu(u + b, approximate="tanh")

@@ -18,8 +18,11 @@ saved ``l`` and, with ``D_i = do_i . o_i``,
 
 written into ``dqkv`` (same layout as ``qkv``; ``dq`` is 0 at the positions no query reads).
 
-GELU, ``gelu(x) = x (1 + tanh(u)) / 2 = x sigmoid(2u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``,
-with ``gelu'(x) = s + x s (1 - s) 2u'``, ``s = sigmoid(2u)``, one pass each.
+GELU of the MLP's first layer and its bias, ``y = gelu(u + b)`` (``u = x W^T`` from a product
+without bias, so no pass copies the bias into it), ``gelu(z) = z (1 + tanh(a)) / 2 = z
+sigmoid(2a)``, ``a = sqrt(2/pi) (z + 0.044715 z^3)``, and backward ``du = g gelu'(z)``,
+``gelu'(z) = s + z s (1 - s) 2a'``, ``s = sigmoid(2a)``, with the bias gradient ``db = sum_i
+du_i`` summed in the same pass.
 
 Compiled with ``-ffast-math``, which lets GCC call glibc's vector ``exp`` (libmvec); the results
 stay within float rounding of torch's (``tests/test_gpt2_kernels.py``) and NaN inputs still give
@@ -187,23 +190,30 @@ void attention_backward(const SCALAR *qkv, const SCALAR *out, const SCALAR *dout
 }
 #define GELU_A ((SCALAR)1.5957691216057308)   /* 2 sqrt(2/pi) */
 #define GELU_B ((SCALAR)0.0713548162726009)   /* 2 sqrt(2/pi) 0.044715 */
-/* gelu_tanh(x) = x sigmoid(x (A + B x^2)) */
+/* gelu_tanh(z) = z sigmoid(z (A + B z^2)) */
 /* exponents kept finite (exp(ZMAX) is): -ffast-math assumes no infinity */
 #define ZMAX ((SCALAR)(sizeof(SCALAR) == 4 ? 80 : 700))
 static inline SCALAR exp_clamped(SCALAR z) { return exp(z > ZMAX ? ZMAX : z < -ZMAX ? -ZMAX : z); }
 
-void gelu_forward(const SCALAR *x, SCALAR *y, long n) {
-  for (long i = 0; i < n; i++) {
-    const SCALAR xi = x[i];
-    y[i] = xi / (1 + exp_clamped(-xi * (GELU_A + GELU_B * xi * xi)));
-  }
+/* y = gelu(u + b), u: rows x cols, b: cols */
+void bias_gelu_forward(const SCALAR *u, const SCALAR *b, SCALAR *y, long rows, long cols) {
+  for (long i = 0; i < rows; i++)
+    for (long c = 0; c < cols; c++) {
+      const SCALAR z = u[i * cols + c] + b[c];
+      y[i * cols + c] = z / (1 + exp_clamped(-z * (GELU_A + GELU_B * z * z)));
+    }
 }
-/* dx = g (s + x s (1 - s) (A + 3 B x^2)), s = sigmoid(x (A + B x^2)) */
-void gelu_backward(const SCALAR *x, const SCALAR *g, SCALAR *dx, long n) {
-  for (long i = 0; i < n; i++) {
-    const SCALAR xi = x[i], x2 = xi * xi;
-    const SCALAR s = 1 / (1 + exp_clamped(-xi * (GELU_A + GELU_B * x2)));
-    dx[i] = g[i] * (s + xi * s * (1 - s) * (GELU_A + 3 * GELU_B * x2));
-  }
+/* du = g gelu'(z) = g (s + z s (1 - s) (A + 3 B z^2)), s = sigmoid(z (A + B z^2)), z = u + b;
+   db = sum_i du_i (db: cols, zeroed by the caller) */
+void bias_gelu_backward(const SCALAR *u, const SCALAR *b, const SCALAR *g, SCALAR *du,
+                        SCALAR *db, long rows, long cols) {
+  for (long i = 0; i < rows; i++)
+    for (long c = 0; c < cols; c++) {
+      const SCALAR z = u[i * cols + c] + b[c], z2 = z * z;
+      const SCALAR s = 1 / (1 + exp_clamped(-z * (GELU_A + GELU_B * z2)));
+      const SCALAR d = g[i * cols + c] * (s + z * s * (1 - s) * (GELU_A + 3 * GELU_B * z2));
+      du[i * cols + c] = d;
+      db[c] += d;
+    }
 }
 """
