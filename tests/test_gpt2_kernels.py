@@ -65,6 +65,35 @@ def test_bias_gelu_kernel_equals_torch():
     torch.testing.assert_close(gpt2_cpu.bias_gelu(u32, b32), expected32)
 
 
+def _linear_and_grads(x, W, b, weights):
+    y = gpt2_cpu.linear(x, W, b)
+    return y, *torch.autograd.grad((y * weights).sum(), (x, W, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_on_onednn_equals_f_linear(dtype, monkeypatch):
+    """float32 through oneDNN (where it runs) within float rounding of ``F.linear``; float64,
+    which oneDNN does not take, and a oneDNN that does not run are ``F.linear`` itself."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 24, generator=g, dtype=dtype).requires_grad_()
+    W = torch.randn(40, 24, generator=g, dtype=dtype).requires_grad_()
+    b = torch.randn(40, generator=g, dtype=dtype).requires_grad_()
+    weights = torch.randn(3, 7, 40, generator=g, dtype=dtype)
+    got = _linear_and_grads(x, W, b, weights)
+    expected = [
+        F.linear(x, W, b),
+        *torch.autograd.grad((F.linear(x, W, b) * weights).sum(), (x, W, b)),
+    ]
+    if dtype == torch.float32:
+        assert gpt2_cpu._onednn()
+        assert got[0].grad_fn.name().startswith("OneDNNLinear")
+        for a, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, e)
+        monkeypatch.setattr(gpt2_cpu, "_onednn", lambda: False)
+        got = _linear_and_grads(x, W, b, weights)
+    assert all(torch.equal(a, e) for a, e in zip(got, expected, strict=True))
+
+
 def _predictions_and_grads(model, cx, cy, qx):
     out = model.prefix_predictions(cx, cy, qx)
     weights = torch.linspace(-1, 1, out.shape[1], dtype=out.dtype)

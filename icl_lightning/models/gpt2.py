@@ -48,11 +48,14 @@ class Block(nn.Module):
         position by default). Only those positions query, but each still attends to every
         token up to it: the output at position t is the same whatever ``read`` holds."""
         B, T, D = h.shape
-        qkv = self.c_attn(self.ln_1(h)).view(B, T, 3, self.num_heads, D // self.num_heads)
+        linear = gpt2_cpu.linear  # F.linear, by oneDNN on the CPU
+        qkv = linear(self.ln_1(h), self.c_attn.weight, self.c_attn.bias)
+        qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)
         a = gpt2_cpu.attention(qkv, read)  # softmax(q k^T / sqrt(D/H)) v, causal
-        h = h[:, read] + self.attn_c_proj(a.reshape(B, -1, D))
-        u = F.linear(self.ln_2(h), self.c_fc.weight)  # its bias goes in with the GELU
-        return h + self.mlp_c_proj(gpt2_cpu.bias_gelu(u, self.c_fc.bias))
+        h = h[:, read] + linear(a.reshape(B, -1, D), self.attn_c_proj.weight, self.attn_c_proj.bias)
+        u = linear(self.ln_2(h), self.c_fc.weight)  # its bias goes in with the GELU
+        y = gpt2_cpu.bias_gelu(u, self.c_fc.bias)
+        return h + linear(y, self.mlp_c_proj.weight, self.mlp_c_proj.bias)
 
 
 class GPT2(nn.Module):

@@ -1,18 +1,23 @@
-"""GPT-2's CPU fast path: causal attention and the tanh GELU as C kernels in autograd functions.
+"""GPT-2's CPU fast path: its linear layers on oneDNN, causal attention and the tanh GELU as C
+kernels, each in an autograd function.
 
 At Garg et al.'s sizes (head size 32, 41 - 101 points) torch's CPU attention runs its small
 per-head products at a fraction of the core's speed and its tanh GELU takes several passes;
 :mod:`~icl_lightning.models.gpt2_kernels` computes both in one pass each way (the maths is
-there). :class:`~icl_lightning.models.GPT2` calls :func:`attention` and :func:`bias_gelu`
-here, which take the kernels where :func:`applies` (CPU tensors of float32 or float64, a head
-size that is a multiple of 16 floats or 8 doubles, no autocast, no ``torch.func`` transform,
-kernels that compile) and torch's ``scaled_dot_product_attention`` and ``gelu`` otherwise;
-both paths compute the same function (``tests/test_gpt2_kernels.py``). With several torch
-threads the prompts (or rows) are split across that many threads (``ctypes`` releases the GIL
-in the kernels).
+there). The linear layers' products ``x W^T`` and, backward, ``dy W`` go through oneDNN's
+matrix product (``torch.ops.mkldnn._linear_pointwise``, which inductor uses on the CPU), 10 -
+30 % faster here than the MKL product that ``F.linear`` calls; ``dW = dy^T x`` stays on MKL.
+:class:`~icl_lightning.models.GPT2` calls :func:`linear`, :func:`attention` and
+:func:`bias_gelu`, which take these where :func:`applies` (CPU tensors of float32, and float64
+for the C kernels; a head size that is a multiple of 16 floats or 8 doubles; no autocast, no
+``torch.func`` transform; kernels that compile, a oneDNN that runs) and torch's ``F.linear``,
+``scaled_dot_product_attention`` and ``gelu`` otherwise; both paths compute the same function
+(``tests/test_gpt2_kernels.py``). With several torch threads the C kernels split the prompts
+(or rows) across that many threads (``ctypes`` releases the GIL in the kernels).
 """
 
 import ctypes
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,6 +92,47 @@ def _in_parallel(call, bounds: list[int]) -> None:
 def _at(tensor: torch.Tensor, start: int) -> int:
     """Address of ``tensor[start]`` (a contiguous tensor)."""
     return tensor.data_ptr() + start * tensor.stride(0) * tensor.element_size()
+
+
+@functools.cache
+def _onednn() -> bool:
+    """Whether oneDNN's linear product runs here (checked once: 1 x 1 times 1 x 1 is 1)."""
+    try:
+        one = torch.ones(1, 1)
+        return torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "").item() == 1.0
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _product(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` of ``x`` ``(M, K)`` and ``W`` ``(N, K)`` by oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, W, b, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``F.linear(x, W, b)`` with ``x W^T`` and ``dx = dy W`` by oneDNN, ``dW = dy^T x`` and
+    ``db = sum dy`` by torch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        ctx.save_for_backward(flat, W)
+        ctx.has_bias = b is not None
+        return _product(flat, W, b).view(*x.shape[:-1], W.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        flat, W = ctx.saved_tensors
+        dy = grad.reshape(-1, W.shape[0]).contiguous()
+        dx = dW = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _product(dy, W.t().contiguous(), None).view(*grad.shape[:-1], W.shape[1])
+        if ctx.needs_input_grad[1]:
+            dW = dy.t().mm(flat)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dW, db
 
 
 class CausalAttention(torch.autograd.Function):
@@ -169,6 +215,13 @@ class BiasGelu(torch.autograd.Function):
             bounds,
         )
         return du.view_as(u), db.sum(0)
+
+
+def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, W, b)``, by oneDNN where :func:`applies` to float32 ``x`` and oneDNN runs."""
+    if x.dtype == torch.float32 and W.dtype == x.dtype and applies(x, 16) and _onednn():
+        return OneDNNLinear.apply(x, W, b)
+    return F.linear(x, W, b)
 
 
 def attention(qkv: torch.Tensor, read: slice) -> torch.Tensor:
