@@ -13,7 +13,9 @@ names follow Hugging Face's ``GPT2Model`` (``c_attn``, ``c_proj``, ``c_fc``, ``l
 with ``nn.Linear`` weights (its ``Conv1D`` stores their transpose), and GPT-2's
 initialisation (normal 0.02; the residual projections 0.02 / sqrt(2L)); read-in and read-out
 are ``nn.Linear``'s default, as in Garg et al.'s ``TransformerModel``.
-``scripts/check_gpt2_against_hf.py`` checks equal outputs with the same weights.
+``scripts/check_gpt2_against_hf.py`` checks equal outputs with the same weights. On the CPU the
+blocks' products, attention and GELU take :mod:`~icl_lightning.models.gpt2_cpu`'s fast path
+(oneDNN products and C kernels for the same function), torch's ops elsewhere.
 
 Garg et al.'s sizes (``configs/garg_{tiny,small,standard}.yaml``): tiny L = 3, D = 64, H = 2;
 small L = 6, D = 128, H = 4; standard L = 12, D = 256, H = 8.

@@ -56,13 +56,17 @@ def library(dtype: torch.dtype, head_size: int) -> ctypes.CDLL | None:
     return _libraries[key]
 
 
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """``x`` on the CPU, outside :func:`~icl_lightning.models.c_kernels.disabled`, autocast
+    and ``torch.func`` transforms."""
+    if not c_kernels.enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return False
+    return not torch._C._are_functorch_transforms_active()
+
+
 def applies(x: torch.Tensor, head_size: int) -> bool:
-    """Whether the kernels run on ``x`` for heads of ``head_size`` (module docstring)."""
-    if not c_kernels.enabled() or x.device.type != "cpu" or x.dtype not in _SCALAR:
-        return False
-    if head_size % (64 // x.element_size()):
-        return False
-    if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
+    """Whether the C kernels run on ``x`` for heads of ``head_size`` (module docstring)."""
+    if x.dtype not in _SCALAR or head_size % (64 // x.element_size()) or not _eager_cpu(x):
         return False
     return library(x.dtype, head_size) is not None
 
@@ -218,8 +222,8 @@ class BiasGelu(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, W, b)``, by oneDNN where :func:`applies` to float32 ``x`` and oneDNN runs."""
-    if x.dtype == torch.float32 and W.dtype == x.dtype and applies(x, 16) and _onednn():
+    """``F.linear(x, W, b)``, by oneDNN for float32 on the CPU where oneDNN runs."""
+    if x.dtype == torch.float32 and W.dtype == x.dtype and _eager_cpu(x) and _onednn():
         return OneDNNLinear.apply(x, W, b)
     return F.linear(x, W, b)
 
