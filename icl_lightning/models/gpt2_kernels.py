@@ -8,10 +8,10 @@ and writes ``out`` ``(B, Tq, H, DH)``, the layout the output projection reads: n
 
     s_ij = scale q_i . k_j,   l_i = logsumexp_j s_ij,   o_i = sum_j exp(s_ij - l_i) v_j.
 
-Per (prompt, head), ``K^T`` and ``V^T`` are gathered once, rows of ``s`` are computed R = 8
-queries at a time as vectors over j (``rows_times``), and ``o`` with R x DH accumulators in
-registers (``weights_times``). The backward pass recomputes ``p_ij = exp(s_ij - l_i)`` from the
-saved ``l`` and, with ``D_i = do_i . o_i``,
+Per (prompt, head), ``K^T`` (backward: and ``V^T``) is gathered once, rows of ``s`` are
+computed R = 8 queries at a time as vectors over j (``rows_times``), and ``o`` with R x DH
+accumulators in registers (``weights_times``). The backward pass recomputes
+``p_ij = exp(s_ij - l_i)`` from the saved ``l`` and, with ``D_i = do_i . o_i``,
 
     ds_ij = scale p_ij (do_i . v_j - D_i),   dq_i = sum_j ds_ij k_j,
     dk_j = sum_i ds_ij q_i,   dv_j = sum_i p_ij do_i,
