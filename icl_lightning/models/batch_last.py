@@ -26,7 +26,13 @@ from icl_lightning.models.batch_last_kernels import SOURCE
 
 _SCALAR = {torch.float32: "float", torch.float64: "double"}
 _FLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
-_POINTERS = {"stack_forward": 7, "stack_backward": 12, "pack_tokens": 4}
+_TILES = [ctypes.c_long, ctypes.c_int]  # tiles, T
+_STACK = [ctypes.c_int, ctypes.c_int, ctypes.c_double]  # N, layers, clip
+_SIGNATURES = {
+    "stack_forward": [ctypes.c_void_p] * 7 + _TILES + _STACK,
+    "stack_backward": [ctypes.c_void_p] * 12 + _TILES + _STACK,
+    "pack_tokens": [ctypes.c_void_p] * 4 + _TILES,
+}
 _NAMES = ("W_Q", "W_K", "W_V", "P")
 _libraries: dict[tuple, ctypes.CDLL | None] = {}
 #: inside, every model takes the per-layer path (the reference formulation)
@@ -40,15 +46,8 @@ def library(dtype: torch.dtype, D: int, H: int) -> ctypes.CDLL | None:
     if key not in _libraries:
         scalar = _SCALAR[dtype]
         flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DD={D}", f"-DH={H}"]
-        lib = c_kernels.load("LSA (batch-last)", f"lsa_{scalar}_D{D}_H{H}", SOURCE, flags)
-        if lib is not None:
-            for name, pointers in _POINTERS.items():
-                function = getattr(lib, name)
-                function.restype = None
-                function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_long, ctypes.c_int]
-                if name.startswith("stack"):  # N, layers, clip
-                    function.argtypes += [ctypes.c_int, ctypes.c_int, ctypes.c_double]
-        _libraries[key] = lib
+        stem = f"lsa_{scalar}_D{D}_H{H}"
+        _libraries[key] = c_kernels.load("LSA (batch-last)", stem, SOURCE, flags, _SIGNATURES)
     return _libraries[key]
 
 
@@ -57,11 +56,9 @@ def applies(layers, tensor: torch.Tensor) -> bool:
     attention without LayerNorm on the CPU, float32 or float64 weights and inputs, no autocast,
     no ``torch.func`` transform, and kernels that compile."""
     weight = layers[0].W_Q
-    if not c_kernels.enabled() or tensor.device.type != "cpu" or weight.device.type != "cpu":
+    if not c_kernels.eager_cpu(tensor, weight):
         return False
     if tensor.dtype not in _SCALAR or weight.dtype != tensor.dtype:
-        return False
-    if torch.is_autocast_enabled("cpu") or torch._C._are_functorch_transforms_active():
         return False
     if any(layer.softmax or not isinstance(layer.norm, torch.nn.Identity) for layer in layers):
         return False

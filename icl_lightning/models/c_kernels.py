@@ -22,6 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 _enabled = [True]
 
 
@@ -38,6 +40,16 @@ def disabled():
 def enabled() -> bool:
     """False inside :func:`disabled`."""
     return _enabled[-1]
+
+
+def eager_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether a fast path may run on ``tensors``: all on the CPU, outside :func:`disabled`,
+    autocast and ``torch.func`` transforms."""
+    if not enabled() or any(t.device.type != "cpu" for t in tensors):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return not torch._C._are_functorch_transforms_active()
 
 
 def kernel_dir() -> Path:
@@ -75,11 +87,15 @@ def build(stem: str, source: str, flags: list[str], libraries: tuple[str, ...] =
     return library
 
 
-def load(what: str, stem: str, source: str, flags: list[str], libraries=()) -> ctypes.CDLL | None:
-    """:func:`build`, then load the library; ``None``, with a warning naming ``what`` (the
-    model whose fast path this is), when it cannot be compiled or loaded."""
+def load(
+    what: str, stem: str, source: str, flags: list[str], signatures: dict, libraries=()
+) -> ctypes.CDLL | None:
+    """:func:`build`, then load the library and give each function of ``signatures``
+    (``{name: argtypes}``) its argument types (they return nothing); ``None``, with a warning
+    naming ``what`` (the model whose fast path this is), when it cannot be compiled or
+    loaded."""
     try:
-        return ctypes.CDLL(str(build(stem, source, flags, tuple(libraries))))
+        lib = ctypes.CDLL(str(build(stem, source, flags, tuple(libraries))))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or error
         warnings.warn(
@@ -88,3 +104,7 @@ def load(what: str, stem: str, source: str, flags: list[str], libraries=()) -> c
             stacklevel=3,
         )
         return None
+    for name, argtypes in signatures.items():
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = argtypes
+    return lib

@@ -47,26 +47,14 @@ def library(dtype: torch.dtype, head_size: int) -> ctypes.CDLL | None:
     if key not in _libraries:
         scalar = _SCALAR[dtype]
         flags = [*_FLAGS, f"-DSCALAR={scalar}", f"-DDH={head_size}"]
-        lib = c_kernels.load("GPT2", f"gpt2_{scalar}_DH{head_size}", SOURCE, flags, ["-lm"])
-        if lib is not None:
-            for name, argtypes in _SIGNATURES.items():
-                getattr(lib, name).restype = None
-                getattr(lib, name).argtypes = argtypes
-        _libraries[key] = lib
+        stem = f"gpt2_{scalar}_DH{head_size}"
+        _libraries[key] = c_kernels.load("GPT2", stem, SOURCE, flags, _SIGNATURES, ["-lm"])
     return _libraries[key]
-
-
-def _eager_cpu(x: torch.Tensor) -> bool:
-    """``x`` on the CPU, outside :func:`~icl_lightning.models.c_kernels.disabled`, autocast
-    and ``torch.func`` transforms."""
-    if not c_kernels.enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-        return False
-    return not torch._C._are_functorch_transforms_active()
 
 
 def applies(x: torch.Tensor, head_size: int) -> bool:
     """Whether the C kernels run on ``x`` for heads of ``head_size`` (module docstring)."""
-    if x.dtype not in _SCALAR or head_size % (64 // x.element_size()) or not _eager_cpu(x):
+    if x.dtype not in _SCALAR or head_size % (64 // x.element_size()) or not c_kernels.eager_cpu(x):
         return False
     return library(x.dtype, head_size) is not None
 
@@ -223,7 +211,7 @@ class BiasGelu(torch.autograd.Function):
 
 def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, W, b)``, by oneDNN for float32 on the CPU where oneDNN runs."""
-    if x.dtype == torch.float32 and W.dtype == x.dtype and _eager_cpu(x) and _onednn():
+    if x.dtype == torch.float32 and W.dtype == x.dtype and c_kernels.eager_cpu(x) and _onednn():
         return OneDNNLinear.apply(x, W, b)
     return F.linear(x, W, b)
 
