@@ -9,7 +9,8 @@ PyTorch CPU tuning guide's advice to use jemalloc or TCMalloc, :func:`keep_freed
 freed memory in the process for reuse: blocks under 32 MB come from the heap
 (``M_MMAP_THRESHOLD``) and the heap is never trimmed below 1 GB of free space at its top
 (``M_TRIM_THRESHOLD``). The process's resident memory then stays near its peak, as a GPU
-caching allocator's does. ``icl-lightning`` and ``icl-benchmark`` call it at start.
+caching allocator's does. ``icl-lightning`` and the benchmarks call it at start
+(:func:`~icl_lightning.cli.run_process`).
 """
 
 import ctypes

@@ -26,8 +26,7 @@ from statistics import median
 
 import torch
 
-from icl_lightning.allocator import keep_freed_memory
-from icl_lightning.cli import imported_heap_frozen
+from icl_lightning.cli import run_process
 from icl_lightning.cli_defaults import fuse_on_cpu
 from icl_lightning.data import LinearRegression, seeded_generator
 from icl_lightning.data.garg_shifts import CurvePrompts
@@ -246,8 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps per step measurement")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args(argv)
-    keep_freed_memory()  # as icl-lightning runs, and with the imported heap frozen
-    with imported_heap_frozen():
+    with run_process():  # as icl-lightning runs
         lines, results = garg_tables(
             args.garg_python, args.garg_ref, args.repeats, args.sizes, args.steps
         )

@@ -3,8 +3,8 @@
 
     python -m icl_lightning.bench_whole_run OUT.json --config configs/demo.yaml [FIT OPTIONS]
 
-runs ``icl-lightning fit`` with the given options as the console script does (the imported
-heap frozen, :func:`~icl_lightning.cli.imported_heap_frozen`), with a
+runs ``icl-lightning fit`` with the given options as the console script does (in
+:func:`~icl_lightning.cli.run_process`), with a
 :class:`~icl_lightning.profiling.HookTimer` on the config's probes in place of the default
 profiler, and writes ``{"probe_seconds": {state key: seconds in its hook calls}, "steps": the
 steps trained}`` to ``OUT.json``. The caller clocks the process: its wall time is the whole
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from icl_lightning.callbacks.probe import Probe
-from icl_lightning.cli import ICLLightningCLI, imported_heap_frozen
+from icl_lightning.cli import ICLLightningCLI, run_process
 from icl_lightning.profiling import HookTimer
 
 
@@ -31,7 +31,7 @@ class ProbesTimedCLI(ICLLightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     out, *options = sys.argv[1:] if argv is None else argv
-    with imported_heap_frozen():
+    with run_process():
         cli = ProbesTimedCLI(args=["fit", *options])
     timer = cli.trainer.profiler
     seconds = {key: timer.seconds(key) for key in timer.callbacks}

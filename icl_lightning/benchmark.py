@@ -72,9 +72,8 @@ from statistics import median
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from icl_lightning.allocator import keep_freed_memory
 from icl_lightning.callbacks.probe import Probe
-from icl_lightning.cli import ICLLightningCLI, imported_heap_frozen
+from icl_lightning.cli import ICLLightningCLI, run_process
 from icl_lightning.models import batch_last
 from icl_lightning.profiling import HookTimer, peak_memory_mb, reset_peak_memory
 from icl_lightning.theory.loss import prediction_loss
@@ -821,8 +820,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     sections: list[str] = []
     results: dict = {}
-    keep_freed_memory()  # as icl-lightning runs
-    with imported_heap_frozen():  # as icl-lightning runs: no full collections of the imports
+    with run_process():  # as icl-lightning runs
         for table in args.tables:
             print(f"--- {table}", flush=True)
             lines, title, results[table] = run_table(table, args, extra, log)

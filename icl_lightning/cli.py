@@ -425,15 +425,22 @@ def imported_heap_frozen():
         gc.unfreeze()
 
 
+@contextlib.contextmanager
+def run_process():
+    """The process as ``icl-lightning`` runs (and the benchmarks that time it): freed memory
+    kept for reuse (:func:`~icl_lightning.allocator.keep_freed_memory`), then the body with the
+    imported heap frozen (:func:`imported_heap_frozen`)."""
+    keep_freed_memory()
+    with imported_heap_frozen():
+        yield
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``icl-lightning`` console script (exit 1 when stopped by SIGTERM or
     Ctrl+C, after ``last.ckpt`` was written, or when a file could not be written: one message
-    naming the last good checkpoint). The run goes with the imported heap frozen
-    (:func:`imported_heap_frozen`) and freed memory kept for reuse
-    (:func:`~icl_lightning.allocator.keep_freed_memory`)."""
-    keep_freed_memory()
+    naming the last good checkpoint). The run goes in :func:`run_process`."""
     try:
-        with imported_heap_frozen():
+        with run_process():
             ICLLightningCLI(args=args)
     except SIGTERMException as stopped:
         raise SystemExit(1) from stopped
