@@ -4,9 +4,11 @@ For each kind (``attention`` as paper B's public replication, 8 heads of 4; ``rn
 ``lstm``, ``diagonal``, ``selective`` from ``configs/contextual_block_<kind>.yaml``), at paper
 B's set-up (d = 2, N = 100, batch 64, MLP width 128), over ``--repeats`` interleaved rounds:
 
-- ``bare``: a plain PyTorch loop of the same block, optimizer and batches, and ``fit``: the
+- ``bare``: a plain PyTorch loop of the same block, optimizer and batches, ``fit``: the
   block as ``icl-lightning fit`` builds it without its probes (logging, progress bar,
-  checkpoints), side by side; their ratio ``fit / bare`` per round (median printed);
+  checkpoints), and ``loop``: Lightning's training loop alone (``fit`` without any callback or
+  logger, the ceiling of ``fit``), side by side; the ratios ``fit / bare`` and
+  ``loop / bare`` per round (medians printed);
 - the seconds of one measurement of each Delta-W probe (its ``compute`` over 2,048 evaluation
   tasks in the probe's own chunks) at N = 100, 400 and 1,024, and each kind's ratio to
   attention's at the same N (measured in the same process, one after the other): their growth
@@ -73,27 +75,41 @@ def probe_seconds(kind: str, N: int, tasks: int = TASKS) -> dict[str, float]:
     return seconds
 
 
+def _ratio_cell(ratios: list[float]) -> str:
+    """``median (min - max)`` of one kind's per-round ratios."""
+    return f"{median(ratios):.3f} ({min(ratios):.3f} - {max(ratios):.3f})"
+
+
 def contextual_table(args, extra: list[str], log) -> tuple[list[str], dict]:
-    """Markdown: per kind, ``bare`` and ``fit`` steps/s and ``fit / bare`` (medians over the
-    rounds), then the probes' seconds per measurement against N."""
-    runs = {kind: {"bare": [], "fit": []} for kind in KINDS}
+    """Markdown: per kind, ``bare``, ``fit`` and ``loop`` steps/s, ``fit / bare`` and
+    ``loop / bare`` (medians over the rounds), then the probes' seconds per measurement
+    against N."""
+    runs = {kind: {"bare": [], "fit": [], "loop": []} for kind in KINDS}
     for r in range(1, args.repeats + 1):
         for kind in KINDS:
             with output_to(log):
                 runs[kind]["bare"].append(time_bare(row(kind, extra), args.steps, args.warmup))
                 runs[kind]["fit"].append(time_fit(row(kind, extra), args.steps, args.warmup))
-            bare, fit = (runs[kind][k][-1]["steps_per_s"] for k in ("bare", "fit"))
-            print(f"round {r} {kind}: bare {bare:.1f}, fit {fit:.1f} steps/s", flush=True)
-    lines = ["| kind | bare steps/s | fit steps/s | fit / bare (median, min - max) |"]
-    lines.append("|---|---|---|---|")
+                runs[kind]["loop"].append(
+                    time_fit(row(kind, extra), args.steps, args.warmup, loop_only=True)
+                )
+            bare, fit, loop = (runs[kind][k][-1]["steps_per_s"] for k in ("bare", "fit", "loop"))
+            print(
+                f"round {r} {kind}: bare {bare:.1f}, fit {fit:.1f}, loop {loop:.1f} steps/s",
+                flush=True,
+            )
+    lines = [
+        "| kind | bare steps/s | fit steps/s | fit / bare (median, min - max) "
+        "| loop / bare (Lightning's loop alone) |",
+        "|---|---|---|---|---|",
+    ]
     for kind, values in runs.items():
-        bare = [v["steps_per_s"] for v in values["bare"]]
-        fit = [v["steps_per_s"] for v in values["fit"]]
-        ratios = [f / b for f, b in zip(fit, bare, strict=True)]
-        values["fit / bare"] = ratios
+        bare, fit, loop = ([v["steps_per_s"] for v in values[k]] for k in ("bare", "fit", "loop"))
+        for name, steps_per_s in (("fit", fit), ("loop", loop)):
+            values[f"{name} / bare"] = [f / b for f, b in zip(steps_per_s, bare, strict=True)]
         lines.append(
-            f"| {kind} | {median(bare):.1f} | {median(fit):.1f} | {median(ratios):.3f} "
-            f"({min(ratios):.3f} - {max(ratios):.3f}) |"
+            f"| {kind} | {median(bare):.1f} | {median(fit):.1f} | "
+            f"{_ratio_cell(values['fit / bare'])} | {_ratio_cell(values['loop / bare'])} |"
         )
     names = [p.__name__ for p in PROBES]
     lines += ["", f"Seconds per probe measurement ({TASKS} tasks; in parentheses: / attention's):"]

@@ -327,8 +327,8 @@ def test_ddp_two_processes_match_one_for_a_recurrent_block(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_table_of_every_kind(tmp_path, monkeypatch):
-    """``icl-benchmark --tables contextual``: bare beside fit for every kind, and the probes'
-    seconds against N (shrunk here: 2 N values, 16 tasks, a few steps)."""
+    """``icl-benchmark --tables contextual``: bare beside fit and Lightning's loop alone for every
+    kind, and the probes' seconds against N (shrunk here: 2 N values, 16 tasks, a few steps)."""
     import json
 
     from icl_lightning import bench_contextual, benchmark
@@ -343,6 +343,7 @@ def test_benchmark_table_of_every_kind(tmp_path, monkeypatch):
     assert set(results["runs"]) == set(bench_contextual.KINDS)
     for kind in bench_contextual.KINDS:
         assert results["runs"][kind]["fit / bare"][0] > 0
+        assert results["runs"][kind]["loop / bare"][0] > 0
         seconds = results["probe_seconds"][f"{kind} N=10"]
         assert len(seconds) == 6 and seconds["DeltaWEquivalence / attention"] > 0
     assert "| gru | 10 |" in (out / "benchmark.md").read_text()

@@ -70,6 +70,19 @@ def test_max_epochs_accumulation_and_val_check_interval(tmp_path):
     assert len(validated) == 3  # after each of the epoch's 3 steps
 
 
+def test_log_every_n_steps_zero_trains_without_a_training_curve(tmp_path):
+    """``--trainer.log_every_n_steps=0`` (Lightning: no training logs) trains, writes no
+    ``train/loss`` and still writes the validation curve; so does the prefix module."""
+    for config in (DEMO, str(CONFIGS / "garg_tiny.yaml")):
+        args = ["fit", f"--config={config}", *tiny_args(tmp_path), "--trainer.callbacks=[]"]
+        if "garg" in config:
+            args += ["--data.init_args.num_context=5", "--data.init_args.curriculum=null"]
+        cli = run_cli([*args, "--trainer.log_every_n_steps=0"])
+        assert cli.trainer.global_step == 6
+        scalars = read_scalars(Path(cli.trainer.logger.log_dir))
+        assert "train/loss" not in scalars and len(scalars["val/loss"]) == 2
+
+
 def test_hparams_tab_holds_the_key_options_and_final_metrics_without_copies(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -1,5 +1,6 @@
 """A run that ends mid-epoch still validates at its last step, once."""
 
+import torch
 from conftest import CONFIGS, read_scalars, run_cli, tiny_args
 from lightning.pytorch.callbacks import Callback
 
@@ -52,3 +53,41 @@ def test_no_validation_is_added_where_the_user_turned_it_off(tmp_path):
         [*args, "--data.init_args.batches_per_epoch=500", "--trainer.limit_val_batches=0"]
     )
     assert "val/loss" not in read_scalars(cli.trainer.logger.log_dir)
+
+
+class CountLoops(Callback):
+    """Counts every validation loop, the sanity check included."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.count += 1
+
+
+def test_val_loss_is_the_mean_over_the_validation_set_logged_once_per_loop(tmp_path, monkeypatch):
+    """``val/loss`` equals the mean loss over every validation prompt (96 prompts in 6 batches
+    of 16), and the module calls ``self.log`` once per metric and validation loop, not once per
+    batch (each call costs more than a small model's validation step)."""
+    from icl_lightning.data.datamodule import _VAL
+    from icl_lightning.modules import ICLRegressionModule
+    from icl_lightning.theory.loss import prediction_loss
+
+    logged = []
+    log = ICLRegressionModule.log
+
+    def counting_log(self, name, *args, **kwargs):
+        logged.append(name)
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(ICLRegressionModule, "log", counting_log)
+    args = ["fit", f"--config={BLOCK}", *tiny_args(tmp_path, steps=6), "--data.batch_size=16"]
+    cli = run_cli([*args, "--trainer.callbacks=[{class_path: test_validate_at_end.CountLoops}]"])
+    loops = next(c for c in cli.trainer.callbacks if isinstance(c, CountLoops)).count
+    assert loops == 3  # the sanity check, then after steps 3 and 6
+    assert logged.count("val/loss") == logged.count("val/zero_loss") == loops
+    val_set = cli.datamodule.eval_set(_VAL, torch.device("cpu"))
+    assert len(val_set) == 96
+    with torch.no_grad():
+        expected = prediction_loss(cli.model(val_set), val_set.query_y).mean()
+    torch.testing.assert_close(cli.trainer.callback_metrics["val/loss"], expected)

@@ -153,6 +153,13 @@ class ICLDataModule(L.LightningDataModule):
         return self._eval_keys()
 
     @override
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """The key as it is: it holds no tensor (Lightning's default walks it as a collection,
+        a tenth of a millisecond a step); :meth:`on_after_batch_transfer` makes its batch on
+        the device."""
+        return batch
+
+    @override
     def on_after_batch_transfer(self, batch, dataloader_idx: int) -> ICLBatch:
         trainer = self.trainer
         device = trainer.strategy.root_device

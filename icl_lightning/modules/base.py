@@ -27,6 +27,18 @@ def weights_are_finite(pl_module: L.LightningModule) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
+def logs_train_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning's logger writes the step now running: the ``k``-th optimizer step
+    (``k = global_step + 1``) with ``k % log_every_n_steps == 0``; never when
+    ``log_every_n_steps`` is 0 (training logs off)."""
+    every = trainer.log_every_n_steps
+    return every > 0 and (trainer.global_step + 1) % every == 0
+
+
+#: steps between two checks of the training loss for NaN/inf when ``log_every_n_steps`` is 0
+NAN_CHECK_EVERY = 50
+
+
 def check_initialised(module: nn.Module) -> None:
     """Raise ``ValueError`` naming ``module``'s class when its ``__init__`` did not call
     ``super().__init__()`` (nn.Module's bookkeeping is missing: it has no parameters, and
@@ -146,7 +158,7 @@ class ICLRegressionModule(L.LightningModule):
     @override
     def training_step(self, batch: ICLBatch, batch_idx: int) -> torch.Tensor:
         loss = prediction_loss(self(batch), batch.query_y).mean()
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if logs_train_step(self.trainer):
             # only on the steps the logger writes (Lightning's cadence): self.log costs about
             # as much as this model's forward pass, so calling it every step slows training
             self.log("train/loss", loss, prog_bar=True)
@@ -176,13 +188,13 @@ class ICLRegressionModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Refuse a ``training_step`` that returned None (Lightning would skip its optimizer
         step with a warning, every step); check the loss for NaN/inf every
-        ``log_every_n_steps`` steps (one host sync then)."""
+        ``log_every_n_steps`` steps (:data:`NAN_CHECK_EVERY` when that is 0; one host sync)."""
         if self.automatic_optimization and outputs.get("loss") is None:
             raise ValueError(
                 f"{type(self).__name__}.training_step returned None at step "
                 f"{self.global_step}: nothing was trained. Return the loss, a 0-d tensor."
             )
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        if self.global_step % (self.trainer.log_every_n_steps or NAN_CHECK_EVERY) == 0:
             loss = outputs["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -196,12 +208,23 @@ class ICLRegressionModule(L.LightningModule):
         self.val_loss.update(prediction_loss(self(batch), batch.query_y))
         zero = torch.zeros_like(batch.query_y)
         self.val_zero_loss.update(prediction_loss(zero, batch.query_y))
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation means once per validation: ``self.log`` costs about a millisecond
+        a call (more than a validation step of a small model), so the metrics are updated in
+        ``validation_step`` and logged here, where Lightning computes (synced over processes)
+        and resets them."""
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/zero_loss", self.val_zero_loss)
 
     @override
     def test_step(self, batch: ICLBatch, batch_idx: int) -> None:
         self.test_loss.update(prediction_loss(self(batch), batch.query_y))
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        """Log the test mean once per test (see :meth:`on_validation_epoch_end`)."""
         self.log("test/loss", self.test_loss)
 
     @override

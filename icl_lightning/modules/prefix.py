@@ -9,7 +9,7 @@ from typing_extensions import override
 
 from icl_lightning.checks import require
 from icl_lightning.data.batch import ICLBatch
-from icl_lightning.modules.base import ICLRegressionModule
+from icl_lightning.modules.base import ICLRegressionModule, logs_train_step
 from icl_lightning.theory.loss import prediction_loss
 
 
@@ -89,7 +89,7 @@ class PrefixRegressionModule(ICLRegressionModule):
         if self.loss == "paper_a":
             return super().training_step(batch, batch_idx)
         loss = prefix_loss(self.prefix_predictions(batch), batch)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if logs_train_step(self.trainer):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -101,6 +101,11 @@ class PrefixRegressionModule(ICLRegressionModule):
         self.val_loss.update(prediction_loss(predictions[:, -1], batch.query_y))
         self.val_zero_loss.update(prediction_loss(torch.zeros_like(batch.query_y), batch.query_y))
         self.val_prefix_loss.update(prefix_loss(predictions, batch), len(batch))
-        self.log("val/loss", self.val_loss, prog_bar=True)
-        self.log("val/zero_loss", self.val_zero_loss)
-        self.log("val/prefix_loss", self.val_prefix_loss)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        """The base module's validation means, and ``val/prefix_loss`` when the network has
+        prefix predictions (it was updated)."""
+        super().on_validation_epoch_end()
+        if self.val_prefix_loss.update_called:
+            self.log("val/prefix_loss", self.val_prefix_loss)
