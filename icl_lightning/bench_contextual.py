@@ -14,7 +14,7 @@ B's set-up (d = 2, N = 100, batch 64, MLP width 128), over ``--repeats`` interle
   attention's at the same N (measured in the same process, one after the other): their growth
   shows the cost is linear in N.
 
-    icl-benchmark --tables contextual --steps 150 --warmup 20 --repeats 3
+    icl-benchmark --tables contextual --steps 400 --warmup 50 --repeats 3 --threads 1
 """
 
 import time
