@@ -1,8 +1,12 @@
-"""A run that ends mid-epoch still validates at its last step, once."""
+"""A run that ends mid-epoch still validates at its last step, once; validation logs its means
+once per loop."""
 
 import torch
 from conftest import CONFIGS, read_scalars, run_cli, tiny_args
 from lightning.pytorch.callbacks import Callback
+
+from icl_lightning.modules import ICLRegressionModule
+from icl_lightning.theory.loss import prediction_loss
 
 BLOCK = str(CONFIGS / "contextual_block.yaml")
 
@@ -70,8 +74,6 @@ def test_val_loss_is_the_mean_over_the_validation_set_logged_once_per_loop(tmp_p
     of 16), and the module calls ``self.log`` once per metric and validation loop, not once per
     batch (each call costs more than a small model's validation step)."""
     from icl_lightning.data.datamodule import _VAL
-    from icl_lightning.modules import ICLRegressionModule
-    from icl_lightning.theory.loss import prediction_loss
 
     logged = []
     log = ICLRegressionModule.log
@@ -91,3 +93,17 @@ def test_val_loss_is_the_mean_over_the_validation_set_logged_once_per_loop(tmp_p
     with torch.no_grad():
         expected = prediction_loss(cli.model(val_set), val_set.query_y).mean()
     torch.testing.assert_close(cli.trainer.callback_metrics["val/loss"], expected)
+
+
+class OwnValidation(ICLRegressionModule):
+    """A subclass with its own validation metric, not the base module's."""
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/own", prediction_loss(self(batch), batch.query_y).mean())
+
+
+def test_a_subclass_validating_its_own_way_gets_no_empty_val_loss(tmp_path):
+    args = ["fit", f"--config={BLOCK}", *tiny_args(tmp_path, steps=3), "--trainer.callbacks=[]"]
+    cli = run_cli([*args, "--model.class_path=test_validate_at_end.OwnValidation"])
+    scalars = read_scalars(cli.trainer.logger.log_dir)
+    assert "val/own" in scalars and "val/loss" not in scalars

@@ -154,9 +154,9 @@ class ICLDataModule(L.LightningDataModule):
 
     @override
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """The key as it is: it holds no tensor (Lightning's default walks it as a collection,
-        a tenth of a millisecond a step); :meth:`on_after_batch_transfer` makes its batch on
-        the device."""
+        """The key as it is: it holds no tensor, so Lightning's default (which walks it as a
+        collection, a few microseconds a step) moves nothing; :meth:`on_after_batch_transfer`
+        makes its batch on the device."""
         return batch
 
     @override
