@@ -377,11 +377,15 @@ class ICLLightningCLI(LightningCLI):
         return needs
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
-        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false and
+        """As LightningCLI's, without the progress bar when ``enable_progress_bar`` is false,
+        without the CLI's ``last.ckpt`` writer when ``enable_checkpointing`` is false (Lightning
+        would refuse a ModelCheckpoint then; one given in ``--trainer.callbacks`` still is), and
         with plain progress lines where stdout is not a terminal (a private override: see
         :mod:`icl_lightning.checkpointing.lightning_private`)."""
         if config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
         callbacks = [c.as_lines() if isinstance(c, StepProgressBar) else c for c in callbacks]
         return super()._instantiate_trainer(config, callbacks)
 

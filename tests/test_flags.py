@@ -138,3 +138,15 @@ def test_a_precision_whose_package_is_missing_is_a_usage_error(tmp_path, capsys)
     assert stopped.value.code == 2
     assert "transformer_engine" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path, monkeypatch, caplog):
+    """``--trainer.enable_checkpointing=false``: the CLI leaves out its ``last.ckpt`` writer
+    (Lightning refuses a ModelCheckpoint then), trains, and says that Ctrl+C saves nothing."""
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO")
+    args = ["fit", f"--config={DEMO}", *tiny_args(Path("logs")), "--trainer.callbacks=[]"]
+    cli = run_cli([*args, "--trainer.enable_checkpointing=false"])
+    assert cli.trainer.global_step == 6 and cli.trainer.checkpoint_callback is None
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert "checkpointing is off: nothing is saved" in caplog.text

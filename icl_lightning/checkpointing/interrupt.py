@@ -37,13 +37,17 @@ class InterruptCheckpoint(Callback):
         if not callable(sigterm):
             return
 
+        saves = isinstance(trainer.checkpoint_callback, RunCheckpoint)
+        then = " and saves" if saves else " (checkpointing is off: nothing is saved)"
+        writing = " and writing last.ckpt" if saves else ""
+
         def stop_after_step(signum, frame) -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: now
-            rank_zero_info("\nCtrl+C: stopping after this step and writing last.ckpt ...")
+            rank_zero_info(f"\nCtrl+C: stopping after this step{writing} ...")
             sigterm(signum, frame)
 
         signal.signal(signal.SIGINT, stop_after_step)
-        rank_zero_info("Training; Ctrl+C (or SIGTERM) stops after the current step and saves.")
+        rank_zero_info(f"Training; Ctrl+C (or SIGTERM) stops after the current step{then}.")
 
     @override
     def on_exception(
