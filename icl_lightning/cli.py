@@ -267,6 +267,13 @@ class ICLLightningCLI(LightningCLI):
                 "overflows within a few steps here. Expected 64-true, 32-true, bf16-true, "
                 "16-mixed or bf16-mixed."
             )
+        if trainer.get("barebones"):
+            self.parser.error(
+                "--trainer.barebones=true is not supported: it turns off logging, checkpoints "
+                "and the progress bar, which every icl-lightning run and its probes use. To "
+                "time Lightning's training loop alone, run icl-benchmark (its `loop` rows: "
+                "fit without any callback or logger)."
+            )
         optimizer = (config.get("optimizer") or {}).get("init_args") or {}
         mixed = str(trainer.precision) in ("16", "bf16", "16-mixed", "bf16-mixed")
         if mixed and trainer.gradient_clip_val and optimizer.get("fused"):

@@ -161,6 +161,7 @@ CASES = [
     # trainer, optimizer and checkpoint flags
     ("precision_16_true", DEMO, ["--trainer.precision=16-true"], r"precision=16-true.*Expected"),
     ("precision_unknown", DEMO, ["--trainer.precision=12"], r"precision.*12"),
+    ("barebones", DEMO, ["--trainer.barebones=true"], r"barebones=true.*icl-benchmark"),
     (
         "fused_optimizer_clipped_in_mixed_precision",
         BLOCK,
