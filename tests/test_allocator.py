@@ -15,41 +15,42 @@ try:
 except OSError:
     GLIBC = False
 
-#: page faults per training step of Garg et al.'s tiny GPT-2 (argv[1]: "keep" or "default")
+#: page faults per "step" that writes and frees four 4 MB blocks, as a training step does its
+#: activations (argv[1]: "keep" or "default")
 STEPS = """
-import resource, sys, torch
+import ctypes, resource, sys
 from icl_lightning.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-from icl_lightning.data import LinearRegression, seeded_generator
-from icl_lightning.models import GPT2
-from icl_lightning.modules.prefix import prefix_loss
-torch.set_num_threads(1)
-model = GPT2(20, 41, 64, 3, 2)
-optimizer = torch.optim.Adam(model.parameters())
-task = LinearRegression(20, "normal")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 4 << 20
 for step in range(23):
     if step == 3:
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    batch = task.sample(64, 40, seeded_generator("cpu", 0, step))
-    optimizer.zero_grad()
-    predictions = model.prefix_predictions(batch.context_x, batch.context_y, batch.query_x)
-    prefix_loss(predictions, batch).backward()
-    optimizer.step()
+    blocks = [libc.malloc(size) for _ in range(4)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 20)
 """
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_kept_memory_takes_fewer_page_faults_per_step():
-    """Measured here: about 1,000 - 1,600 a step by glibc's defaults, 15 - 110 kept."""
+    """glibc's defaults give the freed blocks back to the system and fault them in again at
+    every step (about 4,000 faults: every page of 16 MB); kept, the next step reuses them (0).
+    A real model's count under the defaults depends on the heap's layout (66 - 16,000 a step
+    measured for the GPT-2s), so the test controls the allocations."""
     faults = {}
     for setting in ("default", "keep"):
         out = subprocess.run(
             [sys.executable, "-c", STEPS, setting], capture_output=True, text=True, check=True
         )
         faults[setting] = float(out.stdout.split()[-1])
-    assert faults["keep"] < faults["default"] / 3, faults
+    assert faults["default"] > 1000 and faults["keep"] < faults["default"] / 10, faults
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
