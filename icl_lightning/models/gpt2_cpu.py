@@ -52,9 +52,15 @@ def library(dtype: torch.dtype, head_size: int) -> ctypes.CDLL | None:
     return _libraries[key]
 
 
+def _lanes(x: torch.Tensor) -> int:
+    """Elements of ``x``'s dtype in one 64-byte vector (16 floats, 8 doubles): the kernels'
+    unit of a head's size, and the size the GELU kernels are compiled for."""
+    return 64 // x.element_size()
+
+
 def applies(x: torch.Tensor, head_size: int) -> bool:
     """Whether the C kernels run on ``x`` for heads of ``head_size`` (module docstring)."""
-    if x.dtype not in _SCALAR or head_size % (64 // x.element_size()) or not c_kernels.eager_cpu(x):
+    if x.dtype not in _SCALAR or head_size % _lanes(x) or not c_kernels.eager_cpu(x):
         return False
     return library(x.dtype, head_size) is not None
 
@@ -181,7 +187,7 @@ class BiasGelu(torch.autograd.Function):
         u, b = u.contiguous(), b.contiguous()
         rows, cols = u.numel() // len(b), len(b)
         y = torch.empty_like(u)
-        run = library(u.dtype, 64 // u.element_size()).bias_gelu_forward
+        run = library(u.dtype, _lanes(u)).bias_gelu_forward
         flat_u, flat_y = u.view(rows, cols), y.view(rows, cols)
         _in_parallel(
             lambda _, i, j: run(_at(flat_u, i), b.data_ptr(), _at(flat_y, i), j - i, cols),
@@ -199,7 +205,7 @@ class BiasGelu(torch.autograd.Function):
         du = torch.empty_like(flat_u)
         bounds = _parts(rows)
         db = u.new_zeros(len(bounds) - 1, cols)  # a sum per part of the rows
-        run = library(u.dtype, 64 // u.element_size()).bias_gelu_backward
+        run = library(u.dtype, _lanes(u)).bias_gelu_backward
         _in_parallel(
             lambda k, i, j: run(
                 _at(flat_u, i), b.data_ptr(), _at(flat_g, i), _at(du, i), _at(db, k), j - i, cols
@@ -236,6 +242,6 @@ def attention(qkv: torch.Tensor, read: slice) -> torch.Tensor:
 def bias_gelu(u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU of ``u + b`` (``u`` ``(..., C)``, ``b`` ``(C,)``),
     ``F.gelu(u + b, approximate="tanh")`` (kernels where :func:`applies`)."""
-    if applies(u, 64 // u.element_size()) and b.dtype == u.dtype and b.device == u.device:
+    if applies(u, _lanes(u)) and b.dtype == u.dtype and b.device == u.device:
         return BiasGelu.apply(u, b)
     return F.gelu(u + b, approximate="tanh")
