@@ -33,6 +33,15 @@ def _kernels_in_a_session_folder(tmp_path_factory):
         os.environ["ICL_LIGHTNING_KERNELS"] = previous
 
 
+def without_c_compiler(monkeypatch, tmp_path: Path, kernels_module) -> None:
+    """As on a machine without a C compiler: ``$CC`` names no program, the kernel folder is
+    empty, and ``kernels_module`` (``batch_last``, ``gpt2_cpu``) forgets the libraries it
+    loaded."""
+    monkeypatch.setattr(kernels_module, "_libraries", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
+    monkeypatch.setenv("ICL_LIGHTNING_KERNELS", str(tmp_path / "kernels"))
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp_path(tmp_path, tmp_path_factory, monkeypatch):
     """Every test runs in its own temporary folder: whatever a run writes relative to the

@@ -4,6 +4,7 @@ float64 to 1e-12 and float32 to rounding, gradients included, and every fallback
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import without_c_compiler
 from test_garg_gpt2 import naive_forward, prompts
 
 from icl_lightning.models import GPT2, c_kernels, gpt2_cpu
@@ -183,9 +184,7 @@ def test_where_the_kernels_do_not_apply_torch_computes_the_same(case, monkeypatc
         assert applies.sum() == 0
         return
     if case == "no compiler":
-        monkeypatch.setattr(gpt2_cpu, "_libraries", {})
-        monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
-        monkeypatch.setenv("ICL_LIGHTNING_KERNELS", str(tmp_path / "kernels"))
+        without_c_compiler(monkeypatch, tmp_path, gpt2_cpu)
         with pytest.warns(UserWarning, match="GPT2: the CPU kernels could not be built"):
             assert not gpt2_cpu.applies(cx, head_size)
         assert not gpt2_cpu.applies(cx, head_size)  # warned once per process

@@ -4,6 +4,7 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import without_c_compiler
 from torch.autograd import gradcheck
 
 from icl_lightning.data import LinearRegression, seeded_generator
@@ -290,9 +291,7 @@ def test_where_the_kernels_do_not_apply_the_per_layer_path_runs(case, monkeypatc
         assert torch.func.vmap(lambda x: torch.tensor(batch_last.applies(layers, x)))(cx).sum() == 0
         return
     elif case == "no compiler":
-        monkeypatch.setattr(batch_last, "_libraries", {})
-        monkeypatch.setenv("CC", str(tmp_path / "no-cc"))
-        monkeypatch.setenv("ICL_LIGHTNING_KERNELS", str(tmp_path / "kernels"))
+        without_c_compiler(monkeypatch, tmp_path, batch_last)
         with pytest.warns(UserWarning, match="could not be built"):
             assert not batch_last.applies(layers, cx)
         assert not batch_last.applies(layers, cx)  # once per process
